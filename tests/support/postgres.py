@@ -1,0 +1,57 @@
+"""One real PostgreSQL per test session.
+
+``TEST_DATABASE_URL`` points at an existing server (a superuser URL); without
+it, ``pgserver`` starts one from pip in a temporary folder. Each session
+works in a fresh database of its own on that server.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg2
+import pytest
+from psycopg2 import sql
+from psycopg2.extensions import make_dsn, parse_dsn
+
+
+@pytest.fixture(scope="session")
+def pg_admin_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A superuser connection URL to a running PostgreSQL server."""
+    url = os.environ.get("TEST_DATABASE_URL")
+    if url:
+        yield url
+        return
+    import pgserver
+
+    server = pgserver.get_server(Path(tmp_path_factory.mktemp("pgdata")), cleanup_mode="stop")
+    try:
+        yield server.get_uri()
+    finally:
+        server.cleanup()
+
+
+@pytest.fixture(scope="session")
+def empty_database_url(pg_admin_url: str) -> Iterator[str]:
+    """A fresh, empty database for this session (dropped afterwards)."""
+    name = f"metrics_test_{uuid.uuid4().hex[:8]}"
+    admin = psycopg2.connect(pg_admin_url)
+    admin.autocommit = True
+    with admin.cursor() as cur:
+        cur.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    try:
+        yield _with_db(pg_admin_url, name)
+    finally:
+        with admin.cursor() as cur:
+            cur.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+        admin.close()
+
+
+def _with_db(url: str, dbname: str) -> str:
+    """The same server URL, another database (keeps host/socket parameters)."""
+    params = parse_dsn(url)
+    params["dbname"] = dbname
+    return make_dsn(**params)
