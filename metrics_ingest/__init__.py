@@ -1,0 +1,1 @@
+"""metrics-ingest: the command line and local stack around the ingestion function."""

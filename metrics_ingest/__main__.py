@@ -1,0 +1,3 @@
+from metrics_ingest.cli import main
+
+raise SystemExit(main())
