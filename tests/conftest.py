@@ -12,6 +12,7 @@ import pytest
 pytest_plugins = [
     "tests.support.postgres",
     "tests.support.gcs",
+    "tests.support.scratch_db",
 ]
 
 # The product's own settings: a developer's shell must not leak into a test.

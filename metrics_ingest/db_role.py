@@ -1,0 +1,164 @@
+"""The function's least-privilege database role (opt-in migration).
+
+The Cloud Function needs very little of the platform's database: find the
+QuickTest row by ``gcs_artifacts_path`` and lock it, read the ``source`` it
+stored last time, write ``training_history_json``, and insert and read its own
+``training_metrics_ingestions`` records. :func:`grant_function_role` makes a
+login role that can do exactly that and nothing else, so a bug (or a hostile
+file) in the function cannot touch the rest of the platform.
+
+Privileges granted (everything else is refused by PostgreSQL):
+
+- platform table: ``SELECT (id, gcs_artifacts_path, training_history_json)``,
+  ``UPDATE (training_history_json)`` (``SELECT ... FOR UPDATE`` needs UPDATE on
+  one column; ``UPDATE ... WHERE id = ...`` needs SELECT on ``id``);
+- ``training_metrics_ingestions``: ``SELECT, INSERT``, and ``USAGE`` on its id
+  sequence;
+- ``CONNECT`` on the database and ``USAGE`` on the tables' schemas.
+
+It is idempotent and convergent: each run first revokes whatever the role held
+on those two tables and the sequence, then grants the list above, in one
+transaction. Run it as the owner of the tables (on Cloud SQL, the Django
+database user), since only an owner can grant on them.
+
+The same migration as a psql script for DBAs: ``migrations/optional/function_role.sql``.
+
+Example::
+
+    from metrics_ingest.db_role import grant_function_role
+    grant_function_role("postgresql://django@/platform?host=/cloudsql/p:r:i",
+                        "metrics_ingest_fn", password=os.environ["FUNCTION_ROLE_PASSWORD"])
+"""
+
+from __future__ import annotations
+
+import logging
+
+import psycopg2
+from psycopg2 import sql
+from psycopg2.extensions import encrypt_password
+
+log = logging.getLogger(__name__)
+
+INGESTIONS_TABLE = "training_metrics_ingestions"
+# The platform table's columns the function reads (match, lock, compare the stored
+# source generation) and the one it writes.
+READ_COLUMNS = ("id", "gcs_artifacts_path", "training_history_json")
+WRITE_COLUMNS = ("training_history_json",)
+# Environment variable the CLI reads the role's password from (never a flag).
+PASSWORD_ENV = "FUNCTION_ROLE_PASSWORD"
+
+
+class RoleMigrationError(RuntimeError):
+    """The role cannot be set up (a table is missing, the role name is invalid)."""
+
+
+def grant_function_role(
+    database_url: str,
+    role: str,
+    *,
+    quicktest_table: str = "ml_platform_quicktest",
+    password: str | None = None,
+) -> None:
+    """Create (if missing) the function's login role and grant it exactly what it needs.
+
+    ``password``, when given, is set on the role as a SCRAM verifier computed
+    here, so the clear text never reaches the server (or its statement log).
+    Without it an existing role keeps its password; a new one has none (set it
+    later, e.g. with this function or ``\\password`` in psql).
+    """
+    if not role or len(role) > 63:
+        raise RoleMigrationError(f"invalid role name {role!r}: 1 to 63 characters")
+    conn = psycopg2.connect(database_url)
+    try:
+        with conn:  # one transaction: the role's privileges change all at once
+            with conn.cursor() as cur:
+                _grant(cur, conn, role, quicktest_table, password)
+    finally:
+        conn.close()
+
+
+def _grant(cur, conn, role: str, quicktest_table: str, password: str | None) -> None:
+    role_id = sql.Identifier(role)
+    cur.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (role,))
+    if cur.fetchone() is None:
+        cur.execute(sql.SQL("CREATE ROLE {} LOGIN").format(role_id))
+        log.info("created role %s", role)
+    if password is not None:
+        verifier = encrypt_password(password, role, conn)
+        cur.execute(sql.SQL("ALTER ROLE {} WITH LOGIN PASSWORD {}").format(role_id, sql.Literal(verifier)))
+
+    platform = _resolve(cur, conn, quicktest_table, "the platform table (QUICKTEST_TABLE)")
+    ingestions = _resolve(cur, conn, INGESTIONS_TABLE, "our table (run `metrics-ingest migrate` first)")
+    platform_id = sql.Identifier(*platform)
+    ingestions_id = sql.Identifier(*ingestions)
+
+    # Revoking first makes a re-run converge: anything granted by hand since goes.
+    # (Revoking a table privilege revokes the column privileges as well.)
+    for table in (platform_id, ingestions_id):
+        cur.execute(sql.SQL("REVOKE ALL ON TABLE {} FROM {}").format(table, role_id))
+    cur.execute(
+        sql.SQL("GRANT SELECT ({}), UPDATE ({}) ON TABLE {} TO {}").format(
+            sql.SQL(", ").join(map(sql.Identifier, READ_COLUMNS)),
+            sql.SQL(", ").join(map(sql.Identifier, WRITE_COLUMNS)),
+            platform_id,
+            role_id,
+        )
+    )
+    cur.execute(sql.SQL("GRANT SELECT, INSERT ON TABLE {} TO {}").format(ingestions_id, role_id))
+
+    cur.execute(
+        "SELECT n.nspname, c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
+        " WHERE c.oid = pg_get_serial_sequence(%s, 'id')::regclass",
+        (ingestions_id.as_string(conn),),
+    )
+    sequence = cur.fetchone()
+    if sequence is not None:  # bigserial / identity id: INSERT draws from it
+        sequence_id = sql.Identifier(*sequence)
+        cur.execute(sql.SQL("REVOKE ALL ON SEQUENCE {} FROM {}").format(sequence_id, role_id))
+        cur.execute(sql.SQL("GRANT USAGE ON SEQUENCE {} TO {}").format(sequence_id, role_id))
+
+    for schema in sorted({platform[0], ingestions[0]}):
+        cur.execute(sql.SQL("GRANT USAGE ON SCHEMA {} TO {}").format(sql.Identifier(schema), role_id))
+    cur.execute("SELECT current_database()")
+    database = cur.fetchone()[0]
+    cur.execute(sql.SQL("GRANT CONNECT ON DATABASE {} TO {}").format(sql.Identifier(database), role_id))
+
+    _warn_if_broader(cur, role)
+
+
+def _resolve(cur, conn, table: str, what: str) -> tuple[str, str]:
+    """(schema, name) of a table named as one identifier, found on the search_path."""
+    cur.execute(
+        "SELECT n.nspname, c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
+        " WHERE c.oid = to_regclass(%s)",
+        (sql.Identifier(table).as_string(conn),),
+    )
+    row = cur.fetchone()
+    if row is None:
+        raise RoleMigrationError(f"table {table!r} ({what}) does not exist in this database")
+    return row[0], row[1]
+
+
+def _warn_if_broader(cur, role: str) -> None:
+    """Say so when the role holds more than these grants through its attributes or memberships.
+
+    On Cloud SQL a user made with ``gcloud sql users create`` is a member of
+    ``cloudsqlsuperuser``; this migration does not take that away.
+    """
+    cur.execute(
+        "SELECT r.rolsuper OR r.rolcreaterole OR r.rolcreatedb OR r.rolbypassrls,"
+        " array(SELECT b.rolname FROM pg_auth_members m JOIN pg_roles b ON b.oid = m.roleid"
+        "       WHERE m.member = r.oid ORDER BY 1)"
+        " FROM pg_roles r WHERE r.rolname = %s",
+        (role,),
+    )
+    powerful, memberships = cur.fetchone()
+    if powerful or memberships:
+        log.warning(
+            "role %s has more than the function needs (attributes: %s, member of: %s);"
+            " create it with this migration instead of `gcloud sql users create`",
+            role,
+            "superuser/createrole/createdb/bypassrls" if powerful else "none",
+            ", ".join(memberships) or "none",
+        )

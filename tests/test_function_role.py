@@ -1,0 +1,271 @@
+"""The function's least-privilege database role: it ingests, and PostgreSQL refuses the rest."""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import psycopg2
+import psycopg2.errors
+import pytest
+from psycopg2.extras import Json
+
+from metrics_ingest.db_role import RoleMigrationError, grant_function_role
+from tests.support.scratch_db import REPO, create_dev_platform_table, psql_path, with_params
+
+SQL_FILE = REPO / "migrations" / "optional" / "function_role.sql"
+
+# STAND-IN until merge: a copy of the training_metrics_ingestions DDL from
+# COMMON.md; the integrator replaces it with the real migration
+# (metrics_ingest.migrations.apply_migrations) once both branches are in.
+INGESTIONS_DDL = """
+CREATE TABLE training_metrics_ingestions (
+    id           bigserial PRIMARY KEY,
+    bucket       text NOT NULL,
+    object_name  text NOT NULL,
+    generation   bigint NOT NULL,
+    event_id     text,
+    quicktest_id bigint NULL,
+    outcome      text NOT NULL CHECK (outcome IN
+                   ('ingested', 'duplicate', 'superseded', 'no_matching_row', 'rejected')),
+    reason       text NULL,
+    size_bytes   bigint NULL,
+    epochs       int NULL,
+    duration_ms  double precision,
+    created_at   timestamptz NOT NULL DEFAULT now()
+);
+"""
+
+# Another table of the platform's, which the function must not read.
+OTHER_PLATFORM_TABLE = """
+CREATE TABLE ml_platform_experiment (id bigserial PRIMARY KEY, name text, api_key text);
+INSERT INTO ml_platform_experiment (name, api_key) VALUES ('retrieval', 'secret');
+"""
+
+FOLDER = "gs://ml-artifacts/quick_tests/42"
+
+
+@dataclass(frozen=True)
+class PlatformDb:
+    admin_url: str
+    row_id: int
+
+    def role_url(self, role: str, password: str) -> str:
+        return with_params(self.admin_url, user=role, password=password)
+
+
+@pytest.fixture(scope="module")
+def platform_db(scratch_database: Callable[[str], str]) -> PlatformDb:
+    """A database with the dev platform table (one QuickTest row), our table, and another platform table."""
+    url = scratch_database("fnrole")
+    create_dev_platform_table(url)
+    conn = psycopg2.connect(url)
+    try:
+        with conn, conn.cursor() as cur:
+            cur.execute(INGESTIONS_DDL)
+            cur.execute(OTHER_PLATFORM_TABLE)
+            cur.execute(
+                "INSERT INTO ml_platform_quicktest (name, status, gcs_artifacts_path, mlflow_run_id)"
+                " VALUES ('qt-42', 'completed', %s, 'run-abc') RETURNING id",
+                (FOLDER + "/",),
+            )
+            row_id = cur.fetchone()[0]
+    finally:
+        conn.close()
+    return PlatformDb(url, row_id)
+
+
+@pytest.fixture(scope="module")
+def function_role(platform_db: PlatformDb, scratch_role: Callable[[str], str]) -> tuple[str, str]:
+    """(role, password): the role made by the Python migration."""
+    role = scratch_role("fn")
+    password = "pw-" + role
+    grant_function_role(platform_db.admin_url, role, password=password)
+    return role, password
+
+
+@pytest.fixture
+def as_role(platform_db: PlatformDb, function_role: tuple[str, str]) -> Iterator[psycopg2.extensions.connection]:
+    """A connection logged in as the function's role."""
+    conn = psycopg2.connect(platform_db.role_url(*function_role))
+    try:
+        yield conn
+    finally:
+        conn.close()
+
+
+def _admin_fetch(platform_db: PlatformDb, query: str, params: tuple = ()) -> list[tuple]:
+    conn = psycopg2.connect(platform_db.admin_url)
+    try:
+        with conn, conn.cursor() as cur:
+            cur.execute(query, params)
+            return cur.fetchall()
+    finally:
+        conn.close()
+
+
+def privileges(url: str, role: str) -> set[tuple[str, ...]]:
+    """Every privilege the role holds directly in this database, as (kind, object, [column,] privilege)."""
+    conn = psycopg2.connect(url)
+    try:
+        with conn, conn.cursor() as cur:
+            cur.execute(
+                """
+                WITH r AS (SELECT oid FROM pg_roles WHERE rolname = %(role)s)
+                SELECT 'relation', c.relname, '', x.privilege_type
+                  FROM pg_class c, aclexplode(c.relacl) x, r WHERE x.grantee = r.oid
+                UNION ALL
+                SELECT 'column', c.relname, a.attname, x.privilege_type
+                  FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid,
+                       aclexplode(a.attacl) x, r WHERE x.grantee = r.oid
+                UNION ALL
+                SELECT 'schema', n.nspname, '', x.privilege_type
+                  FROM pg_namespace n, aclexplode(n.nspacl) x, r WHERE x.grantee = r.oid
+                UNION ALL
+                SELECT 'database', d.datname, '', x.privilege_type
+                  FROM pg_database d, aclexplode(d.datacl) x, r
+                 WHERE x.grantee = r.oid AND d.datname = current_database()
+                """,
+                {"role": role},
+            )
+            return {tuple(row) for row in cur.fetchall()}
+    finally:
+        conn.close()
+
+
+def expected_privileges(url: str) -> set[tuple[str, ...]]:
+    dbname = psycopg2.extensions.parse_dsn(url)["dbname"]
+    return {
+        ("column", "ml_platform_quicktest", "id", "SELECT"),
+        ("column", "ml_platform_quicktest", "gcs_artifacts_path", "SELECT"),
+        ("column", "ml_platform_quicktest", "training_history_json", "SELECT"),
+        ("column", "ml_platform_quicktest", "training_history_json", "UPDATE"),
+        ("relation", "training_metrics_ingestions", "", "SELECT"),
+        ("relation", "training_metrics_ingestions", "", "INSERT"),
+        ("relation", "training_metrics_ingestions_id_seq", "", "USAGE"),
+        ("schema", "public", "", "USAGE"),
+        ("database", dbname, "", "CONNECT"),
+    }
+
+
+def test_role_gets_exactly_the_listed_privileges(platform_db: PlatformDb, function_role: tuple[str, str]) -> None:
+    """The migration grants the function's columns, tables, sequence, schema and database, and nothing more."""
+    assert privileges(platform_db.admin_url, function_role[0]) == expected_privileges(platform_db.admin_url)
+
+
+def test_function_ingests_normally_as_the_role(platform_db: PlatformDb, as_role) -> None:
+    """Logged in with its password, the role runs the function's statements: lock the row, write the history, record."""
+    history = {"epochs": [0, 1], "loss": {"loss": [1.0, 0.5]},
+               "source": {"bucket": "ml-artifacts", "object": "quick_tests/42/training_metrics.json",
+                          "generation": 7}}
+    with as_role, as_role.cursor() as cur:
+        # Match on the folder (trailing slash ignored), lock the row, read the stored source.
+        cur.execute(
+            "SELECT id, training_history_json -> 'source' FROM ml_platform_quicktest"
+            " WHERE rtrim(gcs_artifacts_path, '/') = %s FOR UPDATE",
+            (FOLDER,),
+        )
+        row_id, stored_source = cur.fetchone()
+        assert row_id == platform_db.row_id
+        cur.execute(
+            "UPDATE ml_platform_quicktest SET training_history_json = %s WHERE id = %s RETURNING id",
+            (Json(history), row_id),
+        )
+        assert cur.fetchone() == (row_id,)
+        cur.execute(
+            "INSERT INTO training_metrics_ingestions"
+            " (bucket, object_name, generation, event_id, quicktest_id, outcome, size_bytes, epochs, duration_ms)"
+            " VALUES (%s, %s, %s, %s, %s, 'ingested', %s, %s, %s) RETURNING id",
+            ("ml-artifacts", "quick_tests/42/training_metrics.json", 7, "evt-1", row_id, 1234, 2, 12.5),
+        )
+        record_id = cur.fetchone()[0]
+        cur.execute(
+            "SELECT id, outcome FROM training_metrics_ingestions"
+            " WHERE bucket = %s AND object_name = %s AND generation = %s",
+            ("ml-artifacts", "quick_tests/42/training_metrics.json", 7),
+        )
+        assert cur.fetchall() == [(record_id, "ingested")]
+    assert stored_source is None  # the row had no history before
+    stored = _admin_fetch(platform_db, "SELECT training_history_json, status, name FROM ml_platform_quicktest"
+                                       " WHERE id = %s", (platform_db.row_id,))
+    assert stored == [(history, "completed", "qt-42")]
+
+
+REFUSED = {
+    "update another column": "UPDATE ml_platform_quicktest SET status = 'failed' WHERE id = {row}",
+    "update the mlflow run id": "UPDATE ml_platform_quicktest SET mlflow_run_id = '' WHERE id = {row}",
+    "update history and another column": (
+        "UPDATE ml_platform_quicktest SET training_history_json = NULL, name = 'x' WHERE id = {row}"),
+    "delete a platform row": "DELETE FROM ml_platform_quicktest WHERE id = {row}",
+    "insert a platform row": "INSERT INTO ml_platform_quicktest (gcs_artifacts_path) VALUES ('gs://b/x')",
+    "read another platform column": "SELECT name FROM ml_platform_quicktest",
+    "read the whole platform row": "SELECT * FROM ml_platform_quicktest",
+    "read another platform table": "SELECT api_key FROM ml_platform_experiment",
+    "delete ingestion records": "DELETE FROM training_metrics_ingestions",
+    "rewrite ingestion records": "UPDATE training_metrics_ingestions SET outcome = 'rejected'",
+    "truncate the platform table": "TRUNCATE ml_platform_quicktest",
+    "truncate our table": "TRUNCATE training_metrics_ingestions",
+    "alter the platform table": "ALTER TABLE ml_platform_quicktest ADD COLUMN extra int",
+}
+
+
+@pytest.mark.parametrize("statement", list(REFUSED.values()), ids=list(REFUSED))
+def test_role_is_refused_everything_else(platform_db: PlatformDb, as_role, statement: str) -> None:
+    """PostgreSQL itself refuses the role any other write, delete, read or schema change."""
+    before = _admin_fetch(platform_db, "SELECT * FROM ml_platform_quicktest ORDER BY id")
+    with pytest.raises(psycopg2.errors.InsufficientPrivilege):
+        with as_role, as_role.cursor() as cur:
+            cur.execute(statement.format(row=platform_db.row_id))
+    assert _admin_fetch(platform_db, "SELECT * FROM ml_platform_quicktest ORDER BY id") == before
+
+
+def test_rerun_is_idempotent_and_takes_back_extra_grants(
+    platform_db: PlatformDb, function_role: tuple[str, str]
+) -> None:
+    """Running the migration again succeeds and removes privileges granted by hand since."""
+    role, password = function_role
+    conn = psycopg2.connect(platform_db.admin_url)
+    try:
+        with conn, conn.cursor() as cur:
+            cur.execute(f'GRANT DELETE, UPDATE (status) ON ml_platform_quicktest TO "{role}"')
+    finally:
+        conn.close()
+    assert ("relation", "ml_platform_quicktest", "", "DELETE") in privileges(platform_db.admin_url, role)
+
+    grant_function_role(platform_db.admin_url, role, password=password)
+    grant_function_role(platform_db.admin_url, role)  # no password: the existing one is kept
+
+    assert privileges(platform_db.admin_url, role) == expected_privileges(platform_db.admin_url)
+    conn = psycopg2.connect(platform_db.role_url(role, password))
+    try:
+        with pytest.raises(psycopg2.errors.InsufficientPrivilege):
+            with conn, conn.cursor() as cur:
+                cur.execute("DELETE FROM ml_platform_quicktest")
+    finally:
+        conn.close()
+
+
+def test_psql_file_grants_the_same_as_the_python_migration(
+    platform_db: PlatformDb, function_role: tuple[str, str], scratch_role: Callable[[str], str]
+) -> None:
+    """migrations/optional/function_role.sql, run by psql, gives a role the very same privileges (twice over)."""
+    role = scratch_role("fnsql")
+    for _ in range(2):  # re-running it is harmless
+        done = subprocess.run(
+            [str(psql_path()), "--no-psqlrc", "--quiet", f"--dbname={platform_db.admin_url}",
+             "--set=ON_ERROR_STOP=1", f"--set=role={role}", "--set=quicktest_table=ml_platform_quicktest",
+             f"--file={SQL_FILE}"],
+            capture_output=True, text=True, timeout=60, check=False,
+        )
+        assert done.returncode == 0, done.stderr
+    assert privileges(platform_db.admin_url, role) == privileges(platform_db.admin_url, function_role[0])
+    assert privileges(platform_db.admin_url, role) == expected_privileges(platform_db.admin_url)
+
+
+def test_missing_table_is_a_clear_error(platform_db: PlatformDb, scratch_role: Callable[[str], str]) -> None:
+    """A platform table that does not exist stops the migration with a message naming it."""
+    with pytest.raises(RoleMigrationError, match="no_such_table"):
+        grant_function_role(platform_db.admin_url, scratch_role("fnmissing"), quicktest_table="no_such_table")
+
