@@ -33,46 +33,45 @@ Every flag can also come from the environment variable named beside it.
 A flag given on the command line wins over the variable.
 
 Deploy, required:
-  --project ID               DEPLOY_PROJECT (else GOOGLE_CLOUD_PROJECT)
-  --region REGION            DEPLOY_REGION            e.g. europe-central2
-  --bucket NAME              DEPLOY_BUCKET            the bucket whose uploads are ingested
-  --instance CONNECTION      DEPLOY_INSTANCE          Cloud SQL connection name PROJECT:REGION:INSTANCE
-  --db-name NAME             DEPLOY_DB_NAME           the platform's database
-  --db-user NAME             DEPLOY_DB_USER           the function's database role (see README: least privilege)
-  --db-password-secret NAME[:VERSION]
-                             DEPLOY_DB_PASSWORD_SECRET  Secret Manager secret with that role's password
-                                                      (version defaults to latest); it reaches the
-                                                      function as PGPASSWORD, never on a command line
+  --project ID                 DEPLOY_PROJECT (else GOOGLE_CLOUD_PROJECT)
+  --region REGION              DEPLOY_REGION: the function's region, e.g. europe-central2
+  --bucket NAME                DEPLOY_BUCKET: the bucket whose uploads are ingested
+  --instance CONNECTION        DEPLOY_INSTANCE: Cloud SQL connection name PROJECT:REGION:INSTANCE
+  --db-name NAME               DEPLOY_DB_NAME: the platform's database
+  --db-user NAME               DEPLOY_DB_USER: the function's database role (README: least privilege)
+  --db-password-secret NAME[:VERSION]  DEPLOY_DB_PASSWORD_SECRET: Secret Manager secret holding
+                               that role's password (version: latest); the function gets it as
+                               PGPASSWORD, never on a command line
 Deploy, optional:
-  --function-name NAME       DEPLOY_FUNCTION_NAME     default ingest-training-metrics
-  --runtime-sa NAME|EMAIL    DEPLOY_RUNTIME_SA        default metrics-ingest-runtime (created if missing)
-  --trigger-sa NAME|EMAIL    DEPLOY_TRIGGER_SA        default metrics-ingest-trigger (created if missing)
-  --bucket-location LOC      DEPLOY_BUCKET_LOCATION   the Eventarc trigger location; default: read from the bucket
-  --quicktest-table NAME     DEPLOY_QUICKTEST_TABLE   default ml_platform_quicktest
-  --metrics-filename NAME    DEPLOY_METRICS_FILENAME  default training_metrics.json
-  --memory SIZE              DEPLOY_MEMORY            default 1Gi
-  --cpu N                    DEPLOY_CPU               default 1 (concurrency above 1 needs at least 1)
-  --timeout DURATION         DEPLOY_TIMEOUT           default 300s
-  --concurrency N            DEPLOY_CONCURRENCY       default 8 (most events are non-metrics objects)
-  --max-instances N          DEPLOY_MAX_INSTANCES     default 10 (keep instances x pool size under max_connections)
-  --source DIR               DEPLOY_SOURCE            default $SCRIPT_DIR/functions
-  --dry-run                  DEPLOY_DRY_RUN=1         print the commands, run none, need no credentials
+  --function-name NAME         DEPLOY_FUNCTION_NAME: default ingest-training-metrics
+  --runtime-sa NAME|EMAIL      DEPLOY_RUNTIME_SA: default metrics-ingest-runtime (created if missing)
+  --trigger-sa NAME|EMAIL      DEPLOY_TRIGGER_SA: default metrics-ingest-trigger (created if missing)
+  --bucket-location LOC        DEPLOY_BUCKET_LOCATION: Eventarc trigger location; default: the bucket's
+  --quicktest-table NAME       DEPLOY_QUICKTEST_TABLE: default ml_platform_quicktest
+  --metrics-filename NAME      DEPLOY_METRICS_FILENAME: default training_metrics.json
+  --memory SIZE                DEPLOY_MEMORY: default 1Gi
+  --cpu N                      DEPLOY_CPU: default 1 (a concurrency above 1 needs at least 1)
+  --timeout DURATION           DEPLOY_TIMEOUT: default 300s
+  --concurrency N              DEPLOY_CONCURRENCY: default 8 (most events are other objects)
+  --max-instances N            DEPLOY_MAX_INSTANCES: default 10 (times the pool size: under max_connections)
+  --source DIR                 DEPLOY_SOURCE: default $SCRIPT_DIR/functions
+  --dry-run                    DEPLOY_DRY_RUN=1: print the commands, run none, need no credentials
 
 teardown-mlflow (Phase 3 of the MLflow removal plan):
-  --project ID               DEPLOY_PROJECT (else GOOGLE_CLOUD_PROJECT)
-  --region REGION            DEPLOY_REGION            region of the MLflow Cloud Run service
-  --mlflow-service NAME      DEPLOY_MLFLOW_SERVICE    Cloud Run service, e.g. mlflow-server
-  --mlflow-sql-instance NAME DEPLOY_MLFLOW_SQL_INSTANCE  Cloud SQL instance (a final backup is kept)
-  --mlflow-build-trigger NAME DEPLOY_MLFLOW_BUILD_TRIGGER  Cloud Build trigger, e.g. mlflow-server
-  --mlflow-build-trigger-region R DEPLOY_MLFLOW_BUILD_TRIGGER_REGION  default global
-  --mlflow-service-account EMAIL  DEPLOY_MLFLOW_SERVICE_ACCOUNT  optional: also delete MLflow's service account
-  --final-backup-days N      DEPLOY_FINAL_BACKUP_DAYS  default 30 (1..365): how long the SQL final backup is kept
-  --database-url URL         DATABASE_URL             the platform database (else libpq PG* variables),
-                                                      checked for QuickTest rows whose history only MLflow holds
-  --quicktest-table NAME     DEPLOY_QUICKTEST_TABLE   default ml_platform_quicktest
-  --yes                      DEPLOY_YES=1             without it, only print what would be deleted
-  --force                    DEPLOY_FORCE=1           delete even while rows would lose their history
-  --dry-run                  DEPLOY_DRY_RUN=1         print the commands, run none (no database check)
+  --project ID                 DEPLOY_PROJECT (else GOOGLE_CLOUD_PROJECT)
+  --region REGION              DEPLOY_REGION: region of the MLflow Cloud Run service
+  --mlflow-service NAME        DEPLOY_MLFLOW_SERVICE: Cloud Run service, e.g. mlflow-server
+  --mlflow-sql-instance NAME   DEPLOY_MLFLOW_SQL_INSTANCE: Cloud SQL instance id (a final backup is kept)
+  --mlflow-build-trigger NAME  DEPLOY_MLFLOW_BUILD_TRIGGER: Cloud Build trigger, e.g. mlflow-server
+  --mlflow-build-trigger-region R  DEPLOY_MLFLOW_BUILD_TRIGGER_REGION: default global
+  --mlflow-service-account EMAIL   DEPLOY_MLFLOW_SERVICE_ACCOUNT: optional, delete it too
+  --final-backup-days N        DEPLOY_FINAL_BACKUP_DAYS: 1..365, default 30: the final SQL backup's life
+  --database-url URL           DATABASE_URL: the platform database (else libpq PG* variables), checked
+                               for QuickTest rows whose history only MLflow holds (needs psql)
+  --quicktest-table NAME       DEPLOY_QUICKTEST_TABLE: default ml_platform_quicktest
+  --yes                        DEPLOY_YES=1: delete; without it, only say what would be deleted
+  --force                      DEPLOY_FORCE=1: delete even while rows would lose their history
+  --dry-run                    DEPLOY_DRY_RUN=1: print the commands, run none (no database check)
 
 Exit status: 0 done (or nothing to do), 1 a command failed or teardown refused, 2 bad settings.
 EOF
@@ -164,7 +163,7 @@ while [[ $# -gt 0 ]]; do
   if [[ $arg == *=* ]]; then
     value=${arg#*=}
   else
-    [[ $# -gt 0 ]] || die_usage "$name needs a value"
+    [[ $# -gt 0 && $1 != --* ]] || die_usage "$name needs a value"
     value=$1
     shift
   fi

