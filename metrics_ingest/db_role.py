@@ -54,7 +54,7 @@ class RoleMigrationError(RuntimeError):
 
 
 def grant_function_role(
-    database_url: str,
+    database_url: str | None,
     role: str,
     *,
     quicktest_table: str = "ml_platform_quicktest",
@@ -65,11 +65,12 @@ def grant_function_role(
     ``password``, when given, is set on the role as a SCRAM verifier computed
     here, so the clear text never reaches the server (or its statement log).
     Without it an existing role keeps its password; a new one has none (set it
-    later, e.g. with this function or ``\\password`` in psql).
+    later, e.g. with this function or ``\\password`` in psql). ``database_url``
+    None means the libpq ``PG*`` variables.
     """
     if not role or len(role) > 63:
         raise RoleMigrationError(f"invalid role name {role!r}: 1 to 63 characters")
-    conn = psycopg2.connect(database_url)
+    conn = psycopg2.connect(database_url or "")
     try:
         with conn:  # one transaction: the role's privileges change all at once
             with conn.cursor() as cur:
