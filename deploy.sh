@@ -253,6 +253,9 @@ if [[ $ACTION == deploy ]]; then
   check "$TIMEOUT" '^[1-9][0-9]*s$' --timeout DEPLOY_TIMEOUT "a duration in seconds such as 300s"
   check "$CONCURRENCY" "$RE_POSITIVE" --concurrency DEPLOY_CONCURRENCY "a positive integer"
   check "$MAX_INSTANCES" "$RE_POSITIVE" --max-instances DEPLOY_MAX_INSTANCES "a positive integer"
+  if [[ $CONCURRENCY =~ $RE_POSITIVE && $CONCURRENCY -gt 1 && $CPU =~ ^0?\.[0-9]+$ ]]; then
+    ERRORS+=("--concurrency (DEPLOY_CONCURRENCY) above 1 needs --cpu (DEPLOY_CPU) of at least 1; got cpu '$CPU'")
+  fi
   if [[ -n $SOURCE_DIR && ! -f $SOURCE_DIR/main.py ]]; then
     ERRORS+=("--source (DEPLOY_SOURCE) must be the function's folder with main.py; none in '$SOURCE_DIR'")
   fi
@@ -377,9 +380,14 @@ sa_email() {
   fi
 }
 
-# ensure_service_account NAME|EMAIL DESCRIPTION
+# ensure_service_account EMAIL DESCRIPTION
 ensure_service_account() {
   local email=$1 description=$2
+  if [[ $email != *"@$PROJECT.iam.gserviceaccount.com" ]]; then
+    # Another project's (or a Google-managed) account: use it as it is, create nothing.
+    [[ $DRY_RUN == 1 ]] && printf '# %s belongs to another project: used as it is, not created\n' "$email"
+    return 0
+  fi
   if exists gcloud iam service-accounts list --project="$PROJECT" \
     --filter="email=$email" --format='value(email)'; then
     [[ $DRY_RUN == 1 ]] || note "service account $email exists"
