@@ -8,6 +8,11 @@
 # Run ./deploy.sh --help for the flags and the environment variables behind them.
 set -euo pipefail
 
+if ((BASH_VERSINFO[0] * 100 + BASH_VERSINFO[1] < 404)); then
+  echo "deploy.sh needs bash 4.4 or newer (on macOS: brew install bash); this is $BASH_VERSION" >&2
+  exit 2
+fi
+
 SCRIPT_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 readonly SCRIPT_DIR
 readonly PROG=deploy.sh

@@ -32,7 +32,9 @@ Example::
 
 from __future__ import annotations
 
+import argparse
 import logging
+import os
 
 import psycopg2
 from psycopg2 import sql
@@ -77,6 +79,35 @@ def grant_function_role(
                 _grant(cur, conn, role, quicktest_table, password)
     finally:
         conn.close()
+
+
+def add_function_role_option(parser: argparse.ArgumentParser) -> None:
+    """Add ``--function-role NAME`` to a command's parser (``metrics-ingest migrate``)."""
+    parser.add_argument(
+        "--function-role",
+        metavar="NAME",
+        default=None,
+        help="also create or refresh the Cloud Function's least-privilege login role NAME"
+        f" (its password from ${PASSWORD_ENV} when set; run as the tables' owner)",
+    )
+
+
+def apply_function_role_option(
+    args: argparse.Namespace, database_url: str | None, *, quicktest_table: str
+) -> str | None:
+    """Run :func:`grant_function_role` when ``--function-role`` was given; the role's name, or None.
+
+    The password comes from the environment (``FUNCTION_ROLE_PASSWORD``), never a flag.
+    """
+    if not args.function_role:
+        return None
+    grant_function_role(
+        database_url,
+        args.function_role,
+        quicktest_table=quicktest_table,
+        password=os.environ.get(PASSWORD_ENV) or None,
+    )
+    return args.function_role
 
 
 def _grant(cur, conn, role: str, quicktest_table: str, password: str | None) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import subprocess
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -12,7 +13,13 @@ import psycopg2.errors
 import pytest
 from psycopg2.extras import Json
 
-from metrics_ingest.db_role import RoleMigrationError, grant_function_role
+from metrics_ingest.db_role import (
+    PASSWORD_ENV,
+    RoleMigrationError,
+    add_function_role_option,
+    apply_function_role_option,
+    grant_function_role,
+)
 from tests.support.scratch_db import REPO, create_dev_platform_table, psql_path, with_params
 
 SQL_FILE = REPO / "migrations" / "optional" / "function_role.sql"
@@ -96,8 +103,8 @@ def as_role(platform_db: PlatformDb, function_role: tuple[str, str]) -> Iterator
         conn.close()
 
 
-def _admin_fetch(platform_db: PlatformDb, query: str, params: tuple = ()) -> list[tuple]:
-    conn = psycopg2.connect(platform_db.admin_url)
+def _admin_fetch(url: str, query: str, params: tuple = ()) -> list[tuple]:
+    conn = psycopg2.connect(url)
     try:
         with conn, conn.cursor() as cur:
             cur.execute(query, params)
@@ -188,7 +195,7 @@ def test_function_ingests_normally_as_the_role(platform_db: PlatformDb, as_role)
         )
         assert cur.fetchall() == [(record_id, "ingested")]
     assert stored_source is None  # the row had no history before
-    stored = _admin_fetch(platform_db, "SELECT training_history_json, status, name FROM ml_platform_quicktest"
+    stored = _admin_fetch(platform_db.admin_url, "SELECT training_history_json, status, name FROM ml_platform_quicktest"
                                        " WHERE id = %s", (platform_db.row_id,))
     assert stored == [(history, "completed", "qt-42")]
 
@@ -214,11 +221,11 @@ REFUSED = {
 @pytest.mark.parametrize("statement", list(REFUSED.values()), ids=list(REFUSED))
 def test_role_is_refused_everything_else(platform_db: PlatformDb, as_role, statement: str) -> None:
     """PostgreSQL itself refuses the role any other write, delete, read or schema change."""
-    before = _admin_fetch(platform_db, "SELECT * FROM ml_platform_quicktest ORDER BY id")
+    before = _admin_fetch(platform_db.admin_url, "SELECT * FROM ml_platform_quicktest ORDER BY id")
     with pytest.raises(psycopg2.errors.InsufficientPrivilege):
         with as_role, as_role.cursor() as cur:
             cur.execute(statement.format(row=platform_db.row_id))
-    assert _admin_fetch(platform_db, "SELECT * FROM ml_platform_quicktest ORDER BY id") == before
+    assert _admin_fetch(platform_db.admin_url, "SELECT * FROM ml_platform_quicktest ORDER BY id") == before
 
 
 def test_rerun_is_idempotent_and_takes_back_extra_grants(
@@ -269,3 +276,31 @@ def test_missing_table_is_a_clear_error(platform_db: PlatformDb, scratch_role: C
     with pytest.raises(RoleMigrationError, match="no_such_table"):
         grant_function_role(platform_db.admin_url, scratch_role("fnmissing"), quicktest_table="no_such_table")
 
+
+
+def stored_password(url: str, role: str) -> str | None:
+    return _admin_fetch(url, "SELECT rolpassword FROM pg_authid WHERE rolname = %s", (role,))[0][0]
+
+
+def test_password_is_stored_as_a_scram_verifier(platform_db: PlatformDb, function_role: tuple[str, str]) -> None:
+    """The role's password reaches the server only as a SCRAM verifier, never in clear text."""
+    stored = stored_password(platform_db.admin_url, function_role[0])
+    assert stored.startswith("SCRAM-SHA-256$")
+    assert function_role[1] not in stored
+
+
+def test_migrate_option_creates_the_role_with_the_password_from_the_environment(
+    platform_db: PlatformDb, scratch_role: Callable[[str], str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """--function-role NAME (as metrics-ingest migrate parses it) makes the role, its password from the environment."""
+    parser = argparse.ArgumentParser()
+    add_function_role_option(parser)
+    assert apply_function_role_option(parser.parse_args([]), platform_db.admin_url,
+                                      quicktest_table="ml_platform_quicktest") is None
+
+    role = scratch_role("fncli")
+    monkeypatch.setenv(PASSWORD_ENV, "from-the-environment")
+    args = parser.parse_args(["--function-role", role])
+    assert apply_function_role_option(args, platform_db.admin_url, quicktest_table="ml_platform_quicktest") == role
+    assert privileges(platform_db.admin_url, role) == expected_privileges(platform_db.admin_url)
+    assert stored_password(platform_db.admin_url, role).startswith("SCRAM-SHA-256$")
