@@ -20,10 +20,6 @@ def _ref(folder: str, generation: int) -> ObjectRef:
     return ObjectRef(BUCKET, f"{folder}/training_metrics.json", generation, size=10)
 
 
-def _history(generation: int) -> dict:
-    return {"epochs": list(range(generation)), "source": {"bucket": BUCKET, "generation": str(generation)}}
-
-
 def test_concurrent_writers_of_distinct_generations_end_with_the_newest(platform_db: PlatformDb) -> None:
     """16 writers with shuffled generations: the row ends with the highest, ingested generations only increase."""
     row_id, folder = platform_db.new_quicktest()
@@ -35,7 +31,7 @@ def test_concurrent_writers_of_distinct_generations_end_with_the_newest(platform
 
     def write(generation: int) -> None:
         ref = _ref(folder, generation)
-        history = {**_history(generation), "source": {"bucket": BUCKET, "object": ref.name, "generation": str(generation)}}
+        history = {"epochs": list(range(generation)), "source": {"bucket": BUCKET, "object": ref.name, "generation": str(generation)}}
         barrier.wait()
         with store.connection(settings) as conn:
             outcomes[generation] = store.write(
@@ -81,11 +77,11 @@ def test_row_source_counts_as_an_ingested_generation(platform_db: PlatformDb) ->
     """A row whose history already names a generation of this object (log wiped) blocks older and equal ones."""
     row_id, folder = platform_db.new_quicktest()
     name = f"{folder}/training_metrics.json"
-    platform_db_history = {"epochs": [0], "source": {"bucket": BUCKET, "object": name, "generation": "50"}}
+    history = {"epochs": [0], "source": {"bucket": BUCKET, "object": name, "generation": "50"}}
     conn = platform_db.connect()
     with conn, conn.cursor() as cur:
         cur.execute("UPDATE ml_platform_quicktest SET training_history_json = %s WHERE id = %s",
-                    (psycopg2.extras.Json(platform_db_history), row_id))
+                    (psycopg2.extras.Json(history), row_id))
     conn.close()
     settings = platform_db.settings()
     with store.connection(settings) as conn:
