@@ -169,18 +169,37 @@ def read_state(conn: Any, settings: Settings, ref: ObjectRef) -> RowState:
 
     with conn, conn.cursor() as cur:
         cur.execute(
-            sql.SQL(
-                "SELECT id, training_history_json -> 'source' FROM {} "
-                "WHERE gcs_artifacts_path IN (%s, %s) ORDER BY id DESC LIMIT 1"
-            ).format(_table(settings)),
+            sql.SQL("SELECT id FROM {} WHERE gcs_artifacts_path IN (%s, %s) ORDER BY id DESC LIMIT 1").format(
+                _table(settings)
+            ),
             _paths(ref),
         )
         row = cur.fetchone()
         if row is None:
             return RowState(None, None, False)
-        newest, this_one = _recorded(cur, ref)
-    current = _max(newest, _source_generation(row[1], ref))
-    return RowState(int(row[0]), current, this_one or current == ref.generation)
+        quicktest_id = int(row[0])
+        current, this_one = _current_generation(cur, settings, ref, quicktest_id)
+    return RowState(quicktest_id, current, this_one)
+
+
+def _current_generation(cur: Any, settings: Settings, ref: ObjectRef, quicktest_id: int) -> tuple[int | None, bool]:
+    """The newest generation of ``ref``'s object in the row, and whether ``ref``'s own is done.
+
+    The log says it; only when the log knows nothing of this object (a row
+    filled before the log existed, or a wiped log) is the row's ``source``
+    read, since reading into a large jsonb costs a decompression.
+    """
+    from psycopg2 import sql
+
+    newest, this_one = _recorded(cur, ref)
+    if newest is None:
+        cur.execute(
+            sql.SQL("SELECT training_history_json -> 'source' FROM {} WHERE id = %s").format(_table(settings)),
+            (quicktest_id,),
+        )
+        found = cur.fetchone()
+        newest = _source_generation(found[0] if found else None, ref)
+    return newest, this_one or newest == ref.generation
 
 
 @dataclasses.dataclass(frozen=True)
@@ -240,12 +259,17 @@ def write(
     ref: ObjectRef,
     history: dict[str, Any],
     *,
+    raw_text: str | None = None,
     event_id: str | None,
     epochs: int | None,
     duration_ms: float,
     force: bool = False,
 ) -> WriteResult:
-    """Write ``history`` into the row if ``ref`` is newer than what it holds; record the outcome.
+    """Write the history into the row if ``ref`` is newer than what it holds; record the outcome.
+
+    The row receives ``history``; or, with ``raw_text`` (the file's own JSON,
+    already validated), ``raw_text::jsonb || history`` (``history`` then holds
+    only the top-level keys to add or replace).
 
     One transaction: lock the row, compare generations under the lock, insert
     the record (``ON CONFLICT DO NOTHING`` against the unique index on
@@ -254,12 +278,10 @@ def write(
     from psycopg2 import sql
 
     base = Record(ref, "ingested", event_id=event_id, epochs=epochs, duration_ms=duration_ms)
-    payload = json.dumps(history, allow_nan=False, separators=(",", ":"))
     with conn, conn.cursor() as cur:
         cur.execute(
             sql.SQL(
-                "SELECT id, training_history_json -> 'source' FROM {} "
-                "WHERE gcs_artifacts_path IN (%s, %s) ORDER BY id DESC LIMIT 1 FOR UPDATE"
+                "SELECT id FROM {} WHERE gcs_artifacts_path IN (%s, %s) ORDER BY id DESC LIMIT 1 FOR UPDATE"
             ).format(_table(settings)),
             _paths(ref),
         )
@@ -269,9 +291,8 @@ def write(
             return WriteResult("no_matching_row", None, _no_row(ref))
         quicktest_id = int(row[0])
         base = dataclasses.replace(base, quicktest_id=quicktest_id)
-        # Read under the lock: every writer of this row has committed or waits.
-        newest, _ = _recorded(cur, ref)
-        current = _max(newest, _source_generation(row[1], ref))
+        # Read under the lock: every earlier writer of this row has committed.
+        current, _ = _current_generation(cur, settings, ref, quicktest_id)
         decided = _decide(ref.generation, current, force)
         if decided is not None:
             outcome, reason = decided
@@ -285,10 +306,14 @@ def write(
             reason = f"generation {ref.generation} was already ingested"
             cur.execute(_INSERT, _params(dataclasses.replace(base, outcome="duplicate", reason=reason)))
             return WriteResult("duplicate", quicktest_id, reason)
-        cur.execute(
-            sql.SQL("UPDATE {} SET training_history_json = %s::jsonb WHERE id = %s").format(_table(settings)),
-            (payload, quicktest_id),
-        )
+        payload = json.dumps(history, allow_nan=False, separators=(",", ":"))
+        if raw_text is None:
+            update = sql.SQL("UPDATE {} SET training_history_json = %s::jsonb WHERE id = %s")
+            params: tuple[Any, ...] = (payload, quicktest_id)
+        else:
+            update = sql.SQL("UPDATE {} SET training_history_json = %s::jsonb || %s::jsonb WHERE id = %s")
+            params = (raw_text, payload, quicktest_id)
+        cur.execute(update.format(_table(settings)), params)
         return WriteResult("ingested", quicktest_id, "re-ingested (--force)" if forced else None)
 
 
