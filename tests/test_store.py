@@ -102,3 +102,30 @@ def test_unreachable_database_is_transient() -> None:
     with pytest.raises(TransientError, match="database error"):
         with store.connection(settings):
             pass
+
+
+def test_pool_keeps_connections_open_between_events(platform_db: PlatformDb) -> None:
+    """Consecutive uses of the pool get the same server session (no reconnect per event)."""
+    settings = platform_db.settings(db_pool_size=3)
+    pids = set()
+    for _ in range(5):
+        with store.connection(settings) as conn, conn, conn.cursor() as cur:
+            cur.execute("SELECT pg_backend_pid()")
+            pids.add(cur.fetchone()[0])
+    assert len(pids) == 1
+
+
+def test_pool_replaces_a_connection_the_server_dropped(platform_db: PlatformDb, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A pooled connection terminated by the server (restart, failover) is probed and replaced, not failed."""
+    settings = platform_db.settings(db_pool_size=2)
+    with store.connection(settings) as conn, conn, conn.cursor() as cur:
+        cur.execute("SELECT pg_backend_pid()")
+        (old_pid,) = cur.fetchone()
+    admin = platform_db.connect()
+    with admin, admin.cursor() as cur:
+        cur.execute("SELECT pg_terminate_backend(%s)", (old_pid,))
+    admin.close()
+    monkeypatch.setattr(store, "_PROBE_AFTER_IDLE_S", 0.0)  # probe at once instead of after 30 s idle
+    with store.connection(settings) as conn, conn, conn.cursor() as cur:
+        cur.execute("SELECT pg_backend_pid()")
+        assert cur.fetchone()[0] != old_pid

@@ -24,6 +24,7 @@ import contextlib
 import dataclasses
 import json
 import threading
+import time
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -36,6 +37,7 @@ if TYPE_CHECKING:
 INGESTIONS_TABLE = "training_metrics_ingestions"
 OUTCOMES = ("ingested", "duplicate", "superseded", "no_matching_row", "rejected")
 
+_PROBE_AFTER_IDLE_S = 30.0
 _pools: dict[tuple[str | None, int, int], _BlockingPool] = {}
 _pools_lock = threading.Lock()
 
@@ -47,8 +49,9 @@ class _BlockingPool:
         from psycopg2.pool import ThreadedConnectionPool
 
         self._slots = threading.BoundedSemaphore(size)
+        self._idle_since: dict[int, float] = {}
         self._pool = ThreadedConnectionPool(
-            0,
+            0,  # nothing opened up front: the first event opens what it needs
             size,
             dsn=dsn or "",  # '' = libpq's PG* variables
             connect_timeout=connect_timeout,
@@ -56,6 +59,10 @@ class _BlockingPool:
             # A stuck lock or query fails the event (retried) instead of hanging it.
             options="-c lock_timeout=10s -c statement_timeout=60s",
         )
+        # psycopg2 closes a returned connection when more than ``minconn`` are
+        # idle; raised after construction, connections still open lazily but
+        # stay open for the next event (a connect costs more than the query).
+        self._pool.minconn = size
 
     @contextlib.contextmanager
     def get(self) -> Iterator[Any]:
@@ -63,10 +70,7 @@ class _BlockingPool:
         conn = None
         broken = True
         try:
-            conn = self._pool.getconn()
-            if conn.closed:
-                self._pool.putconn(conn, close=True)
-                conn = self._pool.getconn()
+            conn = self._checked_out()
             yield conn
             broken = bool(conn.closed)
         except BaseException as exc:
@@ -77,8 +81,29 @@ class _BlockingPool:
             raise
         finally:
             if conn is not None:
+                self._idle_since[id(conn)] = time.monotonic()
                 self._pool.putconn(conn, close=broken)
             self._slots.release()
+
+    def _checked_out(self) -> Any:
+        """A pooled connection; one idle for a while is probed first, so a
+        database restart or failover costs a reconnect, not a failed event."""
+        import psycopg2
+
+        conn = self._pool.getconn()
+        idle_since = self._idle_since.pop(id(conn), None)
+        if conn.closed:
+            self._pool.putconn(conn, close=True)
+            return self._pool.getconn()
+        if idle_since is not None and time.monotonic() - idle_since > _PROBE_AFTER_IDLE_S:
+            try:
+                with conn.cursor() as cur:
+                    cur.execute("SELECT 1")
+                conn.rollback()
+            except psycopg2.Error:
+                self._pool.putconn(conn, close=True)
+                return self._pool.getconn()
+        return conn
 
     def close(self) -> None:
         self._pool.closeall()
