@@ -15,12 +15,14 @@ Example (local)::
 
 from __future__ import annotations
 
+import os
+import posixpath
 import time
 
 import functions_framework
 from cloudevents.http.event import CloudEvent
 
-from ingest.config import Settings
+from ingest.config import METRICS_FILENAME, Settings
 from ingest.errors import BadEvent
 from ingest.logs import configure, log_event
 from ingest.objects import ObjectRef
@@ -33,13 +35,14 @@ configure()
 def ingest_training_metrics(cloud_event: CloudEvent) -> None:
     """Handle one ``google.cloud.storage.object.v1.finalized`` event."""
     started = time.perf_counter()
+    data = cloud_event.data
+    # Model files and embeddings outnumber metrics files by thousands: return
+    # at once, before even reading the rest of the configuration.
+    name = data.get("name") if isinstance(data, dict) else None
+    if isinstance(name, str) and posixpath.basename(name) != (os.environ.get("METRICS_FILENAME") or METRICS_FILENAME):
+        return
     settings = Settings.from_env()
     event_id = cloud_event["id"]
-    data = cloud_event.data
-    # Model files and embeddings outnumber metrics files by thousands: return at once.
-    name = data.get("name") if isinstance(data, dict) else None
-    if isinstance(name, str) and not is_metrics_object(name, settings):
-        return
     try:
         ref = ObjectRef.from_resource(data)
     except BadEvent as exc:

@@ -157,3 +157,17 @@ def test_real_server_ingests_and_logs_json(
     [entry] = [e for e in entries if e.get("event_id") == "evt-real-1"]
     assert entry["outcome"] == "ingested" and entry["severity"] == "INFO"
     assert not [e for e in entries if e.get("event_id") == "evt-real-2"]  # other objects: silent, at once
+
+
+def test_metrics_filename_setting_picks_the_ingested_name(
+    client: Any, platform_db: PlatformDb, artifacts: Artifacts, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With METRICS_FILENAME set, only objects of that base name are ingested."""
+    monkeypatch.setenv("METRICS_FILENAME", "metrics.json")
+    row_id, folder = platform_db.new_quicktest()
+    default_name = artifacts.upload(folder, dumps(v1_document(2)))
+    custom = artifacts.upload(folder, dumps(v1_document(3)), name="metrics.json")
+    assert post(client, default_name).status_code == 200
+    assert platform_db.ingestions("ml-artifacts", default_name["name"]) == []
+    assert post(client, custom).status_code == 200
+    assert platform_db.history(row_id)["epochs"] == [0, 1, 2]

@@ -39,6 +39,9 @@ def _positive_float(env: Mapping[str, str], name: str, default: float) -> float:
     return value
 
 
+METRICS_FILENAME = "training_metrics.json"
+
+
 @dataclasses.dataclass(frozen=True)
 class Settings:
     """Everything the ingestion reads from its environment.
@@ -65,7 +68,7 @@ class Settings:
 
     database_url: str | None = None
     quicktest_table: str = "ml_platform_quicktest"
-    metrics_filename: str = "training_metrics.json"
+    metrics_filename: str = METRICS_FILENAME
     max_metrics_bytes: int = 64 * 1024 * 1024
     gcs_timeout: float = 30.0
     db_connect_timeout: int = 10
