@@ -171,3 +171,26 @@ def test_metrics_filename_setting_picks_the_ingested_name(
     assert platform_db.ingestions("ml-artifacts", default_name["name"]) == []
     assert post(client, custom).status_code == 200
     assert platform_db.history(row_id)["epochs"] == [0, 1, 2]
+
+
+def test_function_module_imports_without_heavy_clients() -> None:
+    """Importing functions/main.py alone (as deployed) loads no GCS client, psycopg2, jsonschema or TensorFlow."""
+    import subprocess
+    import sys
+
+    probe = (
+        "import sys, main\n"
+        "print(','.join(m for m in ('google.cloud.storage', 'psycopg2', 'jsonschema', 'tensorflow', 'metrics_ingest')"
+        " if m in sys.modules))\n"
+        "print(callable(main.ingest_training_metrics))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", probe],
+        cwd=ROOT / "functions",
+        env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT / "functions")},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split("\n")[:2] == ["", "True"]
