@@ -189,8 +189,8 @@ def bench_nonmatching(ours: str, empty: str, n: int) -> None:
 # ---------------------------------------------------------------- 2. matching file
 
 
-def bench_matching(ours: str, db_url: str, files: int, log: Path) -> None:
-    doc = megabyte_document()
+def bench_matching(ours: str, db_url: str, files: int, log: Path, metrics: int) -> None:
+    doc = megabyte_document(metrics)
     data = json.dumps(doc, indent=2).encode()
     bucket = storage.Client().bucket(BUCKET)
     conn = psycopg2.connect(db_url)
@@ -241,7 +241,7 @@ def bench_matching(ours: str, db_url: str, files: int, log: Path) -> None:
     assert row_generation == bucket.get_blob("quick_tests/e2e/training_metrics.json").generation.__str__()
     e50, e95 = pct(times["e2e"], 50), pct(times["e2e"], 95)
     f50, f95 = pct(times["floor"], 50), pct(times["floor"], 95)
-    print(f"\n2. Matching file, {len(data) / 1e6:.2f} MB (50 epochs x 140 metrics + 4 histograms x 50 bins, indent=2),"
+    print(f"\n2. Matching file, {len(data) / 1e6:.2f} MB (50 epochs x {metrics} metrics + 4 histograms x 50 bins, indent=2),"
           f" {files} generations (ratio to the floor)")  # fmt: skip
     line("floor (download + json.loads + one UPDATE, in process): p50", f"{f50 * 1000:.1f} ms")
     line("floor: p95", f"{f95 * 1000:.1f} ms")
@@ -355,6 +355,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--events", type=int, default=2000, help="non-matching events per function (default 2000)")
     parser.add_argument("--files", type=int, default=30, help="matching file generations timed (default 30)")
+    parser.add_argument("--metrics", type=int, default=140,
+                        help="per-epoch metrics in the matching file (default 140: 0.46 MB; 540: 1.0 MB)")  # fmt: skip
     parser.add_argument("--rows", type=int, default=1_000_000, help="platform table rows for the lookup (default 1M)")
     parser.add_argument("--cold-runs", type=int, default=7, help="fresh interpreters per import measured (default 7)")
     parser.add_argument("--database-url", default=os.environ.get("BENCH_DATABASE_URL"),
@@ -388,7 +390,7 @@ def main(argv: list[str] | None = None) -> int:
                 function_server(empty_source, "noop", env, Path(tmp) / "empty.log") as empty,
             ):
                 bench_nonmatching(ours, empty, args.events)
-                bench_matching(ours, db_url, args.files, Path(tmp) / "ours.log")
+                bench_matching(ours, db_url, args.files, Path(tmp) / "ours.log", args.metrics)
         finally:
             with admin.cursor() as cur:
                 cur.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))

@@ -194,3 +194,27 @@ def test_function_module_imports_without_heavy_clients() -> None:
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.split("\n")[:2] == ["", "True"]
+
+
+def test_real_server_concurrent_deliveries_keep_the_newest(
+    function_server: FunctionServer, platform_db: PlatformDb, artifacts: Artifacts
+) -> None:
+    """16 concurrent deliveries of mixed generations to the real server: every one 2xx, the newest in the row."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    row_id, folder = platform_db.new_quicktest()
+    resources = [artifacts.upload(folder, dumps(v1_document(e + 1))) for e in range(4)]
+    deliveries = [resources[(i * 7) % 4] for i in range(16)]
+
+    def deliver(resource: dict[str, Any]) -> int:
+        headers, body = to_binary(finalize_event(resource))
+        return requests.post(function_server.url, headers=headers, data=body, timeout=60).status_code
+
+    with ThreadPoolExecutor(16) as pool:
+        statuses = list(pool.map(deliver, deliveries))
+    assert statuses == [200] * 16
+    newest = resources[-1]
+    assert platform_db.history(row_id)["source"]["generation"] == newest["generation"]
+    records = platform_db.ingestions("ml-artifacts", newest["name"])
+    assert len(records) == 16
+    assert [r["generation"] for r in records if r["outcome"] == "ingested"] == [int(newest["generation"])]

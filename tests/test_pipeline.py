@@ -275,3 +275,23 @@ def test_unusual_table_name_works_and_cannot_inject(platform_db: PlatformDb, art
                     (sql.Identifier(HOSTILE_TABLE).as_string(cur),))
         assert cur.fetchone() == (True, True)
     conn.close()
+
+
+def test_compression_bomb_is_stopped_in_bounded_memory(platform_db: PlatformDb, artifacts: Artifacts) -> None:
+    """A 128 MiB gzip bomb is rejected at the cap without ever holding much more than the cap in memory."""
+    import tracemalloc
+
+    row_id, folder = platform_db.new_quicktest()
+    bomb = _bomb(128 * 1024 * 1024)
+    assert len(bomb) < 1024 * 1024  # ~130 KB on the wire
+    resource = artifacts.upload(folder, bomb, content_encoding="gzip")
+    cap = 4 * 1024 * 1024
+    tracemalloc.start()
+    try:
+        result = _ingest(platform_db, resource, settings=platform_db.settings(max_metrics_bytes=cap))
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert result.outcome == "rejected" and "compression bomb" in (result.reason or "")
+    assert peak < 4 * cap, f"peak {peak} bytes"
+    assert platform_db.history(row_id) is None
