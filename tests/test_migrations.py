@@ -1,4 +1,5 @@
-"""migrations/ applied with yoyo by `metrics-ingest migrate`: idempotent, reversible, never altering the platform table."""
+"""migrations/ applied with yoyo by `metrics-ingest migrate`: idempotent, reversible,
+never altering the platform table."""
 
 from __future__ import annotations
 
@@ -33,6 +34,10 @@ EXPECTED_COLUMNS = {
     "forced": "boolean",
     "created_at": "timestamp with time zone",
 }
+COLUMNS_OF = (
+    "SELECT column_name, data_type, is_nullable, column_default FROM information_schema.columns"
+    " WHERE table_name = %s ORDER BY 1"
+)
 
 
 @pytest.fixture
@@ -85,14 +90,16 @@ def test_migrations_apply_to_an_empty_database_once(fresh_db: str) -> None:
     """Every migration applies to an empty database, the schema is as documented, and a rerun applies nothing."""
     assert apply_migrations(fresh_db) == ["0001.create-ingestions"]
     assert apply_migrations(fresh_db) == []
-    columns = dict(
-        _query(
-            fresh_db,
-            "SELECT column_name, data_type FROM information_schema.columns WHERE table_name = 'training_metrics_ingestions'",
-        )
+    columns = _query(
+        fresh_db,
+        "SELECT column_name, data_type FROM information_schema.columns WHERE table_name = %s",
+        ("training_metrics_ingestions",),
     )
-    assert columns == EXPECTED_COLUMNS
-    indexes = {name for (name,) in _query(fresh_db, "SELECT indexname FROM pg_indexes WHERE tablename = 'training_metrics_ingestions'")}
+    assert dict(columns) == EXPECTED_COLUMNS
+    indexes = {
+        name
+        for (name,) in _query(fresh_db, "SELECT indexname FROM pg_indexes WHERE tablename = %s", ("training_metrics_ingestions",))
+    }
     assert {"training_metrics_ingestions_one_ingested", "training_metrics_ingestions_object"} <= indexes
     assert _query(fresh_db, "SELECT to_regclass('ml_platform_quicktest')") == [(None,)]  # dev table never applied
 
@@ -117,13 +124,13 @@ def test_path_index_is_added_once_the_platform_table_exists(fresh_db: str) -> No
     apply_migrations(fresh_db)
     create_dev_platform_table(fresh_db)
     _query(fresh_db, "INSERT INTO ml_platform_quicktest (gcs_artifacts_path) VALUES ('gs://b/q/1') RETURNING id")
-    before = _query(fresh_db, "SELECT column_name, data_type, is_nullable FROM information_schema.columns WHERE table_name = 'ml_platform_quicktest' ORDER BY 1")
+    before = _query(fresh_db, COLUMNS_OF, ("ml_platform_quicktest",))
     assert _path_indexes(fresh_db, "ml_platform_quicktest") == []
     assert apply_migrations(fresh_db) == []
     [index] = _path_indexes(fresh_db, "ml_platform_quicktest")
     apply_migrations(fresh_db)
     assert _path_indexes(fresh_db, "ml_platform_quicktest") == [index]
-    after = _query(fresh_db, "SELECT column_name, data_type, is_nullable FROM information_schema.columns WHERE table_name = 'ml_platform_quicktest' ORDER BY 1")
+    after = _query(fresh_db, COLUMNS_OF, ("ml_platform_quicktest",))
     assert after == before  # columns untouched
     assert _query(fresh_db, "SELECT count(*) FROM ml_platform_quicktest") == [(1,)]  # data untouched
 

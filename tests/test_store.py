@@ -31,7 +31,8 @@ def test_concurrent_writers_of_distinct_generations_end_with_the_newest(platform
 
     def write(generation: int) -> None:
         ref = _ref(folder, generation)
-        history = {"epochs": list(range(generation)), "source": {"bucket": BUCKET, "object": ref.name, "generation": str(generation)}}
+        source = {"bucket": BUCKET, "object": ref.name, "generation": str(generation)}
+        history = {"epochs": list(range(generation)), "source": source}
         barrier.wait()
         with store.connection(settings) as conn:
             outcomes[generation] = store.write(

@@ -77,11 +77,13 @@ class _BlockingPool:
             import psycopg2
 
             # A connection that failed at the transport level is not reused.
-            broken = conn is None or bool(conn.closed) or isinstance(exc, (psycopg2.OperationalError, psycopg2.InterfaceError))
+            transport = (psycopg2.OperationalError, psycopg2.InterfaceError)
+            broken = conn is None or bool(conn.closed) or isinstance(exc, transport)
             raise
         finally:
             if conn is not None:
-                self._idle_since[id(conn)] = time.monotonic()
+                if not broken:
+                    self._idle_since[id(conn)] = time.monotonic()
                 self._pool.putconn(conn, close=broken)
             self._slots.release()
 
@@ -140,7 +142,9 @@ def connection(settings: Settings) -> Iterator[Any]:
     except (pgerrors.UndefinedTable, pgerrors.UndefinedColumn) as exc:
         # Configuration (QUICKTEST_TABLE, migrations not applied): retrying
         # until someone fixes it loses no event; acknowledging would.
-        raise TransientError(f"database schema problem (run `metrics-ingest migrate`, check QUICKTEST_TABLE): {exc}".strip()) from exc
+        raise TransientError(
+            f"database schema problem (run `metrics-ingest migrate`, check QUICKTEST_TABLE): {str(exc).strip()}"
+        ) from exc
     except psycopg2.DataError as exc:
         # The value, not the database, is at fault: retrying cannot help.
         raise Rejected(f"PostgreSQL cannot store the document: {str(exc).strip().splitlines()[0]}") from exc
