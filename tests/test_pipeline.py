@@ -37,6 +37,13 @@ def test_valid_v1_file_is_ingested(platform_db: PlatformDb, artifacts: Artifacts
     resource = artifacts.upload(folder, dumps(doc))
     result = _ingest(platform_db, resource)
     assert (result.outcome, result.quicktest_id, result.epochs) == ("ingested", row_id, 4)
+    summary = json.loads(json.dumps(result.to_dict()))
+    assert (summary["outcome"], summary["object"], summary["generation"], summary["dry_run"]) == (
+        "ingested",
+        resource["name"],
+        int(resource["generation"]),
+        False,
+    )
     history = platform_db.history(row_id)
     assert isinstance(history, dict)  # jsonb: Django's JSONField reads a dict
     assert _without_ingestion_keys(history) == doc
