@@ -110,11 +110,27 @@ def test_broken_files_are_rejected_with_a_reason(case: str, raw: bytes, fragment
 
 
 def test_depth_guard_allows_ordinary_nesting_and_brackets_in_strings() -> None:
-    """Nesting up to the limit passes; brackets inside strings do not count."""
-    document.check_depth("[" * 64 + "]" * 64)
+    """Nesting up to the limit passes; brackets inside strings do not count; open depth is returned."""
+    assert document.check_depth("[" * 64 + "]" * 64) == 0
     with pytest.raises(Rejected):
         document.check_depth("[" * 65 + "]" * 65)
-    document.check_depth('{"k": "' + "[" * 1000 + '\\"[[["}')
+    assert document.check_depth('{"k": "' + "[" * 1000 + '\\"[[["}') == 0
+    assert document.check_depth('{"k": [1, {"j": "]]"') == 3
+
+
+@pytest.mark.parametrize(
+    "hostile",
+    ['{"a": "' + '\\"' * 300_000, '"\\' * 300_000, '"' * 600_000, "[" * 2_000_000 + "]" * 2_000_000],
+    ids=["escaped-quotes-unterminated", "trailing-backslashes", "quotes", "deep"],
+)
+def test_pre_parse_scan_is_linear_on_hostile_text(hostile: str) -> None:
+    """Inputs that make a naive string-skipping regex quadratic are scanned and rejected in linear time."""
+    import time
+
+    started = time.perf_counter()
+    with pytest.raises(Rejected):
+        document.load_document(hostile.encode())
+    assert time.perf_counter() - started < 5.0  # quadratic would take minutes
 
 
 def test_fast_path_agrees_with_plain_jsonschema() -> None:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import itertools
 import json
 import math
 import re
@@ -50,12 +51,16 @@ _SERIES_MAPS = ("loss", "metrics", "gradient")
 _STATS_MAPS = ("weight_stats", "gradient_stats")
 _STAT_SERIES = ("mean", "std", "min", "max", "norm")
 
-_STRING = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
+# A string, or an unterminated one running to the end of the text: every
+# match succeeds, so the scan is linear whatever the input (a pattern that can
+# fail would be retried from each later quote: quadratic on '"\\"\\"...').
+_STRING = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*(?:"|\\?\Z)', re.DOTALL)
 # Outside strings, valid JSON is brackets plus these (numbers, separators,
 # whitespace, true/false/null and the NaN/Infinity extension). Anything else
 # stays and blocks the reduction below; the parser then names the error.
 _NOT_BRACKET = str.maketrans("", "", "0123456789+-.eE,: \t\r\n" + "truefalsnNIiy")
-_INNERMOST_PAIR = re.compile(r"\[\]|\{\}")
+_DEPTH_CHUNK = 1 << 20
+_DEPTH_STEP = tuple(1 if c in b"[{" else -1 if c in b"]}" else 0 for c in range(256))
 
 
 def load_document(data: bytes, *, max_depth: int = MAX_DEPTH) -> dict[str, Any]:
@@ -93,7 +98,7 @@ def _parse(data: bytes, max_depth: int) -> tuple[str, Any, bool]:
         return text, json.loads(text, parse_constant=constant), bool(constants)
     except json.JSONDecodeError as exc:
         if exc.pos >= len(text.rstrip()) or exc.msg.startswith("Unterminated string") or (
-            unclosed and set(unclosed) <= {"[", "{"}
+            unclosed > 0
         ):
             raise Rejected(
                 f"the JSON ends early at line {exc.lineno} column {exc.colno} (truncated file?): {exc.msg}"
@@ -103,27 +108,26 @@ def _parse(data: bytes, max_depth: int) -> tuple[str, Any, bool]:
         raise Rejected(_clip(f"the file is not usable JSON: {exc}")) from None
 
 
-def check_depth(text: str, max_depth: int = MAX_DEPTH) -> str:
-    """Reject nesting deeper than ``max_depth`` before parsing (bounded time and stack).
+def check_depth(text: str, max_depth: int = MAX_DEPTH) -> int:
+    """Reject nesting deeper than ``max_depth`` before parsing, in linear time.
 
-    Strings are blanked, leaving only brackets; each pass removes the innermost
-    pairs (C speed), so a document of depth d empties in d passes. Brackets left
-    after ``max_depth`` passes are either deeper nesting or unbalanced; the
-    latter is left to the parser, whose message says where.
+    Strings are blanked (an unterminated one runs to the end of the text, so
+    no input makes the scan go back over it), everything but brackets is
+    deleted, and the running depth is summed by C iterators: about 40 ns per
+    bracket, seconds at worst for a MAX_METRICS_BYTES file of brackets alone.
 
-    Returns the brackets left unmatched ('' for a balanced document).
+    Returns the depth left open at the end (> 0: the text stops inside a
+    structure, e.g. truncated); mismatched bracket kinds are the parser's to report.
     """
-    brackets = _STRING.sub("", text).translate(_NOT_BRACKET)
-    for _ in range(max_depth):
-        if not brackets:
-            return ""
-        reduced = _INNERMOST_PAIR.sub("", brackets)
-        if reduced == brackets:
-            return brackets  # unbalanced: json.loads reports it
-        brackets = reduced
-    if brackets and _INNERMOST_PAIR.search(brackets):
-        raise Rejected(f"the JSON is nested more than {max_depth} levels deep")
-    return brackets
+    steps = _STRING.sub("", text).translate(_NOT_BRACKET).encode("ascii", "replace")  # others count 0
+    depth = 0
+    for start in range(0, len(steps), _DEPTH_CHUNK):  # chunked: a deep start stops early
+        chunk = steps[start : start + _DEPTH_CHUNK]
+        running = list(itertools.accumulate(map(_DEPTH_STEP.__getitem__, chunk), initial=depth))
+        if max(running) > max_depth:
+            raise Rejected(f"the JSON is nested more than {max_depth} levels deep")
+        depth = running[-1]
+    return depth
 
 
 def validate(doc: Any) -> None:
