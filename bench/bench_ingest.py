@@ -171,11 +171,13 @@ def bench_nonmatching(ours: str, empty: str, n: int) -> None:
     latencies(ours, 50), latencies(empty, 50)  # warm up both
     lat: dict[str, list[float]] = {ours: [], empty: []}
     rate: dict[str, list[float]] = {ours: [], empty: []}
-    for _ in range(2):  # interleaved, so drift hits both alike
-        for url in (empty, ours):
-            lat[url] += latencies(url, n // 2)
-        for url in (empty, ours):
-            rate[url].append(throughput(url, n // 2))
+    rounds = 20  # short alternating bursts: a noisy neighbour slows both alike
+    for i in range(rounds):
+        order = (empty, ours) if i % 2 == 0 else (ours, empty)
+        for url in order:
+            lat[url] += latencies(url, max(n // (2 * rounds), 1))
+        for url in order:
+            rate[url].append(throughput(url, max(n // (2 * rounds), 8)))
     p50_ours, p50_empty = statistics.median(lat[ours]), statistics.median(lat[empty])
     eps_ours, eps_empty = statistics.median(rate[ours]), statistics.median(rate[empty])
     print("\n1. Non-matching events through functions-framework (ratio to an empty CloudEvent function)")
