@@ -56,8 +56,9 @@ _STAT_SERIES = ("mean", "std", "min", "max", "norm")
 # fail would be retried from each later quote: quadratic on '"\\"\\"...').
 _STRING = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*(?:"|\\?\Z)', re.DOTALL)
 # Outside strings, valid JSON is brackets plus these (numbers, separators,
-# whitespace, true/false/null and the NaN/Infinity extension). Anything else
-# stays and blocks the reduction below; the parser then names the error.
+# whitespace, true/false/null and the NaN/Infinity extension): deleted, they
+# leave the brackets. Anything else is invalid JSON, counted as no bracket and
+# left for the parser to name.
 _NOT_BRACKET = str.maketrans("", "", "0123456789+-.eE,: \t\r\n" + "truefalsnNIiy")
 _DEPTH_CHUNK = 1 << 20
 _DEPTH_STEP = tuple(1 if c in b"[{" else -1 if c in b"]}" else 0 for c in range(256))
@@ -97,9 +98,7 @@ def _parse(data: bytes, max_depth: int) -> tuple[str, Any, bool]:
     try:
         return text, json.loads(text, parse_constant=constant), bool(constants)
     except json.JSONDecodeError as exc:
-        if exc.pos >= len(text.rstrip()) or exc.msg.startswith("Unterminated string") or (
-            unclosed > 0
-        ):
+        if exc.pos >= len(text.rstrip()) or exc.msg.startswith("Unterminated string") or unclosed > 0:
             raise Rejected(
                 f"the JSON ends early at line {exc.lineno} column {exc.colno} (truncated file?): {exc.msg}"
             ) from None
@@ -119,7 +118,7 @@ def check_depth(text: str, max_depth: int = MAX_DEPTH) -> int:
     Returns the depth left open at the end (> 0: the text stops inside a
     structure, e.g. truncated); mismatched bracket kinds are the parser's to report.
     """
-    steps = _STRING.sub("", text).translate(_NOT_BRACKET).encode("ascii", "replace")  # others count 0
+    steps = _STRING.sub("", text).translate(_NOT_BRACKET).encode("ascii", "replace")
     depth = 0
     for start in range(0, len(steps), _DEPTH_CHUNK):  # chunked: a deep start stops early
         chunk = steps[start : start + _DEPTH_CHUNK]
