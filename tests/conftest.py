@@ -13,6 +13,8 @@ pytest_plugins = [
     "tests.support.postgres",
     "tests.support.gcs",
     "tests.support.scratch_db",
+    "tests.support.platform_db",
+    "tests.support.function_server",
 ]
 
 # The product's own settings: a developer's shell must not leak into a test.
@@ -22,6 +24,9 @@ PRODUCT_ENV = (
     "METRICS_FILENAME",
     "MAX_METRICS_BYTES",
     "STORAGE_EMULATOR_HOST",
+    "GCS_TIMEOUT_SECONDS",
+    "DB_CONNECT_TIMEOUT_SECONDS",
+    "DB_POOL_SIZE",
     "PGHOST",
     "PGPORT",
     "PGUSER",

@@ -1,0 +1,377 @@
+"""PostgreSQL access: the row lookup, the guarded write and the ingestion log.
+
+Connections come from one blocking pool per database URL, created on first
+use and shared by threads (``replay`` calls in from N workers). Every
+transaction is explicit and short: the write locks the QuickTest row
+(``SELECT ... FOR UPDATE``), compares generations, writes, records, commits.
+Duplicates are safe by schema too: a partial unique index allows one
+``ingested`` record per (bucket, object, generation).
+
+Driver errors are translated in one place (:func:`connection`): a lost or
+refused connection, a lock timeout or a missing table become
+:class:`ingest.errors.TransientError` (retry); a value PostgreSQL refuses to
+store becomes :class:`ingest.errors.Rejected`.
+
+Example::
+
+    with connection(settings) as conn:
+        state = read_state(conn, settings, ref)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import threading
+import time
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+from ingest.errors import Rejected, TransientError
+from ingest.objects import ObjectRef
+
+if TYPE_CHECKING:
+    from ingest.config import Settings
+
+INGESTIONS_TABLE = "training_metrics_ingestions"
+OUTCOMES = ("ingested", "duplicate", "superseded", "no_matching_row", "rejected")
+
+_PROBE_AFTER_IDLE_S = 30.0
+_pools: dict[tuple[str | None, int, int], _BlockingPool] = {}
+_pools_lock = threading.Lock()
+
+
+class _BlockingPool:
+    """psycopg2's ThreadedConnectionPool raises when exhausted; this waits instead."""
+
+    def __init__(self, dsn: str | None, size: int, connect_timeout: int) -> None:
+        from psycopg2.pool import ThreadedConnectionPool
+
+        self._slots = threading.BoundedSemaphore(size)
+        self._idle_since: dict[int, float] = {}
+        self._pool = ThreadedConnectionPool(
+            0,  # nothing opened up front: the first event opens what it needs
+            size,
+            dsn=dsn or "",  # '' = libpq's PG* variables
+            connect_timeout=connect_timeout,
+            application_name="metrics-ingest",
+            # A stuck lock or query fails the event (retried) instead of hanging it.
+            options="-c lock_timeout=10s -c statement_timeout=60s",
+        )
+        # psycopg2 closes a returned connection when more than ``minconn`` are
+        # idle; raised after construction, connections still open lazily but
+        # stay open for the next event (a connect costs more than the query).
+        self._pool.minconn = size
+
+    @contextlib.contextmanager
+    def get(self) -> Iterator[Any]:
+        self._slots.acquire()
+        conn = None
+        broken = True
+        try:
+            conn = self._checked_out()
+            yield conn
+            broken = bool(conn.closed)
+        except BaseException as exc:
+            import psycopg2
+
+            # A connection that failed at the transport level is not reused.
+            transport = (psycopg2.OperationalError, psycopg2.InterfaceError)
+            broken = conn is None or bool(conn.closed) or isinstance(exc, transport)
+            raise
+        finally:
+            if conn is not None:
+                if not broken:
+                    self._idle_since[id(conn)] = time.monotonic()
+                self._pool.putconn(conn, close=broken)
+            self._slots.release()
+
+    def _checked_out(self) -> Any:
+        """A pooled connection; one idle for a while is probed first, so a
+        database restart or failover costs a reconnect, not a failed event."""
+        import psycopg2
+
+        conn = self._pool.getconn()
+        idle_since = self._idle_since.pop(id(conn), None)
+        if conn.closed:
+            self._pool.putconn(conn, close=True)
+            return self._pool.getconn()
+        if idle_since is not None and time.monotonic() - idle_since > _PROBE_AFTER_IDLE_S:
+            try:
+                with conn.cursor() as cur:
+                    cur.execute("SELECT 1")
+                conn.rollback()
+            except psycopg2.Error:
+                self._pool.putconn(conn, close=True)
+                return self._pool.getconn()
+        return conn
+
+    def close(self) -> None:
+        self._pool.closeall()
+
+
+def pool(settings: Settings) -> _BlockingPool:
+    key = (settings.database_url, settings.db_pool_size, settings.db_connect_timeout)
+    found = _pools.get(key)
+    if found is not None:
+        return found
+    with _pools_lock:
+        if key not in _pools:
+            _pools[key] = _BlockingPool(settings.database_url, settings.db_pool_size, settings.db_connect_timeout)
+        return _pools[key]
+
+
+def close_pools() -> None:
+    """Close every pooled connection (tests, and a CLI before exiting)."""
+    with _pools_lock:
+        for p in _pools.values():
+            p.close()
+        _pools.clear()
+
+
+@contextlib.contextmanager
+def connection(settings: Settings) -> Iterator[Any]:
+    """A pooled connection; driver errors come out as the product's errors."""
+    import psycopg2
+    from psycopg2 import errors as pgerrors
+
+    try:
+        with pool(settings).get() as conn:
+            yield conn
+    except (pgerrors.UndefinedTable, pgerrors.UndefinedColumn) as exc:
+        # Configuration (QUICKTEST_TABLE, migrations not applied): retrying
+        # until someone fixes it loses no event; acknowledging would.
+        raise TransientError(
+            f"database schema problem (run `metrics-ingest migrate`, check QUICKTEST_TABLE): {str(exc).strip()}"
+        ) from exc
+    except psycopg2.DataError as exc:
+        # The value, not the database, is at fault: retrying cannot help.
+        raise Rejected(f"PostgreSQL cannot store the document: {str(exc).strip().splitlines()[0]}") from exc
+    except psycopg2.Error as exc:
+        raise TransientError(f"database error: {type(exc).__name__}: {str(exc).strip()}") from exc
+
+
+@dataclasses.dataclass(frozen=True)
+class RowState:
+    """What the database knows about an object before anything is downloaded."""
+
+    quicktest_id: int | None
+    current_generation: int | None  # the newest generation of this object in the row
+    already_ingested: bool  # this very generation has an 'ingested' record
+
+
+def _table(settings: Settings) -> Any:
+    from psycopg2 import sql
+
+    return sql.Identifier(settings.quicktest_table)
+
+
+def _paths(ref: ObjectRef) -> tuple[str, str]:
+    """gcs_artifacts_path is matched with and without a trailing slash (index-friendly IN)."""
+    folder = ref.folder_uri
+    return folder, folder + "/"
+
+
+def _source_generation(source: Any, ref: ObjectRef) -> int | None:
+    if isinstance(source, dict) and source.get("bucket") == ref.bucket and source.get("object") == ref.name:
+        try:
+            return int(source.get("generation"))
+        except (TypeError, ValueError):
+            return None
+    return None
+
+
+def _recorded(cur: Any, ref: ObjectRef) -> tuple[int | None, bool]:
+    cur.execute(
+        f"SELECT max(generation), coalesce(bool_or(generation = %s), false) FROM {INGESTIONS_TABLE}"
+        " WHERE bucket = %s AND object_name = %s AND outcome = 'ingested'",
+        (ref.generation, ref.bucket, ref.name),
+    )
+    newest, this_one = cur.fetchone()
+    return newest, bool(this_one)
+
+
+def read_state(conn: Any, settings: Settings, ref: ObjectRef) -> RowState:
+    """The matching row and the generations recorded for ``ref``'s object (no locks)."""
+    from psycopg2 import sql
+
+    with conn, conn.cursor() as cur:
+        cur.execute(
+            sql.SQL("SELECT id FROM {} WHERE gcs_artifacts_path IN (%s, %s) ORDER BY id DESC LIMIT 1").format(
+                _table(settings)
+            ),
+            _paths(ref),
+        )
+        row = cur.fetchone()
+        if row is None:
+            return RowState(None, None, False)
+        quicktest_id = int(row[0])
+        current, this_one = _current_generation(cur, settings, ref, quicktest_id)
+    return RowState(quicktest_id, current, this_one)
+
+
+def _current_generation(cur: Any, settings: Settings, ref: ObjectRef, quicktest_id: int) -> tuple[int | None, bool]:
+    """The newest generation of ``ref``'s object in the row, and whether ``ref``'s own is done.
+
+    The log says it; only when the log knows nothing of this object (a row
+    filled before the log existed, or a wiped log) is the row's ``source``
+    read, since reading into a large jsonb costs a decompression.
+    """
+    from psycopg2 import sql
+
+    newest, this_one = _recorded(cur, ref)
+    if newest is None:
+        cur.execute(
+            sql.SQL("SELECT training_history_json -> 'source' FROM {} WHERE id = %s").format(_table(settings)),
+            (quicktest_id,),
+        )
+        found = cur.fetchone()
+        newest = _source_generation(found[0] if found else None, ref)
+    return newest, this_one or newest == ref.generation
+
+
+@dataclasses.dataclass(frozen=True)
+class Record:
+    """One line of ``training_metrics_ingestions``."""
+
+    ref: ObjectRef
+    outcome: str
+    event_id: str | None = None
+    quicktest_id: int | None = None
+    reason: str | None = None
+    epochs: int | None = None
+    duration_ms: float = 0.0
+    forced: bool = False
+
+
+_INSERT = (
+    f"INSERT INTO {INGESTIONS_TABLE} (bucket, object_name, generation, event_id, quicktest_id, outcome,"
+    " reason, size_bytes, epochs, duration_ms, forced)"
+    " VALUES (%(bucket)s, %(object_name)s, %(generation)s, %(event_id)s, %(quicktest_id)s, %(outcome)s,"
+    " %(reason)s, %(size_bytes)s, %(epochs)s, %(duration_ms)s, %(forced)s)"
+)
+
+
+def _params(record: Record) -> dict[str, Any]:
+    return {
+        "bucket": record.ref.bucket,
+        "object_name": record.ref.name,
+        "generation": record.ref.generation,
+        "event_id": record.event_id,
+        "quicktest_id": record.quicktest_id,
+        "outcome": record.outcome,
+        "reason": record.reason,
+        "size_bytes": record.ref.size,
+        "epochs": record.epochs,
+        "duration_ms": record.duration_ms,
+        "forced": record.forced,
+    }
+
+
+def record(conn: Any, rec: Record) -> None:
+    """Record an outcome decided without writing the row (its own transaction)."""
+    with conn, conn.cursor() as cur:
+        cur.execute(_INSERT, _params(rec))
+
+
+@dataclasses.dataclass(frozen=True)
+class WriteResult:
+    outcome: str
+    quicktest_id: int | None
+    reason: str | None
+
+
+def write(
+    conn: Any,
+    settings: Settings,
+    ref: ObjectRef,
+    history: dict[str, Any],
+    *,
+    raw_text: str | None = None,
+    event_id: str | None,
+    epochs: int | None,
+    duration_ms: float,
+    force: bool = False,
+) -> WriteResult:
+    """Write the history into the row if ``ref`` is newer than what it holds; record the outcome.
+
+    The row receives ``history``; or, with ``raw_text`` (the file's own JSON,
+    already validated), ``raw_text::jsonb || history`` (``history`` then holds
+    only the top-level keys to add or replace).
+
+    One transaction: lock the row, compare generations under the lock, insert
+    the record (``ON CONFLICT DO NOTHING`` against the unique index on
+    ingested generations), update the row only when the record went in.
+    """
+    from psycopg2 import sql
+
+    base = Record(ref, "ingested", event_id=event_id, epochs=epochs, duration_ms=duration_ms)
+    with conn, conn.cursor() as cur:
+        cur.execute(
+            sql.SQL(
+                "SELECT id FROM {} WHERE gcs_artifacts_path IN (%s, %s) ORDER BY id DESC LIMIT 1 FOR UPDATE"
+            ).format(_table(settings)),
+            _paths(ref),
+        )
+        row = cur.fetchone()
+        if row is None:
+            cur.execute(_INSERT, _params(dataclasses.replace(base, outcome="no_matching_row", reason=_no_row(ref))))
+            return WriteResult("no_matching_row", None, _no_row(ref))
+        quicktest_id = int(row[0])
+        base = dataclasses.replace(base, quicktest_id=quicktest_id)
+        # Read under the lock: every earlier writer of this row has committed.
+        current, _ = _current_generation(cur, settings, ref, quicktest_id)
+        decided = _decide(ref.generation, current, force)
+        if decided is not None:
+            outcome, reason = decided
+            cur.execute(_INSERT, _params(dataclasses.replace(base, outcome=outcome, reason=reason)))
+            return WriteResult(outcome, quicktest_id, reason)
+        forced = current == ref.generation
+        cur.execute(
+            _INSERT + " ON CONFLICT DO NOTHING RETURNING id", _params(dataclasses.replace(base, forced=forced))
+        )
+        if cur.fetchone() is None:  # the schema's guarantee, should the row's source lie
+            reason = f"generation {ref.generation} was already ingested"
+            cur.execute(_INSERT, _params(dataclasses.replace(base, outcome="duplicate", reason=reason)))
+            return WriteResult("duplicate", quicktest_id, reason)
+        payload = json.dumps(history, allow_nan=False, separators=(",", ":"))
+        if raw_text is None:
+            update = sql.SQL("UPDATE {} SET training_history_json = %s::jsonb WHERE id = %s")
+            params: tuple[Any, ...] = (payload, quicktest_id)
+        else:
+            update = sql.SQL("UPDATE {} SET training_history_json = %s::jsonb || %s::jsonb WHERE id = %s")
+            params = (raw_text, payload, quicktest_id)
+        cur.execute(update.format(_table(settings)), params)
+        return WriteResult("ingested", quicktest_id, "re-ingested (--force)" if forced else None)
+
+
+def decide_before_download(state: RowState, ref: ObjectRef, force: bool) -> tuple[str, str] | None:
+    """Outcome known from the database alone (no row, duplicate, superseded), or None."""
+    if state.quicktest_id is None:
+        return "no_matching_row", _no_row(ref)
+    if state.already_ingested and not force:
+        return "duplicate", f"generation {ref.generation} was already ingested"
+    return _decide(ref.generation, state.current_generation, force)
+
+
+def _decide(generation: int, current: int | None, force: bool) -> tuple[str, str] | None:
+    if current is None or generation > current:
+        return None
+    if generation < current:
+        return "superseded", f"the row already holds newer generation {current}"
+    if not force:
+        return "duplicate", f"generation {generation} was already ingested"
+    return None
+
+
+def _no_row(ref: ObjectRef) -> str:
+    return f"no QuickTest row has gcs_artifacts_path {ref.folder_uri!r}"
+
+
+def _max(a: int | None, b: int | None) -> int | None:
+    if a is None:
+        return b
+    if b is None:
+        return a
+    return max(a, b)
