@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import json
 import subprocess
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -11,7 +13,7 @@ from pathlib import Path
 import psycopg2
 import psycopg2.errors
 import pytest
-from psycopg2.extras import Json
+from google.cloud import storage
 
 from metrics_ingest.db_role import (
     PASSWORD_ENV,
@@ -20,30 +22,15 @@ from metrics_ingest.db_role import (
     apply_function_role_option,
     grant_function_role,
 )
+from ingest.config import Settings
+from ingest.objects import ObjectRef
+from ingest.pipeline import ingest_object
+from metrics_ingest.gcs_emulator import GcsEmulator
+from metrics_ingest.migrations import apply_migrations
+from tests.support.documents import v1_document
 from tests.support.scratch_db import REPO, create_dev_platform_table, psql_path, with_params
 
 SQL_FILE = REPO / "migrations" / "optional" / "function_role.sql"
-
-# STAND-IN until merge: a copy of the training_metrics_ingestions DDL from
-# COMMON.md; the integrator replaces it with the real migration
-# (metrics_ingest.migrations.apply_migrations) once both branches are in.
-INGESTIONS_DDL = """
-CREATE TABLE training_metrics_ingestions (
-    id           bigserial PRIMARY KEY,
-    bucket       text NOT NULL,
-    object_name  text NOT NULL,
-    generation   bigint NOT NULL,
-    event_id     text,
-    quicktest_id bigint NULL,
-    outcome      text NOT NULL CHECK (outcome IN
-                   ('ingested', 'duplicate', 'superseded', 'no_matching_row', 'rejected')),
-    reason       text NULL,
-    size_bytes   bigint NULL,
-    epochs       int NULL,
-    duration_ms  double precision,
-    created_at   timestamptz NOT NULL DEFAULT now()
-);
-"""
 
 # Another table of the platform's, which the function must not read.
 OTHER_PLATFORM_TABLE = """
@@ -68,10 +55,10 @@ def platform_db(scratch_database: Callable[[str], str]) -> PlatformDb:
     """A database with the dev platform table (one QuickTest row), our table, and another platform table."""
     url = scratch_database("fnrole")
     create_dev_platform_table(url)
+    apply_migrations(url)
     conn = psycopg2.connect(url)
     try:
         with conn, conn.cursor() as cur:
-            cur.execute(INGESTIONS_DDL)
             cur.execute(OTHER_PLATFORM_TABLE)
             cur.execute(
                 "INSERT INTO ml_platform_quicktest (name, status, gcs_artifacts_path, mlflow_run_id)"
@@ -162,42 +149,32 @@ def test_role_gets_exactly_the_listed_privileges(platform_db: PlatformDb, functi
     assert privileges(platform_db.admin_url, function_role[0]) == expected_privileges(platform_db.admin_url)
 
 
-def test_function_ingests_normally_as_the_role(platform_db: PlatformDb, as_role) -> None:
-    """Logged in with its password, the role runs the function's statements: lock the row, write the history, record."""
-    history = {"epochs": [0, 1], "loss": {"loss": [1.0, 0.5]},
-               "source": {"bucket": "ml-artifacts", "object": "quick_tests/42/training_metrics.json",
-                          "generation": 7}}
-    with as_role, as_role.cursor() as cur:
-        # Match on the folder (trailing slash ignored), lock the row, read the stored source.
-        cur.execute(
-            "SELECT id, training_history_json -> 'source' FROM ml_platform_quicktest"
-            " WHERE rtrim(gcs_artifacts_path, '/') = %s FOR UPDATE",
-            (FOLDER,),
-        )
-        row_id, stored_source = cur.fetchone()
-        assert row_id == platform_db.row_id
-        cur.execute(
-            "UPDATE ml_platform_quicktest SET training_history_json = %s WHERE id = %s RETURNING id",
-            (Json(history), row_id),
-        )
-        assert cur.fetchone() == (row_id,)
-        cur.execute(
-            "INSERT INTO training_metrics_ingestions"
-            " (bucket, object_name, generation, event_id, quicktest_id, outcome, size_bytes, epochs, duration_ms)"
-            " VALUES (%s, %s, %s, %s, %s, 'ingested', %s, %s, %s) RETURNING id",
-            ("ml-artifacts", "quick_tests/42/training_metrics.json", 7, "evt-1", row_id, 1234, 2, 12.5),
-        )
-        record_id = cur.fetchone()[0]
-        cur.execute(
-            "SELECT id, outcome FROM training_metrics_ingestions"
-            " WHERE bucket = %s AND object_name = %s AND generation = %s",
-            ("ml-artifacts", "quick_tests/42/training_metrics.json", 7),
-        )
-        assert cur.fetchall() == [(record_id, "ingested")]
-    assert stored_source is None  # the row had no history before
-    stored = _admin_fetch(platform_db.admin_url, "SELECT training_history_json, status, name FROM ml_platform_quicktest"
-                                       " WHERE id = %s", (platform_db.row_id,))
-    assert stored == [(history, "completed", "qt-42")]
+def test_function_ingests_normally_as_the_role(
+    platform_db: PlatformDb, function_role: tuple[str, str], gcs_env: GcsEmulator
+) -> None:
+    """Logged in as the role, the real pipeline locks the row, writes the history and records the outcome."""
+    gcs_env.create_bucket("ml-artifacts")
+    blob = storage.Client().bucket("ml-artifacts").blob("quick_tests/42/training_metrics.json")
+    blob.upload_from_string(json.dumps(v1_document(epochs=2)), content_type="application/json")
+    ref = ObjectRef("ml-artifacts", blob.name, blob.generation, 1, blob.size, "application/json", None)
+    settings = dataclasses.replace(Settings.from_env(), database_url=platform_db.role_url(*function_role))
+
+    result = ingest_object(ref, settings=settings, event_id="evt-role")
+    assert (result.outcome, result.reason, result.quicktest_id) == ("ingested", None, platform_db.row_id)
+    assert ingest_object(ref, settings=settings, event_id="evt-role").outcome == "duplicate"
+
+    [(history, status, name)] = _admin_fetch(
+        platform_db.admin_url,
+        "SELECT training_history_json, status, name FROM ml_platform_quicktest WHERE id = %s",
+        (platform_db.row_id,),
+    )
+    assert (history["epochs"], history["source"]["generation"], status, name) == ([0, 1], str(blob.generation), "completed", "qt-42")
+    outcomes = _admin_fetch(
+        platform_db.admin_url,
+        "SELECT outcome FROM training_metrics_ingestions WHERE object_name = %s ORDER BY id",
+        (blob.name,),
+    )
+    assert outcomes == [("ingested",), ("duplicate",)]
 
 
 REFUSED = {

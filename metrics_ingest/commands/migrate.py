@@ -6,6 +6,9 @@ Example::
     applied 0001.create-ingestions
     $ metrics-ingest migrate --database-url postgresql://localhost/platform
     up to date
+    $ FUNCTION_ROLE_PASSWORD=... metrics-ingest migrate --function-role metrics_ingest_fn
+    up to date
+    function role metrics_ingest_fn: privileges granted
 """
 
 from __future__ import annotations
@@ -15,6 +18,8 @@ import os
 import sys
 from typing import Any
 
+from ingest.config import Settings
+from metrics_ingest.db_role import RoleMigrationError, add_function_role_option, apply_function_role_option
 from metrics_ingest.migrations import apply_migrations
 
 
@@ -30,6 +35,7 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
         default=None,
         help="PostgreSQL URL or libpq DSN (default: $DATABASE_URL, else libpq's PG* variables)",
     )
+    add_function_role_option(parser)
     parser.set_defaults(func=run)
     return parser
 
@@ -40,8 +46,11 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         applied = apply_migrations(database_url)
-    except psycopg2.Error as exc:  # unreachable server, bad credentials, a failing statement
+        role = apply_function_role_option(args, database_url, quicktest_table=Settings.from_env().quicktest_table)
+    except (psycopg2.Error, RoleMigrationError) as exc:  # unreachable server, bad credentials, missing table
         print(f"migrate failed: {str(exc).strip()}", file=sys.stderr)
         return 1
     print("\n".join(f"applied {m}" for m in applied) if applied else "up to date")
+    if role:
+        print(f"function role {role}: privileges granted")
     return 0
