@@ -46,7 +46,6 @@ from metrics_ingest.gcs_emulator import GcsEmulator
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 FUNCTION_SOURCE = REPO_ROOT / "functions" / "main.py"
-DEV_TABLE_SQL = REPO_ROOT / "migrations" / "dev" / "ml_platform_quicktest.sql"
 DEFAULT_STATE_DIR = ".metrics-ingest"
 DEFAULT_BUCKET = "ml-artifacts"
 DATABASE_NAME = "metrics_ingest"
@@ -114,17 +113,12 @@ def ensure_database(admin_url: str, dbname: str) -> str:
 
 
 def prepare_database(database_url: str) -> list[str]:
-    """Apply the production migrations and the dev-only platform table."""
-    from metrics_ingest.migrations import apply_migrations
+    """Create the dev-only platform table, then apply the production migrations
+    (in this order: a migration's post-apply hook indexes the platform table)."""
+    from metrics_ingest.migrations import apply_migrations, create_dev_platform_table
 
-    applied = apply_migrations(database_url)
-    conn = psycopg2.connect(database_url)
-    try:
-        with conn, conn.cursor() as cur:
-            cur.execute(DEV_TABLE_SQL.read_text())
-    finally:
-        conn.close()
-    return applied
+    create_dev_platform_table(database_url, os.environ.get("QUICKTEST_TABLE") or None)
+    return apply_migrations(database_url)
 
 
 # ------------------------------------------------------- QuickTest helpers

@@ -256,6 +256,10 @@ def run_replay(
         stop: set it to stop submitting (Ctrl-C sets an internal one too).
     """
     settings = options.settings or Settings.from_env()
+    pool_size = getattr(settings, "db_pool_size", None)
+    if isinstance(pool_size, int) and pool_size < options.workers:
+        # One database connection per worker, or workers queue for connections.
+        settings = dataclasses.replace(settings, db_pool_size=options.workers)
     if client is None:
         client = make_storage_client(options.workers)
     report = ReplayReport(

@@ -68,8 +68,17 @@ def run(args: argparse.Namespace) -> int:
 
     # Progress always goes to stderr, so stdout carries only the summary (or JSON).
     progress = Progress(sys.stderr, dry_run=args.dry_run)
+    from google.api_core import exceptions as gcs_errors
+
     try:
         report = run_replay(options, on_outcome=progress.update, on_listed=progress.listed)
+    except gcs_errors.NotFound as exc:
+        # Only the listing can raise this: ingest_object records a missing object as an outcome.
+        print(f"metrics-ingest replay: error: no such bucket: {options.target.bucket} ({exc.message})", file=sys.stderr)
+        return 2
+    except gcs_errors.GoogleAPICallError as exc:
+        print(f"metrics-ingest replay: error: cannot list {options.target.uri}: {exc}", file=sys.stderr)
+        return 1
     finally:
         progress.close()
     if args.json:

@@ -1,0 +1,47 @@
+"""``metrics-ingest demo`` end to end, as a newcomer runs it (CI runs it too)."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+from pathlib import Path
+
+import psutil
+import pytest
+
+from tests.support.localstack import REPO_ROOT, cli_command, cli_env
+
+
+@pytest.mark.slow
+def test_demo_trains_uploads_and_shows_the_filled_row(tmp_path: Path) -> None:
+    """With no database, Docker or cloud settings, the demo starts its own stack, trains, and prints
+    the row the function filled (epochs, loss curve, recall, both towers, the ingestion record)."""
+    state = tmp_path / "demo-state"
+    result = subprocess.run(
+        cli_command("demo", "--state-dir", str(state), "--epochs", "4"),
+        cwd=tmp_path,  # a clean folder: nothing but the installed project
+        env=cli_env(PYTHONPATH=":".join(str(REPO_ROOT / p) for p in ("functions", ".", "trainer_callbacks/src"))),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    out = result.stdout
+    assert result.returncode == 0, out + result.stderr
+    for step in ("starting PostgreSQL", "starting the GCS emulator", "starting the function", "importing TensorFlow"):
+        assert re.search(rf"{step}.*\.\.\. ok", out), step
+    assert "training epoch 4/4" in out
+    assert re.search(r"QuickTest \d+ +gs://ml-artifacts/quick_tests/\d+", out)
+    assert re.search(r"4 epochs \(epochs \d+\.\.\d+\)", out)
+    assert re.search(r"^\s+loss\s+[\d.]+ -> [\d.]+", out, re.MULTILINE)
+    assert re.search(r"^\s+val_loss .*\(2 of 4 epochs\)", out, re.MULTILINE)  # validation_freq=2 gaps
+    assert re.search(r"^\s+test_recall_at_10\s+0\.\d+", out, re.MULTILINE)
+    assert re.search(r"^\s+query\s+[-\d.e]+", out, re.MULTILINE)
+    assert re.search(r"^\s+candidate\s+[-\d.e]+", out, re.MULTILINE)
+    assert re.search(r"record #\d+: ingested", out)
+    assert "Where to look next" in out
+    # Everything it started is gone: no PostgreSQL left on its data folder.
+    leftovers = [
+        p.info for p in psutil.process_iter(["name", "cmdline"])
+        if p.info["cmdline"] and any(str(state) in part for part in p.info["cmdline"])
+    ]
+    assert leftovers == []
