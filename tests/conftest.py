@@ -12,6 +12,7 @@ import pytest
 pytest_plugins = [
     "tests.support.postgres",
     "tests.support.gcs",
+    "tests.support.platform_db",
 ]
 
 # The product's own settings: a developer's shell must not leak into a test.
@@ -21,6 +22,9 @@ PRODUCT_ENV = (
     "METRICS_FILENAME",
     "MAX_METRICS_BYTES",
     "STORAGE_EMULATOR_HOST",
+    "GCS_TIMEOUT_SECONDS",
+    "DB_CONNECT_TIMEOUT_SECONDS",
+    "DB_POOL_SIZE",
     "PGHOST",
     "PGPORT",
     "PGUSER",

@@ -1,0 +1,202 @@
+"""THE ingestion code path, shared by the Cloud Function and ``metrics-ingest replay``.
+
+Steps, cheapest first: name filter -> size from the event -> what the database
+already knows (row, recorded generations) -> bounded download of exactly the
+event's generation -> decode, parse, validate, normalize -> one guarded write.
+Every outcome is recorded in ``training_metrics_ingestions``; transient faults
+raise :class:`ingest.errors.TransientError` so the event is redelivered.
+
+Example::
+
+    ref = ObjectRef.from_resource(cloud_event.data)
+    if is_metrics_object(ref.name, settings):
+        result = ingest_object(ref, settings=settings, event_id=cloud_event["id"])
+        print(result.outcome, result.reason)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import posixpath
+import time
+from typing import Any
+
+from ingest import document, gcs, store
+from ingest.config import Settings
+from ingest.errors import Gone, Rejected, TransientError
+from ingest.logs import log_event
+from ingest.objects import ObjectRef
+
+_SEVERITY = {
+    "ingested": "INFO",
+    "duplicate": "INFO",
+    "superseded": "INFO",
+    "no_matching_row": "WARNING",
+    "rejected": "ERROR",
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class IngestResult:
+    """What happened to one object generation.
+
+    Example::
+
+        result = ingest_object(ref)
+        result.outcome     # 'ingested' | 'duplicate' | 'superseded' | 'no_matching_row' | 'rejected'
+        result.to_dict()   # JSON-ready, for logs and `replay --json`
+    """
+
+    outcome: str
+    reason: str | None
+    quicktest_id: int | None
+    epochs: int | None
+    size: int | None
+    duration_ms: float
+    ref: ObjectRef
+    dry_run: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "bucket": self.ref.bucket,
+            "object": self.ref.name,
+            "generation": self.ref.generation,
+            "outcome": self.outcome,
+            "reason": self.reason,
+            "quicktest_id": self.quicktest_id,
+            "epochs": self.epochs,
+            "size": self.size,
+            "duration_ms": round(self.duration_ms, 3),
+            "dry_run": self.dry_run,
+        }
+
+
+def is_metrics_object(name: str, settings: Settings) -> bool:
+    """True when the object's base name is the metrics file name (nothing else is ingested)."""
+    return posixpath.basename(name) == settings.metrics_filename
+
+
+def ingest_object(
+    ref: ObjectRef,
+    *,
+    settings: Settings | None = None,
+    event_id: str | None = None,
+    force: bool = False,
+    dry_run: bool = False,
+    client: Any = None,
+) -> IngestResult:
+    """Ingest one generation of one object into its QuickTest row; record and log the outcome.
+
+    Args:
+        ref: the object generation (``ObjectRef.from_resource(event.data)``).
+        settings: defaults to ``Settings.from_env()``.
+        event_id: the CloudEvent id, kept in the record and the log.
+        force: re-ingest a generation already ingested (an older one still never
+            overwrites a newer one).
+        dry_run: decide everything, write nothing (no row update, no record).
+        client: a ``google.cloud.storage.Client``; defaults to the shared lazy one.
+
+    Raises:
+        TransientError: database unreachable, GCS 5xx or timeout: retry later.
+
+    Thread-safe: connections come from a pool, the GCS client is shared.
+    """
+    settings = settings or Settings.from_env()
+    started = time.perf_counter()
+    fields = {"event_id": event_id, "object": f"gs://{ref.bucket}/{ref.name}", "generation": ref.generation}
+    try:
+        result = _run(ref, settings, event_id, force, dry_run, client, started)
+    except TransientError as exc:
+        log_event(
+            "ERROR",
+            f"transient failure, the event will be retried: {exc}",
+            **fields,
+            outcome="retry",
+            duration_ms=_ms(started),
+        )
+        raise
+    log_event(
+        _SEVERITY[result.outcome],
+        f"{result.outcome}: {result.reason}" if result.reason else result.outcome,
+        **fields,
+        outcome=result.outcome,
+        reason=result.reason,
+        quicktest_id=result.quicktest_id,
+        epochs=result.epochs,
+        size=result.size,
+        dry_run=dry_run,
+        duration_ms=round(result.duration_ms, 3),
+    )
+    return result
+
+
+def _run(
+    ref: ObjectRef,
+    settings: Settings,
+    event_id: str | None,
+    force: bool,
+    dry_run: bool,
+    client: Any,
+    started: float,
+) -> IngestResult:
+    def finish(outcome: str, reason: str | None, quicktest_id: int | None, epochs: int | None = None) -> IngestResult:
+        return IngestResult(outcome, reason, quicktest_id, epochs, ref.size, _ms(started), ref, dry_run)
+
+    def settle(outcome: str, reason: str | None, quicktest_id: int | None, epochs: int | None = None) -> IngestResult:
+        """An outcome decided without writing the row: record it (unless dry run)."""
+        result = finish(outcome, reason, quicktest_id, epochs)
+        if not dry_run:
+            with store.connection(settings) as conn:
+                store.record(
+                    conn,
+                    store.Record(ref, outcome, event_id, quicktest_id, reason, epochs, result.duration_ms, False),
+                )
+        return result
+
+    if not is_metrics_object(ref.name, settings):
+        # Not recorded: the bucket holds thousands of other objects per run.
+        return finish("rejected", f"not a metrics file (base name is not {settings.metrics_filename!r})", None)
+
+    with store.connection(settings) as conn:
+        state = store.read_state(conn, settings, ref)
+    if ref.size is not None and ref.size > settings.max_metrics_bytes:
+        return settle(
+            "rejected",
+            f"the object is {ref.size} bytes, over MAX_METRICS_BYTES ({settings.max_metrics_bytes}); not downloaded",
+            state.quicktest_id,
+        )
+    decided = store.decide_before_download(state, ref, force)
+    if decided is not None:
+        return settle(*decided, state.quicktest_id)
+
+    try:
+        data = gcs.download(ref, settings, gcs=client)
+        history = document.load_document(data)
+    except Gone as exc:
+        return settle("superseded", f"{exc} (replaced or deleted since the event)", state.quicktest_id)
+    except Rejected as exc:
+        return settle("rejected", exc.reason, state.quicktest_id)
+
+    epochs = len(history["epochs"])
+    if dry_run:
+        return finish("ingested", "dry run: would be ingested", state.quicktest_id, epochs)
+    history["source"] = {
+        "bucket": ref.bucket,
+        "object": ref.name,
+        "generation": str(ref.generation),  # int64: a string, as GCS writes it
+        "size": ref.size,
+    }
+    history["ingested_at"] = dt.datetime.now(dt.timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    try:
+        with store.connection(settings) as conn:
+            written = store.write(
+                conn, settings, ref, history, event_id=event_id, epochs=epochs, duration_ms=_ms(started), force=force
+            )
+    except Rejected as exc:
+        return settle("rejected", exc.reason, state.quicktest_id, epochs)
+    return finish(written.outcome, written.reason, written.quicktest_id, epochs)
+
+
+def _ms(started: float) -> float:
+    return (time.perf_counter() - started) * 1000.0

@@ -1,0 +1,323 @@
+"""PostgreSQL access: the row lookup, the guarded write and the ingestion log.
+
+Connections come from one blocking pool per database URL, created on first
+use and shared by threads (``replay`` calls in from N workers). Every
+transaction is explicit and short: the write locks the QuickTest row
+(``SELECT ... FOR UPDATE``), compares generations, writes, records, commits.
+Duplicates are safe by schema too: a partial unique index allows one
+``ingested`` record per (bucket, object, generation).
+
+Driver errors are translated in one place (:func:`connection`): a lost or
+refused connection, a lock timeout or a missing table become
+:class:`ingest.errors.TransientError` (retry); a value PostgreSQL refuses to
+store becomes :class:`ingest.errors.Rejected`.
+
+Example::
+
+    with connection(settings) as conn:
+        state = read_state(conn, settings, ref)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import threading
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+from ingest.errors import Rejected, TransientError
+from ingest.objects import ObjectRef
+
+if TYPE_CHECKING:
+    from ingest.config import Settings
+
+INGESTIONS_TABLE = "training_metrics_ingestions"
+OUTCOMES = ("ingested", "duplicate", "superseded", "no_matching_row", "rejected")
+
+_pools: dict[tuple[str | None, int, int], _BlockingPool] = {}
+_pools_lock = threading.Lock()
+
+
+class _BlockingPool:
+    """psycopg2's ThreadedConnectionPool raises when exhausted; this waits instead."""
+
+    def __init__(self, dsn: str | None, size: int, connect_timeout: int) -> None:
+        from psycopg2.pool import ThreadedConnectionPool
+
+        self._slots = threading.BoundedSemaphore(size)
+        self._pool = ThreadedConnectionPool(
+            0,
+            size,
+            dsn=dsn or "",  # '' = libpq's PG* variables
+            connect_timeout=connect_timeout,
+            application_name="metrics-ingest",
+            # A stuck lock or query fails the event (retried) instead of hanging it.
+            options="-c lock_timeout=10s -c statement_timeout=60s",
+        )
+
+    @contextlib.contextmanager
+    def get(self) -> Iterator[Any]:
+        self._slots.acquire()
+        conn = None
+        broken = True
+        try:
+            conn = self._pool.getconn()
+            if conn.closed:
+                self._pool.putconn(conn, close=True)
+                conn = self._pool.getconn()
+            yield conn
+            broken = bool(conn.closed)
+        except BaseException as exc:
+            import psycopg2
+
+            # A connection that failed at the transport level is not reused.
+            broken = conn is None or bool(conn.closed) or isinstance(exc, (psycopg2.OperationalError, psycopg2.InterfaceError))
+            raise
+        finally:
+            if conn is not None:
+                self._pool.putconn(conn, close=broken)
+            self._slots.release()
+
+    def close(self) -> None:
+        self._pool.closeall()
+
+
+def pool(settings: Settings) -> _BlockingPool:
+    key = (settings.database_url, settings.db_pool_size, settings.db_connect_timeout)
+    found = _pools.get(key)
+    if found is not None:
+        return found
+    with _pools_lock:
+        if key not in _pools:
+            _pools[key] = _BlockingPool(settings.database_url, settings.db_pool_size, settings.db_connect_timeout)
+        return _pools[key]
+
+
+def close_pools() -> None:
+    """Close every pooled connection (tests, and a CLI before exiting)."""
+    with _pools_lock:
+        for p in _pools.values():
+            p.close()
+        _pools.clear()
+
+
+@contextlib.contextmanager
+def connection(settings: Settings) -> Iterator[Any]:
+    """A pooled connection; driver errors come out as the product's errors."""
+    import psycopg2
+    from psycopg2 import errors as pgerrors
+
+    try:
+        with pool(settings).get() as conn:
+            yield conn
+    except (pgerrors.UndefinedTable, pgerrors.UndefinedColumn) as exc:
+        # Configuration (QUICKTEST_TABLE, migrations not applied): retrying
+        # until someone fixes it loses no event; acknowledging would.
+        raise TransientError(f"database schema problem (run `metrics-ingest migrate`, check QUICKTEST_TABLE): {exc}".strip()) from exc
+    except psycopg2.DataError as exc:
+        # The value, not the database, is at fault: retrying cannot help.
+        raise Rejected(f"PostgreSQL cannot store the document: {str(exc).strip().splitlines()[0]}") from exc
+    except psycopg2.Error as exc:
+        raise TransientError(f"database error: {type(exc).__name__}: {str(exc).strip()}") from exc
+
+
+@dataclasses.dataclass(frozen=True)
+class RowState:
+    """What the database knows about an object before anything is downloaded."""
+
+    quicktest_id: int | None
+    current_generation: int | None  # the newest generation of this object in the row
+    already_ingested: bool  # this very generation has an 'ingested' record
+
+
+def _table(settings: Settings) -> Any:
+    from psycopg2 import sql
+
+    return sql.Identifier(settings.quicktest_table)
+
+
+def _paths(ref: ObjectRef) -> tuple[str, str]:
+    """gcs_artifacts_path is matched with and without a trailing slash (index-friendly IN)."""
+    folder = ref.folder_uri
+    return folder, folder + "/"
+
+
+def _source_generation(source: Any, ref: ObjectRef) -> int | None:
+    if isinstance(source, dict) and source.get("bucket") == ref.bucket and source.get("object") == ref.name:
+        try:
+            return int(source.get("generation"))
+        except (TypeError, ValueError):
+            return None
+    return None
+
+
+def _recorded(cur: Any, ref: ObjectRef) -> tuple[int | None, bool]:
+    cur.execute(
+        f"SELECT max(generation), coalesce(bool_or(generation = %s), false) FROM {INGESTIONS_TABLE}"
+        " WHERE bucket = %s AND object_name = %s AND outcome = 'ingested'",
+        (ref.generation, ref.bucket, ref.name),
+    )
+    newest, this_one = cur.fetchone()
+    return newest, bool(this_one)
+
+
+def read_state(conn: Any, settings: Settings, ref: ObjectRef) -> RowState:
+    """The matching row and the generations recorded for ``ref``'s object (no locks)."""
+    from psycopg2 import sql
+
+    with conn, conn.cursor() as cur:
+        cur.execute(
+            sql.SQL(
+                "SELECT id, training_history_json -> 'source' FROM {} "
+                "WHERE gcs_artifacts_path IN (%s, %s) ORDER BY id DESC LIMIT 1"
+            ).format(_table(settings)),
+            _paths(ref),
+        )
+        row = cur.fetchone()
+        if row is None:
+            return RowState(None, None, False)
+        newest, this_one = _recorded(cur, ref)
+    current = _max(newest, _source_generation(row[1], ref))
+    return RowState(int(row[0]), current, this_one or current == ref.generation)
+
+
+@dataclasses.dataclass(frozen=True)
+class Record:
+    """One line of ``training_metrics_ingestions``."""
+
+    ref: ObjectRef
+    outcome: str
+    event_id: str | None = None
+    quicktest_id: int | None = None
+    reason: str | None = None
+    epochs: int | None = None
+    duration_ms: float = 0.0
+    forced: bool = False
+
+
+_INSERT = (
+    f"INSERT INTO {INGESTIONS_TABLE} (bucket, object_name, generation, event_id, quicktest_id, outcome,"
+    " reason, size_bytes, epochs, duration_ms, forced)"
+    " VALUES (%(bucket)s, %(object_name)s, %(generation)s, %(event_id)s, %(quicktest_id)s, %(outcome)s,"
+    " %(reason)s, %(size_bytes)s, %(epochs)s, %(duration_ms)s, %(forced)s)"
+)
+
+
+def _params(record: Record) -> dict[str, Any]:
+    return {
+        "bucket": record.ref.bucket,
+        "object_name": record.ref.name,
+        "generation": record.ref.generation,
+        "event_id": record.event_id,
+        "quicktest_id": record.quicktest_id,
+        "outcome": record.outcome,
+        "reason": record.reason,
+        "size_bytes": record.ref.size,
+        "epochs": record.epochs,
+        "duration_ms": record.duration_ms,
+        "forced": record.forced,
+    }
+
+
+def record(conn: Any, rec: Record) -> None:
+    """Record an outcome decided without writing the row (its own transaction)."""
+    with conn, conn.cursor() as cur:
+        cur.execute(_INSERT, _params(rec))
+
+
+@dataclasses.dataclass(frozen=True)
+class WriteResult:
+    outcome: str
+    quicktest_id: int | None
+    reason: str | None
+
+
+def write(
+    conn: Any,
+    settings: Settings,
+    ref: ObjectRef,
+    history: dict[str, Any],
+    *,
+    event_id: str | None,
+    epochs: int | None,
+    duration_ms: float,
+    force: bool = False,
+) -> WriteResult:
+    """Write ``history`` into the row if ``ref`` is newer than what it holds; record the outcome.
+
+    One transaction: lock the row, compare generations under the lock, insert
+    the record (``ON CONFLICT DO NOTHING`` against the unique index on
+    ingested generations), update the row only when the record went in.
+    """
+    from psycopg2 import sql
+
+    base = Record(ref, "ingested", event_id=event_id, epochs=epochs, duration_ms=duration_ms)
+    payload = json.dumps(history, allow_nan=False, separators=(",", ":"))
+    with conn, conn.cursor() as cur:
+        cur.execute(
+            sql.SQL(
+                "SELECT id, training_history_json -> 'source' FROM {} "
+                "WHERE gcs_artifacts_path IN (%s, %s) ORDER BY id DESC LIMIT 1 FOR UPDATE"
+            ).format(_table(settings)),
+            _paths(ref),
+        )
+        row = cur.fetchone()
+        if row is None:
+            cur.execute(_INSERT, _params(dataclasses.replace(base, outcome="no_matching_row", reason=_no_row(ref))))
+            return WriteResult("no_matching_row", None, _no_row(ref))
+        quicktest_id = int(row[0])
+        base = dataclasses.replace(base, quicktest_id=quicktest_id)
+        # Read under the lock: every writer of this row has committed or waits.
+        newest, _ = _recorded(cur, ref)
+        current = _max(newest, _source_generation(row[1], ref))
+        decided = _decide(ref.generation, current, force)
+        if decided is not None:
+            outcome, reason = decided
+            cur.execute(_INSERT, _params(dataclasses.replace(base, outcome=outcome, reason=reason)))
+            return WriteResult(outcome, quicktest_id, reason)
+        forced = current == ref.generation
+        cur.execute(
+            _INSERT + " ON CONFLICT DO NOTHING RETURNING id", _params(dataclasses.replace(base, forced=forced))
+        )
+        if cur.fetchone() is None:  # the schema's guarantee, should the row's source lie
+            reason = f"generation {ref.generation} was already ingested"
+            cur.execute(_INSERT, _params(dataclasses.replace(base, outcome="duplicate", reason=reason)))
+            return WriteResult("duplicate", quicktest_id, reason)
+        cur.execute(
+            sql.SQL("UPDATE {} SET training_history_json = %s::jsonb WHERE id = %s").format(_table(settings)),
+            (payload, quicktest_id),
+        )
+        return WriteResult("ingested", quicktest_id, "re-ingested (--force)" if forced else None)
+
+
+def decide_before_download(state: RowState, ref: ObjectRef, force: bool) -> tuple[str, str] | None:
+    """Outcome known from the database alone (no row, duplicate, superseded), or None."""
+    if state.quicktest_id is None:
+        return "no_matching_row", _no_row(ref)
+    if state.already_ingested and not force:
+        return "duplicate", f"generation {ref.generation} was already ingested"
+    return _decide(ref.generation, state.current_generation, force)
+
+
+def _decide(generation: int, current: int | None, force: bool) -> tuple[str, str] | None:
+    if current is None or generation > current:
+        return None
+    if generation < current:
+        return "superseded", f"the row already holds newer generation {current}"
+    if not force:
+        return "duplicate", f"generation {generation} was already ingested"
+    return None
+
+
+def _no_row(ref: ObjectRef) -> str:
+    return f"no QuickTest row has gcs_artifacts_path {ref.folder_uri!r}"
+
+
+def _max(a: int | None, b: int | None) -> int | None:
+    if a is None:
+        return b
+    if b is None:
+        return a
+    return max(a, b)
