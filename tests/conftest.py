@@ -13,6 +13,7 @@ pytest_plugins = [
     "tests.support.postgres",
     "tests.support.gcs",
     "tests.support.platform_db",
+    "tests.support.localstack",
 ]
 
 # The product's own settings: a developer's shell must not leak into a test.

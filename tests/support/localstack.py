@@ -33,7 +33,7 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 # Ten ways a metrics file is broken; each must be rejected with a reason.
 BROKEN_FILES: list[tuple[str, bytes]] = [
     ("not JSON", b"{this is not json"),
-    ("NaN token", b'{"schema_version": 1, "epochs": [0], "loss": {"loss": [NaN]}}'),
+    ("a final metric that is text", dumps({"epochs": [0], "final_metrics": {"test_recall_at_100": "high"}})),
     ("series shorter than epochs", dumps({"epochs": [0, 1, 2], "loss": {"loss": [1.0, 0.5]}})),
     ("epochs not increasing", dumps({"epochs": [0, 2, 1], "loss": {"loss": [1.0, 0.5, 0.4]}})),
     ("unknown schema_version", dumps({"schema_version": 2, "epochs": [0], "loss": {"loss": [1.0]}})),
