@@ -73,13 +73,15 @@ def parse(data: bytes, *, max_depth: int = MAX_DEPTH) -> Any:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise Rejected(f"the file is not valid UTF-8 (byte {exc.start}: {exc.reason})") from None
-    check_depth(text, max_depth)
+    unclosed = check_depth(text, max_depth)
     try:
         # NaN / Infinity tokens come from older writers (json.dumps' default):
         # accepted, stored as null (jsonb cannot hold them anyway).
         return json.loads(text, parse_constant=lambda _token: None)
     except json.JSONDecodeError as exc:
-        if exc.pos >= len(text.rstrip()):
+        if exc.pos >= len(text.rstrip()) or exc.msg.startswith("Unterminated string") or (
+            unclosed and set(unclosed) <= {"[", "{"}
+        ):
             raise Rejected(
                 f"the JSON ends early at line {exc.lineno} column {exc.colno} (truncated file?): {exc.msg}"
             ) from None
@@ -88,24 +90,27 @@ def parse(data: bytes, *, max_depth: int = MAX_DEPTH) -> Any:
         raise Rejected(_clip(f"the file is not usable JSON: {exc}")) from None
 
 
-def check_depth(text: str, max_depth: int = MAX_DEPTH) -> None:
+def check_depth(text: str, max_depth: int = MAX_DEPTH) -> str:
     """Reject nesting deeper than ``max_depth`` before parsing (bounded time and stack).
 
     Strings are blanked, leaving only brackets; each pass removes the innermost
     pairs (C speed), so a document of depth d empties in d passes. Brackets left
     after ``max_depth`` passes are either deeper nesting or unbalanced; the
     latter is left to the parser, whose message says where.
+
+    Returns the brackets left unmatched ('' for a balanced document).
     """
     brackets = _NOT_BRACKET.sub("", _STRING.sub("", text))
     for _ in range(max_depth):
         if not brackets:
-            return
+            return ""
         reduced = _INNERMOST_PAIR.sub("", brackets)
         if reduced == brackets:
-            return  # unbalanced: json.loads reports it
+            return brackets  # unbalanced: json.loads reports it
         brackets = reduced
     if brackets and _INNERMOST_PAIR.search(brackets):
         raise Rejected(f"the JSON is nested more than {max_depth} levels deep")
+    return brackets
 
 
 def validate(doc: Any) -> None:

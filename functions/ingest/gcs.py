@@ -116,7 +116,6 @@ def download(ref: ObjectRef, settings: Settings, *, gcs: Any = None) -> bytes:
         TransientError: GCS answered 5xx / 429 / an auth error, or timed out.
     """
     from google.api_core import exceptions as gexc
-    from google.api_core import retry as gretry
     from google.cloud.storage.retry import DEFAULT_RETRY
     from requests import exceptions as rexc
 
@@ -146,5 +145,5 @@ def download(ref: ObjectRef, settings: Settings, *, gcs: Any = None) -> bytes:
         raise Rejected(str(exc)) from None
     except gexc.NotFound:
         raise Gone(f"generation {ref.generation} of gs://{ref.bucket}/{ref.name} no longer exists") from None
-    except (gexc.GoogleAPICallError, gretry.RetryError, rexc.RequestException, ConnectionError) as exc:
+    except (gexc.GoogleAPICallError, gexc.RetryError, rexc.RequestException, ConnectionError) as exc:
         raise TransientError(f"GCS read of {ref.uri} failed: {type(exc).__name__}: {exc}") from exc

@@ -1,0 +1,135 @@
+"""Parsing, validation against the one schema, and normalization of training_metrics.json."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+from jsonschema import Draft202012Validator
+
+from ingest import document
+from ingest.errors import Rejected
+from tests.support.documents import appendix_document, dumps, megabyte_document, v1_document
+
+
+def test_schema_file_is_valid_draft_2020_12() -> None:
+    """The machine-readable format definition is itself a valid JSON Schema 2020-12."""
+    Draft202012Validator.check_schema(document.schema())
+    assert document.schema()["$schema"].endswith("2020-12/schema")
+
+
+def test_v1_document_round_trips() -> None:
+    """A complete schema_version 1 file is accepted and kept as is."""
+    doc = v1_document(5)
+    assert document.load_document(dumps(doc)) == doc
+
+
+def test_appendix_document_is_filled_in() -> None:
+    """A file in the plan's appendix format gains schema_version 1, status completed and metrics {}."""
+    doc = appendix_document(4)
+    out = document.load_document(dumps(doc, indent=2))
+    assert (out["schema_version"], out["status"], out["metrics"]) == (1, "completed", {})
+    assert out["loss"] == doc["loss"] and out["weight_stats"] == doc["weight_stats"]
+    minimal = document.load_document(b'{"epochs": []}')
+    assert set(minimal) >= {"loss", "metrics", "gradient", "weight_stats", "gradient_stats", "final_metrics", "params"}
+
+
+def test_non_finite_values_become_null() -> None:
+    """NaN / Infinity tokens and overflowing numbers (1e999) are stored as null."""
+    raw = (
+        b'{"epochs": [0, 1, 2], "loss": {"loss": [NaN, Infinity, -Infinity]},'
+        b' "metrics": {"lr": [1e999, 0.5, null]},'
+        b' "weight_stats": {"query": {"mean": [NaN, 1, 2], "histogram": {"bin_edges": [0, 1], "counts": [[1], null, [2]]}}},'
+        b' "final_metrics": {"test_loss": NaN}, "params": {"clip": Infinity}}'
+    )
+    out = document.load_document(raw)
+    assert out["loss"]["loss"] == [None, None, None]
+    assert out["metrics"]["lr"] == [None, 0.5, None]
+    assert out["weight_stats"]["query"]["mean"] == [None, 1, 2]
+    assert out["final_metrics"]["test_loss"] is None and out["params"]["clip"] is None
+    json.dumps(out, allow_nan=False)  # strict JSON, storable as jsonb
+
+
+def _bad(doc: dict[str, Any]) -> bytes:
+    return dumps(doc)
+
+
+BROKEN: list[tuple[str, bytes, str]] = [
+    ("empty", b"", "empty"),
+    ("whitespace", b"  \n", "empty"),
+    ("not-json", b"epochs: [1, 2]", "not JSON"),
+    ("truncated", dumps(v1_document(3))[:-40], "ends early"),
+    ("top-level-array", b"[1, 2, 3]", "top-level value is an array"),
+    ("top-level-string", b'"hello"', "top-level value is a string"),
+    ("no-epochs", b'{"loss": {}}', "'epochs' is a required property"),
+    ("epochs-strings", b'{"epochs": ["a"]}', "at $.epochs[0]: expected integer, got a string"),
+    ("series-string", _bad({**v1_document(2), "loss": {"loss": [0.1, "x"]}}), "at $.loss.loss[1]: expected number or null"),
+    ("loss-not-map", _bad({**v1_document(2), "loss": [0.1, 0.2]}), "at $.loss: expected object, got an array"),
+    ("param-object", _bad({**v1_document(2), "params": {"opt": {"name": "adam"}}}), "at $.params.opt"),
+    ("bad-status", _bad({**v1_document(2), "status": "done"}), "at $.status"),
+    ("bad-version", _bad({**v1_document(2), "schema_version": 2}), "at $.schema_version"),
+    ("short-series", _bad({**v1_document(3), "loss": {"val_loss": [0.1, 0.2]}}), "loss.val_loss has 2 values for 3 epochs"),
+    (
+        "short-tower-stat",
+        _bad({**v1_document(3), "weight_stats": {"query": {"mean": [1.0]}}}),
+        "weight_stats.query.mean has 1 values for 3 epochs",
+    ),
+    (
+        "counts-row-bins",
+        _bad(
+            {**v1_document(2), "gradient_stats": {"q": {"histogram": {"bin_edges": [0, 1, 2], "counts": [[1, 2], [3]]}}}}
+        ),
+        "gradient_stats.q.histogram.counts[1] has 1 bins but bin_edges defines 2",
+    ),
+    (
+        "counts-rows-epochs",
+        _bad({**v1_document(3), "weight_stats": {"q": {"histogram": {"bin_edges": [0, 1], "counts": [[1]]}}}}),
+        "weight_stats.q.histogram.counts has 1 values for 3 epochs",
+    ),
+    (
+        "negative-count",
+        _bad({**v1_document(1), "weight_stats": {"q": {"histogram": {"bin_edges": [0, 1], "counts": [[-1]]}}}}),
+        "at $.weight_stats.q.histogram.counts[0][0]",
+    ),
+    ("epochs-repeat", b'{"epochs": [0, 1, 1, 2]}', "epochs must strictly increase: epochs[2] = 1 follows 1"),
+    ("epochs-decrease", b'{"epochs": [3, 2]}', "epochs must strictly increase"),
+    ("invalid-utf8", b'{"epochs": [], "params": {"name": "caf\xe9"}}', "not valid UTF-8 (byte 38"),
+    ("deep-nesting", b'{"epochs": [], "params": ' + b"[" * 100_000 + b"]" * 100_000 + b"}", "nested more than 64 levels"),
+    ("huge-integer", b'{"epochs": [' + b"9" * 5000 + b"]}", "not usable JSON"),
+]
+
+
+@pytest.mark.parametrize(("case", "raw", "fragment"), BROKEN, ids=[c[0] for c in BROKEN])
+def test_broken_files_are_rejected_with_a_reason(case: str, raw: bytes, fragment: str) -> None:
+    """Each broken or hostile file is rejected with a reason naming the problem."""
+    with pytest.raises(Rejected) as caught:
+        document.load_document(raw)
+    assert fragment in caught.value.reason, caught.value.reason
+    assert len(caught.value.reason) <= 300
+
+
+def test_depth_guard_allows_ordinary_nesting_and_brackets_in_strings() -> None:
+    """Nesting up to the limit passes; brackets inside strings do not count."""
+    document.check_depth("[" * 64 + "]" * 64)
+    with pytest.raises(Rejected):
+        document.check_depth("[" * 65 + "]" * 65)
+    document.check_depth('{"k": "' + "[" * 1000 + '\\"[[["}')
+
+
+def test_fast_path_agrees_with_plain_jsonschema() -> None:
+    """The validator's loop shortcut accepts and rejects exactly what plain jsonschema does."""
+    plain = Draft202012Validator(document.schema())
+    good = megabyte_document()
+    assert plain.is_valid(good)
+    document.validate(good)
+    for bad_value in (True, "1", [1], {"a": 1}):
+        doc = v1_document(3)
+        doc["metrics"]["factorized_top_k/top_0_categorical_accuracy"][1] = bad_value
+        assert not plain.is_valid(doc)
+        with pytest.raises(Rejected, match=r"\$\.metrics\.factorized_top_k/top_0_categorical_accuracy\[1\]"):
+            document.validate(doc)
+    doc = v1_document(2)
+    doc["weight_stats"]["query"]["histogram"]["counts"][0][0] = 3.0  # JSON Schema: 3.0 is an integer
+    assert plain.is_valid(doc)
+    document.validate(doc)

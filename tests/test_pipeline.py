@@ -1,0 +1,277 @@
+"""ingest_object end to end: real GCS client against the emulator, real PostgreSQL."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import random
+import threading
+from typing import Any
+
+import pytest
+from psycopg2 import sql
+
+from ingest.errors import TransientError
+from ingest.objects import ObjectRef
+from ingest.pipeline import IngestResult, ingest_object
+from metrics_ingest.gcs_emulator import Fault
+from metrics_ingest.migrations import create_dev_platform_table
+from tests.support.documents import appendix_document, dumps, v1_document
+from tests.support.platform_db import Artifacts, PlatformDb
+
+
+def _ingest(platform_db: PlatformDb, resource: dict[str, Any], **kwargs: Any) -> IngestResult:
+    settings = kwargs.pop("settings", None) or platform_db.settings()
+    return ingest_object(ObjectRef.from_resource(resource), settings=settings, event_id="evt-1", **kwargs)
+
+
+def _without_ingestion_keys(history: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in history.items() if k not in ("source", "ingested_at")}
+
+
+@pytest.mark.parametrize("trailing_slash", [False, True])
+def test_valid_v1_file_is_ingested(platform_db: PlatformDb, artifacts: Artifacts, trailing_slash: bool) -> None:
+    """A valid file lands in the row with source and ingested_at, and one 'ingested' record."""
+    row_id, folder = platform_db.new_quicktest(trailing_slash=trailing_slash)
+    doc = v1_document(4)
+    resource = artifacts.upload(folder, dumps(doc))
+    result = _ingest(platform_db, resource)
+    assert (result.outcome, result.quicktest_id, result.epochs) == ("ingested", row_id, 4)
+    history = platform_db.history(row_id)
+    assert isinstance(history, dict)  # jsonb: Django's JSONField reads a dict
+    assert _without_ingestion_keys(history) == doc
+    assert history["source"] == {
+        "bucket": "ml-artifacts",
+        "object": resource["name"],
+        "generation": resource["generation"],
+        "size": int(resource["size"]),
+    }
+    assert history["ingested_at"].endswith("Z")
+    [record] = platform_db.ingestions("ml-artifacts", resource["name"])
+    assert (record["outcome"], record["quicktest_id"], record["epochs"], record["event_id"]) == (
+        "ingested",
+        row_id,
+        4,
+        "evt-1",
+    )
+    assert record["generation"] == int(resource["generation"]) and record["size_bytes"] == int(resource["size"])
+
+
+def test_appendix_format_file_is_ingested(platform_db: PlatformDb, artifacts: Artifacts) -> None:
+    """A file in the original plan's appendix format (indented, no schema_version) is ingested and filled in."""
+    row_id, folder = platform_db.new_quicktest()
+    resource = artifacts.upload(folder, json.dumps(appendix_document(3), indent=2).encode())
+    assert _ingest(platform_db, resource).outcome == "ingested"
+    history = platform_db.history(row_id)
+    assert (history["schema_version"], history["status"], history["metrics"]) == (1, "completed", {})
+
+
+def test_gzip_object_is_inflated(platform_db: PlatformDb, artifacts: Artifacts) -> None:
+    """An object stored with Content-Encoding gzip is inflated before parsing."""
+    row_id, folder = platform_db.new_quicktest()
+    doc = v1_document(3)
+    resource = artifacts.upload(folder, gzip.compress(dumps(doc)), content_encoding="gzip")
+    assert _ingest(platform_db, resource).outcome == "ingested"
+    assert _without_ingestion_keys(platform_db.history(row_id)) == doc
+
+
+def test_same_event_twice_writes_once(platform_db: PlatformDb, artifacts: Artifacts) -> None:
+    """The second delivery of one event is a duplicate and does not touch the row."""
+    row_id, folder = platform_db.new_quicktest()
+    resource = artifacts.upload(folder, dumps(v1_document(2)))
+    assert _ingest(platform_db, resource).outcome == "ingested"
+    first = platform_db.history(row_id)
+    second = _ingest(platform_db, resource)
+    assert second.outcome == "duplicate" and "already ingested" in (second.reason or "")
+    assert platform_db.history(row_id) == first  # same ingested_at: not rewritten
+    assert [r["outcome"] for r in platform_db.ingestions("ml-artifacts", resource["name"])] == ["ingested", "duplicate"]
+
+
+def test_older_generation_after_newer_is_superseded(platform_db: PlatformDb, artifacts: Artifacts) -> None:
+    """Generation N delivered after N+1 is superseded; the row keeps N+1."""
+    row_id, folder = platform_db.new_quicktest()
+    old = artifacts.upload(folder, dumps(v1_document(2, status="running")))
+    new = artifacts.upload(folder, dumps(v1_document(3)))
+    assert _ingest(platform_db, new).outcome == "ingested"
+    late = _ingest(platform_db, old)
+    assert late.outcome == "superseded" and new["generation"] in (late.reason or "")
+    assert platform_db.history(row_id)["source"]["generation"] == new["generation"]
+    assert platform_db.history(row_id)["epochs"] == [0, 1, 2]
+
+
+def test_replaced_generation_404_is_recorded_as_superseded(platform_db: PlatformDb, artifacts: Artifacts) -> None:
+    """An event whose generation was replaced before delivery (GCS 404) is recorded and acknowledged."""
+    row_id, folder = platform_db.new_quicktest()
+    old = artifacts.upload(folder, dumps(v1_document(2)))
+    artifacts.upload(folder, dumps(v1_document(3)))  # replaces it; its own event not delivered yet
+    result = _ingest(platform_db, old)
+    assert result.outcome == "superseded" and "no longer exists" in (result.reason or "")
+    assert platform_db.history(row_id) is None
+    [record] = platform_db.ingestions("ml-artifacts", old["name"])
+    assert record["outcome"] == "superseded" and record["quicktest_id"] == row_id
+
+
+def test_concurrent_deliveries_keep_the_newest(platform_db: PlatformDb, artifacts: Artifacts) -> None:
+    """16 concurrent deliveries of mixed generations leave the newest in the row and a consistent log."""
+    row_id, folder = platform_db.new_quicktest()
+    resources = [artifacts.upload(folder, dumps(v1_document(e + 1))) for e in range(3)]
+    events = [resources[i % 3] for i in range(16)]
+    random.Random(5).shuffle(events)
+    results: list[IngestResult] = []
+    errors: list[BaseException] = []
+    barrier = threading.Barrier(16)
+
+    def deliver(resource: dict[str, Any]) -> None:
+        barrier.wait()
+        try:
+            results.append(_ingest(platform_db, resource))
+        except BaseException as exc:  # collected and asserted below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=deliver, args=(r,)) for r in events]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    newest = resources[-1]
+    assert platform_db.history(row_id)["source"]["generation"] == newest["generation"]
+    assert platform_db.history(row_id)["epochs"] == [0, 1, 2]
+    records = platform_db.ingestions("ml-artifacts", newest["name"])
+    assert len(records) == 16
+    ingested = [r for r in records if r["outcome"] == "ingested"]
+    assert [r["generation"] for r in ingested] == [int(newest["generation"])]
+    assert {r["outcome"] for r in records if r["generation"] == int(newest["generation"])} <= {"ingested", "duplicate"}
+    assert {r["outcome"] for r in records if r["generation"] != int(newest["generation"])} == {"superseded"}
+    assert sorted(r.outcome for r in results) == sorted(r["outcome"] for r in records)
+
+
+def test_no_matching_row(platform_db: PlatformDb, artifacts: Artifacts) -> None:
+    """A metrics file in a folder no QuickTest points at is recorded as no_matching_row."""
+    resource = artifacts.upload("quick_tests/orphan-0001", dumps(v1_document(2)))
+    fault = artifacts.emulator.inject(Fault("GET", "orphan-0001", status=None, times=1000))
+    result = _ingest(platform_db, resource)
+    assert (result.outcome, result.quicktest_id) == ("no_matching_row", None)
+    assert "gs://ml-artifacts/quick_tests/orphan-0001" in (result.reason or "")
+    assert fault.hits == 0  # decided from the database alone: nothing downloaded
+    assert [r["outcome"] for r in platform_db.ingestions("ml-artifacts", resource["name"])] == ["no_matching_row"]
+
+
+def _bomb(inflated: int) -> bytes:
+    return gzip.compress(b'{"epochs": [], "params": {"pad": "' + b" " * inflated + b'"}}', compresslevel=9)
+
+
+HOSTILE: list[tuple[str, bytes, str | None, str]] = [
+    ("empty", b"", None, "empty"),
+    ("not-json", b"<html>503</html>", None, "not JSON"),
+    ("truncated", dumps(v1_document(3))[:-25], None, "ends early"),
+    ("top-level-list", b"[]", None, "top-level value is an array"),
+    ("wrong-types", dumps({**v1_document(2), "epochs": [0, "1"]}), None, "at $.epochs[1]"),
+    ("misaligned", dumps({**v1_document(3), "loss": {"loss": [1.0]}}), None, "loss.loss has 1 values for 3 epochs"),
+    ("epochs-not-increasing", b'{"epochs": [0, 2, 1]}', None, "epochs must strictly increase"),
+    ("invalid-utf8", b'{"epochs": [], "params": {"x": "\xff\xfe"}}', None, "not valid UTF-8"),
+    ("deep-nesting", b'{"epochs": [], "params": {"p": ' + b"[" * 20_000 + b"]" * 20_000 + b"}}", None, "nested more than"),
+    ("nul-character", b'{"epochs": [], "params": {"x": "a\\u0000b"}}', None, "PostgreSQL cannot store"),
+    ("gzip-bomb", _bomb(200_000), "gzip", "inflates to more than MAX_METRICS_BYTES"),
+    ("gzip-corrupt", b"\x1f\x8b\x08\x00garbage-garbage", "gzip", "gzip stream"),
+    ("over-cap-plain", b'{"epochs": [], "params": {"pad": "' + b"x" * 150_000 + b'"}}', None, "MAX_METRICS_BYTES"),
+]
+
+
+@pytest.mark.parametrize(("case", "data", "encoding", "fragment"), HOSTILE, ids=[h[0] for h in HOSTILE])
+def test_broken_and_hostile_files_are_rejected(
+    platform_db: PlatformDb, artifacts: Artifacts, case: str, data: bytes, encoding: str | None, fragment: str
+) -> None:
+    """A broken or hostile file is recorded as rejected with a reason; the row keeps its history."""
+    before = {"epochs": [0], "note": "previous history"}
+    row_id, folder = platform_db.new_quicktest(history=before)
+    resource = artifacts.upload(folder, data, content_encoding=encoding)
+    if case == "over-cap-plain":
+        resource.pop("size")  # the event carried no size: the download itself must stop at the cap
+    result = _ingest(platform_db, resource, settings=platform_db.settings(max_metrics_bytes=100_000))
+    assert result.outcome == "rejected"
+    assert fragment in (result.reason or ""), result.reason
+    assert platform_db.history(row_id) == before
+    [record] = platform_db.ingestions("ml-artifacts", resource["name"])
+    assert (record["outcome"], record["quicktest_id"], record["reason"]) == ("rejected", row_id, result.reason)
+
+
+def test_oversize_event_is_rejected_without_any_gcs_request(platform_db: PlatformDb, artifacts: Artifacts) -> None:
+    """An event whose size is over MAX_METRICS_BYTES is rejected before any request to GCS."""
+    row_id, folder = platform_db.new_quicktest()
+    resource = artifacts.upload(folder, dumps(v1_document(2)))
+    probe = artifacts.emulator.inject(Fault(None, folder, status=None, times=1000))
+    result = _ingest(platform_db, {**resource, "size": str(2**40)})
+    assert result.outcome == "rejected" and "over MAX_METRICS_BYTES" in (result.reason or "")
+    assert probe.hits == 0
+    assert platform_db.history(row_id) is None
+
+
+def test_nan_tokens_are_stored_as_null(platform_db: PlatformDb, artifacts: Artifacts) -> None:
+    """A file with NaN/Infinity tokens from an older writer is ingested with nulls."""
+    row_id, folder = platform_db.new_quicktest()
+    resource = artifacts.upload(folder, b'{"epochs": [0, 1], "loss": {"loss": [NaN, 0.5]}, "final_metrics": {"x": Infinity}}')
+    assert _ingest(platform_db, resource).outcome == "ingested"
+    history = platform_db.history(row_id)
+    assert history["loss"]["loss"] == [None, 0.5] and history["final_metrics"]["x"] is None
+
+
+@pytest.mark.parametrize(
+    "fault",
+    [Fault("GET", "", status=503, times=10_000), Fault("GET", "", status=None, delay=2.0, times=10_000)],
+    ids=["gcs-503", "gcs-stall"],
+)
+def test_gcs_5xx_or_timeout_raises_transient(platform_db: PlatformDb, artifacts: Artifacts, fault: Fault) -> None:
+    """A GCS 5xx or a read that stalls past the timeout raises TransientError and records nothing."""
+    row_id, folder = platform_db.new_quicktest()
+    resource = artifacts.upload(folder, dumps(v1_document(2)))
+    fault.path = folder
+    artifacts.emulator.inject(fault)
+    with pytest.raises(TransientError, match="GCS read"):
+        _ingest(platform_db, resource, settings=platform_db.settings(gcs_timeout=0.5))
+    assert fault.hits >= 1
+    assert platform_db.ingestions("ml-artifacts", resource["name"]) == []
+    artifacts.emulator.clear_faults()
+    assert _ingest(platform_db, resource).outcome == "ingested"  # the redelivery succeeds
+
+
+def test_force_reingests_and_dry_run_writes_nothing(platform_db: PlatformDb, artifacts: Artifacts) -> None:
+    """dry_run decides without writing; force re-ingests the same generation but not an older one."""
+    row_id, folder = platform_db.new_quicktest()
+    old = artifacts.upload(folder, dumps(v1_document(1)))
+    resource = artifacts.upload(folder, dumps(v1_document(2)))
+    dry = _ingest(platform_db, resource, dry_run=True)
+    assert (dry.outcome, dry.dry_run) == ("ingested", True)
+    assert platform_db.history(row_id) is None and platform_db.ingestions("ml-artifacts", resource["name"]) == []
+    assert _ingest(platform_db, resource).outcome == "ingested"
+    first_at = platform_db.history(row_id)["ingested_at"]
+    forced = _ingest(platform_db, resource, force=True)
+    assert forced.outcome == "ingested" and forced.reason == "re-ingested (--force)"
+    assert platform_db.history(row_id)["ingested_at"] >= first_at
+    assert _ingest(platform_db, old, force=True).outcome == "superseded"
+    outcomes = [(r["outcome"], r["forced"]) for r in platform_db.ingestions("ml-artifacts", resource["name"])]
+    assert outcomes == [("ingested", False), ("ingested", True), ("superseded", False)]
+
+
+HOSTILE_TABLE = 'Quick"Test; DROP TABLE x;--'
+
+
+def test_unusual_table_name_works_and_cannot_inject(platform_db: PlatformDb, artifacts: Artifacts) -> None:
+    """QUICKTEST_TABLE with quotes and SQL in its name is used as one identifier: ingestion works, nothing dropped."""
+    create_dev_platform_table(platform_db.url, HOSTILE_TABLE)
+    conn = platform_db.connect()
+    with conn, conn.cursor() as cur:
+        cur.execute("CREATE TABLE IF NOT EXISTS x (id int)")
+    conn.close()
+    hostile = PlatformDb(platform_db.url, table=HOSTILE_TABLE)
+    row_id, folder = hostile.new_quicktest()
+    resource = artifacts.upload(folder, dumps(v1_document(2)))
+    result = _ingest(hostile, resource)
+    assert (result.outcome, result.quicktest_id) == ("ingested", row_id)
+    assert hostile.history(row_id)["epochs"] == [0, 1]
+    conn = platform_db.connect()
+    with conn, conn.cursor() as cur:
+        cur.execute("SELECT to_regclass('x') IS NOT NULL, to_regclass(%s) IS NOT NULL",
+                    (sql.Identifier(HOSTILE_TABLE).as_string(cur),))
+        assert cur.fetchone() == (True, True)
+    conn.close()
