@@ -121,9 +121,10 @@ def test_prefix_limits_the_replay(replay_env: Any, platform_db: Any, capsys: pyt
 
 
 def test_transient_faults_are_retried_then_reported_failed(
-    replay_env: Any, platform_db: Any, capsys: pytest.CaptureFixture[str]
+    replay_env: Any, platform_db: Any, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A GCS 503 is retried; one that persists is reported as failed (status 1), the row untouched."""
+    monkeypatch.setenv("GCS_TIMEOUT_SECONDS", "1")  # the client's own retry budget per try
     bucket = fill_bucket(replay_env, platform_db.url, valid=2)
     first, second = sorted(bucket.valid)
     replay_env.inject(Fault("GET", re.escape(first), status=503, times=1))
