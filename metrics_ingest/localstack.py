@@ -31,6 +31,7 @@ import socket
 import subprocess
 import sys
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TextIO
@@ -283,9 +284,12 @@ class LocalStack:
         self.state_dir.mkdir(parents=True, exist_ok=True)
         if self._given_database_url is None:
             with self._steps(f"starting PostgreSQL (pgserver, data in {self.state_dir / 'pgdata'})"):
-                import pgserver
+                with warnings.catch_warnings():
+                    # platformdirs warns when XDG_RUNTIME_DIR is unset (containers, CI): harmless here.
+                    warnings.simplefilter("ignore")
+                    import pgserver
 
-                self.pg_server = pgserver.get_server(self.state_dir / "pgdata", cleanup_mode="stop")
+                    self.pg_server = pgserver.get_server(self.state_dir / "pgdata", cleanup_mode="stop")
                 self.database_url = ensure_database(self.pg_server.get_uri(), DATABASE_NAME)
         else:
             self.database_url = self._given_database_url
