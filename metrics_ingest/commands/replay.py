@@ -18,9 +18,11 @@ usage error, 130 when interrupted (Ctrl-C; the summary covers what was done).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import sys
+from collections.abc import Iterator
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -41,6 +43,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument(
         "--database-url", default=None, help="PostgreSQL URL (default: $DATABASE_URL, else libpq PG* variables)"
+    )
+    parser.add_argument(
+        "--verbose", action="store_true", help="also print the pipeline's JSON log line for each object on stderr"
     )
     parser.set_defaults(func=run)
 
@@ -71,7 +76,8 @@ def run(args: argparse.Namespace) -> int:
     from google.api_core import exceptions as gcs_errors
 
     try:
-        report = run_replay(options, on_outcome=progress.update, on_listed=progress.listed)
+        with _pipeline_logs(args.verbose):
+            report = run_replay(options, on_outcome=progress.update, on_listed=progress.listed)
     except gcs_errors.NotFound as exc:
         # Only the listing can raise this: ingest_object records a missing object as an outcome.
         print(f"metrics-ingest replay: error: no such bucket: {options.target.bucket} ({exc.message})", file=sys.stderr)
@@ -87,3 +93,30 @@ def run(args: argparse.Namespace) -> int:
     else:
         print(format_summary(report))
     return report.exit_status
+
+
+@contextlib.contextmanager
+def _pipeline_logs(verbose: bool) -> Iterator[None]:
+    """The pipeline logs one JSON line per object for Cloud Logging; here the
+    progress lines and the summary say the same, so those lines are shown only
+    with --verbose (on stderr, never mixed into the --json output). The logger
+    is put back as it was afterwards."""
+    import logging
+
+    from ingest.logs import JsonFormatter, LOGGER
+
+    saved = (list(LOGGER.handlers), LOGGER.propagate, LOGGER.level)
+    handler: logging.Handler
+    if verbose:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(JsonFormatter())
+        LOGGER.setLevel(logging.INFO)
+    else:
+        handler = logging.NullHandler()
+    LOGGER.handlers = [handler]
+    LOGGER.propagate = False
+    try:
+        yield
+    finally:
+        LOGGER.handlers, LOGGER.propagate = saved[0], saved[1]
+        LOGGER.setLevel(saved[2])
