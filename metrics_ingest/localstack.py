@@ -92,6 +92,14 @@ def free_port(host: str = "127.0.0.1") -> int:
         return sock.getsockname()[1]
 
 
+def _check_port_free(host: str, port: int, option: str) -> None:
+    with socket.socket() as sock:
+        try:
+            sock.bind((host, port))
+        except OSError as exc:
+            raise StackError(f"{host}:{port} is not free ({exc.strerror}); choose another with {option} (0: any)") from None
+
+
 def with_database(url: str, dbname: str) -> str:
     """The same server URL, another database (keeps host/socket parameters)."""
     params = parse_dsn(url)
@@ -297,12 +305,15 @@ class LocalStack:
             prepare_database(self.database_url)
 
         port = self._function_port or free_port(self.host)
+        _check_port_free(self.host, port, "--function-port")
         self.function_url = f"http://{self.host}:{port}/"
         self.bridge = EventBridge(self.function_url)
         with self._steps("starting the GCS emulator"):
             data_dir = self.state_dir / "gcs" if self.persist_objects else None
             if data_dir is not None:
                 data_dir.mkdir(exist_ok=True)
+            if self._emulator_port:
+                _check_port_free(self.host, self._emulator_port, "--emulator-port")
             self.emulator = GcsEmulator(
                 self.host, self._emulator_port, None if data_dir is None else str(data_dir), on_finalize=self.bridge.submit
             ).start()

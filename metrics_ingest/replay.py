@@ -391,7 +391,8 @@ def format_summary(report: ReplayReport) -> str:
         f"{mode} {report.target.uri}: {report.matched} metrics files "
         f"(of {report.listed} objects listed), {len(report.outcomes)} processed "
         f"in {report.duration_s:.1f} s with {report.workers} worker(s)"
-        + (", --force" if report.force else ""),
+        + (", --force" if report.force else "")
+        + ("" if report.dry_run else f"; run id {report.run_id} (event_id 'replay:{report.run_id}:N' in the records)"),
         "",
         f"  {'outcome':<18}{'count':>7}",
     ]
@@ -434,7 +435,7 @@ class Progress:
     def update(self, outcome: ObjectOutcome) -> None:
         if self._bar is not None:
             if outcome.outcome in BAD_OUTCOMES:
-                self._bar.write(format_line(outcome, self.dry_run))
+                self._bar.write(format_line(outcome, self.dry_run), file=self.stream)
             self._bar.update(1)
         else:
             print(format_line(outcome, self.dry_run), file=self.stream, flush=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import re
 import signal
@@ -13,7 +14,8 @@ import pytest
 
 from metrics_ingest.cli import main
 from metrics_ingest.gcs_emulator import Fault
-from metrics_ingest.replay import GcsTarget, UsageError, parse_gs_uri
+from ingest.objects import ObjectRef
+from metrics_ingest.replay import GcsTarget, ObjectOutcome, Progress, UsageError, parse_gs_uri
 from tests.support.localstack import (
     REPO_ROOT,
     cli_command,
@@ -38,6 +40,30 @@ def test_parse_gs_uri_accepts_bucket_and_prefix() -> None:
     for bad in ("s3://bucket/x", "ml-artifacts/quick_tests", "gs://", "gs://UPPER/x", "gs://a/x"):
         with pytest.raises(UsageError):
             parse_gs_uri(bad)
+
+
+def test_progress_is_a_bar_on_a_terminal_and_lines_otherwise() -> None:
+    """On a terminal tqdm draws a bar and prints only rejections and failures; elsewhere every
+    object gets one plain line."""
+    ok = ObjectOutcome(ObjectRef("b", "q/1/training_metrics.json", 5), "ingested")
+    bad = ObjectOutcome(ObjectRef("b", "q/2/training_metrics.json", 6), "rejected", "the file is empty")
+    for tty in (True, False):
+        stream = io.StringIO()
+        progress = Progress(stream, dry_run=False, tty=tty)
+        progress.listed(10, 2)
+        progress.update(ok)
+        progress.update(bad)
+        progress.close()
+        text = stream.getvalue()
+        assert "rejected        gs://b/q/2/training_metrics.json#6: the file is empty" in text
+        if tty:
+            assert "2/2" in text and "q/1/training_metrics.json" not in text
+        else:
+            assert text.splitlines() == [
+                "listed 10 objects, 2 metrics files",
+                "ingested        gs://b/q/1/training_metrics.json#5",
+                "rejected        gs://b/q/2/training_metrics.json#6: the file is empty",
+            ]
 
 
 def test_usage_errors_exit_2(replay_env: Any, capsys: pytest.CaptureFixture[str]) -> None:

@@ -61,6 +61,16 @@ def _stderr_to(path: Path) -> Iterator[None]:
 
 
 def run(args: argparse.Namespace) -> int:
+    from metrics_ingest.localstack import StackError
+
+    try:
+        return _run(args)
+    except (StackError, TimeoutError) as exc:
+        print(f"\nmetrics-ingest demo: error: {exc}", file=sys.stderr)
+        return 1
+
+
+def _run(args: argparse.Namespace) -> int:
     if args.epochs < 1:
         print(f"metrics-ingest demo: error: --epochs must be >= 1, got {args.epochs}", file=sys.stderr)
         return 2

@@ -57,7 +57,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     if args.add_row is not None:
         return _add_row(args)
-    from metrics_ingest.localstack import LocalStack, Steps
+    from metrics_ingest.localstack import LocalStack, StackError, Steps
 
     stop = threading.Event()
     # SIGTERM (e.g. from a supervisor) stops as cleanly as Ctrl-C.
@@ -99,6 +99,9 @@ The function's log lines follow. Ctrl-C stops everything.
                 if stack.function is not None and stack.function.poll() is not None:
                     print(f"the function exited with status {stack.function.returncode}", file=sys.stderr)
                     return 1
+    except StackError as exc:
+        print(f"metrics-ingest dev: error: {exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("\nstopped: PostgreSQL, the emulator, the function and the bridge are down.", flush=True)
         return 0
