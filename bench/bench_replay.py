@@ -144,10 +144,10 @@ def bench_demo() -> None:
             cwd=tmp, env=env, capture_output=True, text=True, check=True,
         ).stdout
         wall = time.perf_counter() - started
-    timings = dict((k, float(v)) for k, v in re.findall(r"([\w ().-]+?) ([\d.]+) s(?:,|$)", out.split("timings: ")[1].splitlines()[0]))
+    timings = dict((k.strip(), float(v)) for k, v in re.findall(r"([\w ().-]+?) ([\d.]+) s(?:,|$)", out.split("timings: ")[1].splitlines()[0]))
     print(f"demo wall time {wall:.1f} s (process start to exit), of which:")
     for name, seconds in timings.items():
-        print(f"  {name.strip():<26}{seconds:>6.1f} s  ({seconds / wall:.0%})")
+        print(f"  {name:<26}{seconds:>6.1f} s  ({seconds / wall:.0%})")
     print(f"  {'python start, imports, stop':<26}{wall - timings.get('total', 0):>6.1f} s")
 
 
