@@ -11,6 +11,7 @@ columns, constraints or data. A table that does not exist yet is skipped
 """
 
 import os
+import sys
 
 from psycopg2 import sql
 from yoyo import step
@@ -30,7 +31,7 @@ def ensure_path_index(conn):
     cur.execute("SELECT to_regclass(%s)", (sql.Identifier(table).as_string(cur),))
     (regclass,) = cur.fetchone()
     if regclass is None:
-        print(f"post-apply: table {table!r} does not exist yet; gcs_artifacts_path index skipped")
+        print(f"post-apply: table {table!r} does not exist yet; gcs_artifacts_path index skipped", file=sys.stderr)
         return
     cur.execute(
         """

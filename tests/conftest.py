@@ -13,6 +13,7 @@ pytest_plugins = [
     "tests.support.postgres",
     "tests.support.gcs",
     "tests.support.platform_db",
+    "tests.support.function_server",
     "tests.support.localstack",
 ]
 

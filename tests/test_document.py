@@ -133,3 +133,14 @@ def test_fast_path_agrees_with_plain_jsonschema() -> None:
     doc["weight_stats"]["query"]["histogram"]["counts"][0][0] = 3.0  # JSON Schema: 3.0 is an integer
     assert plain.is_valid(doc)
     document.validate(doc)
+
+
+def test_prepare_keeps_the_file_text_when_only_top_level_keys_are_added() -> None:
+    """The file's own text is stored (plus the missing top-level keys) unless a value had to change."""
+    raw = dumps(appendix_document(2), indent=2)
+    prepared = document.prepare(raw)
+    assert prepared.text == raw.decode()
+    assert prepared.added == {"schema_version": 1, "status": "completed", "metrics": {}}
+    assert {**json.loads(prepared.text), **prepared.added} == prepared.document
+    for changed in (b'{"epochs": [0], "loss": {"loss": [NaN]}}', b'{"epochs": [0], "loss": {"loss": [1e999]}}'):
+        assert document.prepare(changed).text is None

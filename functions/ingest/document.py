@@ -18,6 +18,7 @@ Example::
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import math
@@ -50,7 +51,10 @@ _STATS_MAPS = ("weight_stats", "gradient_stats")
 _STAT_SERIES = ("mean", "std", "min", "max", "norm")
 
 _STRING = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
-_NOT_BRACKET = re.compile(r"[^\[\]{}]+")
+# Outside strings, valid JSON is brackets plus these (numbers, separators,
+# whitespace, true/false/null and the NaN/Infinity extension). Anything else
+# stays and blocks the reduction below; the parser then names the error.
+_NOT_BRACKET = str.maketrans("", "", "0123456789+-.eE,: \t\r\n" + "truefalsnNIiy")
 _INNERMOST_PAIR = re.compile(r"\[\]|\{\}")
 
 
@@ -60,13 +64,16 @@ def load_document(data: bytes, *, max_depth: int = MAX_DEPTH) -> dict[str, Any]:
     Raises:
         Rejected: the bytes are not a valid training_metrics.json (reason says why).
     """
-    doc = parse(data, max_depth=max_depth)
-    validate(doc)
-    return normalize(doc)
+    return prepare(data, max_depth=max_depth).document
 
 
 def parse(data: bytes, *, max_depth: int = MAX_DEPTH) -> Any:
     """Strict UTF-8, nesting depth guard, then JSON with NaN/Infinity read as null."""
+    return _parse(data, max_depth)[1]
+
+
+def _parse(data: bytes, max_depth: int) -> tuple[str, Any, bool]:
+    """(text, value, whether NaN/Infinity tokens were read as null)."""
     if not data.strip():
         raise Rejected("the file is empty")
     try:
@@ -74,10 +81,16 @@ def parse(data: bytes, *, max_depth: int = MAX_DEPTH) -> Any:
     except UnicodeDecodeError as exc:
         raise Rejected(f"the file is not valid UTF-8 (byte {exc.start}: {exc.reason})") from None
     unclosed = check_depth(text, max_depth)
-    try:
+    constants: list[str] = []
+
+    def constant(token: str) -> None:
         # NaN / Infinity tokens come from older writers (json.dumps' default):
         # accepted, stored as null (jsonb cannot hold them anyway).
-        return json.loads(text, parse_constant=lambda _token: None)
+        constants.append(token)
+        return None
+
+    try:
+        return text, json.loads(text, parse_constant=constant), bool(constants)
     except json.JSONDecodeError as exc:
         if exc.pos >= len(text.rstrip()) or exc.msg.startswith("Unterminated string") or (
             unclosed and set(unclosed) <= {"[", "{"}
@@ -100,7 +113,7 @@ def check_depth(text: str, max_depth: int = MAX_DEPTH) -> str:
 
     Returns the brackets left unmatched ('' for a balanced document).
     """
-    brackets = _NOT_BRACKET.sub("", _STRING.sub("", text))
+    brackets = _STRING.sub("", text).translate(_NOT_BRACKET)
     for _ in range(max_depth):
         if not brackets:
             return ""
@@ -126,22 +139,64 @@ def validate(doc: Any) -> None:
 
 def normalize(doc: dict[str, Any]) -> dict[str, Any]:
     """Fill keys older files lack; non-finite numbers (1e999) become null."""
+    return _normalize(doc)[0]
+
+
+@dataclasses.dataclass(frozen=True)
+class Prepared:
+    """A valid file, ready to store.
+
+    ``document`` is the normalized document. When normalization only adds
+    top-level keys, ``text`` is the file's own JSON text and ``added`` the keys
+    it lacks: the database can store ``text::jsonb || added`` without this
+    process serializing the document again (the same value, for less work).
+    """
+
+    document: dict[str, Any]
+    text: str | None
+    added: dict[str, Any]
+
+
+def prepare(data: bytes, *, max_depth: int = MAX_DEPTH) -> Prepared:
+    """Bytes -> :class:`Prepared` (see :func:`load_document`)."""
+    text, doc, constants = _parse(data, max_depth)
+    validate(doc)
+    out, changed = _normalize(doc)
+    if changed or constants:
+        return Prepared(out, None, {})
+    return Prepared(out, text, {key: out[key] for key in out if key not in doc})
+
+
+def _normalize(doc: dict[str, Any]) -> tuple[dict[str, Any], bool]:
+    """The normalized document, and whether anything below the top level changed."""
     out = {key: doc[key] if key in doc else make() for key, make in _DEFAULTS}
     for key, value in doc.items():
         out.setdefault(key, value)
+    changed = False
+
+    def finite(values: list[Any]) -> list[Any]:
+        nonlocal changed
+        if any(type(v) is float and not math.isfinite(v) for v in values):
+            changed = True
+            return [None if type(v) is float and not math.isfinite(v) else v for v in values]
+        return values
+
     for key in _SERIES_MAPS:
-        out[key] = {name: _finite_list(series) for name, series in out[key].items()}
+        series_map = out[key]
+        for name in series_map:
+            series_map[name] = finite(series_map[name])
     for key in _STATS_MAPS:
         for stats in out[key].values():
             for stat in _STAT_SERIES:
                 if stat in stats:
-                    stats[stat] = _finite_list(stats[stat])
-            histogram = stats.get("histogram")
-            if histogram is not None:
-                histogram["bin_edges"] = _finite_list(histogram["bin_edges"])
-    out["final_metrics"] = {k: _finite(v) for k, v in out["final_metrics"].items()}
-    out["params"] = {k: _finite(v) for k, v in out["params"].items()}
-    return out
+                    stats[stat] = finite(stats[stat])
+    for key in ("final_metrics", "params"):
+        values = out[key]
+        for name, value in values.items():
+            if type(value) is float and not math.isfinite(value):
+                values[name] = None
+                changed = True
+    return out, changed
 
 
 @functools.cache
@@ -155,53 +210,101 @@ def _validator() -> Any:
     """One validator, built on first use (jsonschema costs ~100 ms to import)."""
     from jsonschema import Draft202012Validator, validators
 
-    base_items = Draft202012Validator.VALIDATORS["items"]
-    definitions = schema().get("$defs", {})
-    checks: dict[int, Callable[[list], bool] | None] = {}
+    base = Draft202012Validator.VALIDATORS
+    shortcuts: dict[int, Callable[[list[Any]], bool] | None] = {}
 
-    # Per-epoch series are long arrays of numbers: checking each element
-    # through the generic machinery costs ~20x a plain loop. When an array's
-    # item schema is a bare type (+ minimum) and every element passes the
-    # loop, the generic check is skipped; otherwise it runs, so the outcome
-    # and the error message are exactly jsonschema's.
-    def items(validator: Any, item_schema: Any, instance: Any, where: Any) -> Iterable[Any]:
-        if isinstance(instance, list) and isinstance(item_schema, dict):
-            key = id(item_schema)  # the schema's dicts live as long as the validator
-            if key not in checks:
-                checks[key] = _fast_check(definitions, item_schema)
-            check = checks[key]
-            if check is not None and check(instance):
-                return
-        yield from base_items(validator, item_schema, instance, where)
+    def shortcut(subschema: Any) -> Callable[[list[Any]], bool] | None:
+        key = id(subschema)  # the schema's dicts live as long as the validator
+        if key not in shortcuts:
+            shortcuts[key] = _all_satisfy(subschema) if isinstance(subschema, dict) else None
+        return shortcuts[key]
+
+    # A file is thousands of numbers in a few hundred arrays and maps: sent
+    # one by one through the generic machinery they cost ~20x a C-speed check.
+    # Where a keyword applies a simple subschema to every element (items),
+    # value (additionalProperties) or key (propertyNames) and all of them pass
+    # the shortcut, the generic check is skipped; otherwise it runs, so the
+    # outcome and the error message are exactly jsonschema's.
+    def items(validator: Any, sub: Any, instance: Any, where: Any) -> Iterable[Any]:
+        check = shortcut(sub) if isinstance(instance, list) else None
+        if check is None or not check(instance):
+            yield from base["items"](validator, sub, instance, where)
+
+    def additional_properties(validator: Any, sub: Any, instance: Any, where: Any) -> Iterable[Any]:
+        simple = isinstance(instance, dict) and "properties" not in where and "patternProperties" not in where
+        check = shortcut(sub) if simple else None
+        if check is None or not check(list(instance.values())):
+            yield from base["additionalProperties"](validator, sub, instance, where)
+
+    def property_names(validator: Any, sub: Any, instance: Any, where: Any) -> Iterable[Any]:
+        check = shortcut(sub) if isinstance(instance, dict) else None
+        if check is None or not check(list(instance)):
+            yield from base["propertyNames"](validator, sub, instance, where)
 
     Draft202012Validator.check_schema(schema())
-    cls = validators.extend(Draft202012Validator, {"items": items})
-    return cls(schema())
+    cls = validators.extend(
+        Draft202012Validator,
+        {"items": items, "additionalProperties": additional_properties, "propertyNames": property_names},
+    )
+    # The format has no recursive references: inlining them once spares the
+    # validator a reference lookup per series.
+    return cls(_inline_refs(schema(), schema().get("$defs", {})))
 
 
-def _fast_check(definitions: Mapping[str, Any], item_schema: Mapping[str, Any]) -> Callable[[list], bool] | None:
-    """A plain-loop predicate equivalent to ``item_schema`` when it is a bare type, else None."""
-    ref = item_schema.get("$ref")
-    if ref is not None:
-        if len(item_schema) != 1 or not isinstance(ref, str) or not ref.startswith("#/$defs/"):
-            return None
-        resolved = definitions.get(ref[len("#/$defs/") :])
-        if not isinstance(resolved, Mapping):
-            return None
-        item_schema = resolved
-    if not set(item_schema) <= {"type", "minimum"}:
-        return None
-    types = item_schema.get("type")
+def _inline_refs(node: Any, definitions: Mapping[str, Any]) -> Any:
+    if isinstance(node, dict):
+        ref = node.get("$ref")
+        if isinstance(ref, str) and ref.startswith("#/$defs/") and len(node) == 1:
+            return _inline_refs(definitions[ref[len("#/$defs/") :]], definitions)
+        return {key: _inline_refs(value, definitions) for key, value in node.items()}
+    if isinstance(node, list):
+        return [_inline_refs(item, definitions) for item in node]
+    return node
+
+
+_NUMBER_OR_NULL = frozenset({float, int, type(None)})
+_NUMBER = frozenset({float, int})
+_INT = frozenset({int})
+_STR = frozenset({str})
+_LIST = frozenset({list})
+
+
+def _all_satisfy(sub: Mapping[str, Any]) -> Callable[[list[Any]], bool] | None:
+    """A C-speed test that every item of a list satisfies ``sub``, for the simple
+    subschemas the format uses (a type, minimum, string lengths, arrays of those);
+    None for anything else. Exact type sets: bool is not a number, as in JSON Schema."""
+    keys = set(sub)
+    types = sub.get("type")
     types = {types} if isinstance(types, str) else set(types or ())
-    minimum = item_schema.get("minimum")
-    # type(x) is int excludes bool, as JSON Schema does.
-    if types == {"number", "null"} and minimum is None:
-        return lambda xs: all(x is None or type(x) is float or type(x) is int for x in xs)
-    if types == {"number"} and minimum is None:
-        return lambda xs: all(type(x) is float or type(x) is int for x in xs)
-    if types == {"integer"}:
-        low = -math.inf if minimum is None else minimum
-        return lambda xs: all(type(x) is int and x >= low for x in xs)
+
+    def typed(allowed: frozenset[type]) -> Callable[[list[Any]], bool]:
+        return lambda xs: all(map(allowed.__contains__, map(type, xs)))
+
+    if keys <= {"type", "minimum"}:
+        minimum = sub.get("minimum")
+        if types == {"number", "null"} and minimum is None:
+            return typed(_NUMBER_OR_NULL)
+        if types == {"number"} and minimum is None:
+            return typed(_NUMBER)
+        if types == {"integer"}:
+            low = -math.inf if minimum is None else minimum
+            return lambda xs: typed(_INT)(xs) and (not xs or min(xs) >= low)
+        return None
+    if types == {"string"} and keys <= {"type", "minLength", "maxLength"}:
+        low, high = sub.get("minLength", 0), sub.get("maxLength", math.inf)
+
+        def strings(xs: list[Any]) -> bool:
+            if not typed(_STR)(xs):
+                return False
+            lengths = list(map(len, xs))
+            return not lengths or (min(lengths) >= low and max(lengths) <= high)
+
+        return strings
+    if types == {"array"} and keys == {"type", "items"} and isinstance(sub["items"], dict):
+        inner = _all_satisfy(sub["items"])
+        if inner is None:
+            return None
+        return lambda xs: typed(_LIST)(xs) and all(map(inner, xs))
     return None
 
 
@@ -224,6 +327,8 @@ def _check_alignment(doc: dict[str, Any]) -> None:
                 continue
             where = f"{key}.{tower}.histogram"
             edges = histogram["bin_edges"]
+            if not all(math.isfinite(e) for e in edges):
+                raise Rejected(f"{where}.bin_edges must be finite numbers")
             for i in range(1, len(edges)):
                 if not edges[i] > edges[i - 1]:
                     raise Rejected(f"{where}.bin_edges must strictly increase: [{i}] = {edges[i]} follows {edges[i - 1]}")
@@ -273,17 +378,6 @@ def _json_type(value: Any) -> str:
     if isinstance(value, dict):
         return "an object"
     return type(value).__name__
-
-
-def _finite(value: Any) -> Any:
-    if type(value) is float and not math.isfinite(value):
-        return None
-    return value
-
-
-def _finite_list(values: list[Any]) -> list[Any]:
-    isfinite = math.isfinite
-    return [None if type(v) is float and not isfinite(v) else v for v in values]
 
 
 def _clip(text: str) -> str:

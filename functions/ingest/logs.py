@@ -32,11 +32,23 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, default=str, ensure_ascii=False)
 
 
+class _StdoutHandler(logging.StreamHandler):
+    """Writes to whatever ``sys.stdout`` is at the time (a redirected one included)."""
+
+    @property  # type: ignore[override]
+    def stream(self) -> Any:
+        return sys.stdout
+
+    @stream.setter
+    def stream(self, _value: Any) -> None:
+        pass
+
+
 def configure(stream: Any = None) -> None:
-    """Send the ``ingest`` logger's records to ``stream`` (stdout) as JSON lines; idempotent."""
+    """Send the ``ingest`` logger's records to ``stream`` (default: stdout) as JSON lines; idempotent."""
     if any(getattr(h, "_ingest_json", False) for h in LOGGER.handlers):
         return
-    handler = logging.StreamHandler(stream or sys.stdout)
+    handler = logging.StreamHandler(stream) if stream is not None else _StdoutHandler()
     handler.setFormatter(JsonFormatter())
     handler._ingest_json = True  # type: ignore[attr-defined]
     LOGGER.addHandler(handler)

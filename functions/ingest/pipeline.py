@@ -172,15 +172,18 @@ def _run(
 
     try:
         data = gcs.download(ref, settings, gcs=client)
-        history = document.load_document(data)
+        prepared = document.prepare(data)
     except Gone as exc:
         return settle("superseded", f"{exc} (replaced or deleted since the event)", state.quicktest_id)
     except Rejected as exc:
         return settle("rejected", exc.reason, state.quicktest_id)
 
-    epochs = len(history["epochs"])
+    epochs = len(prepared.document["epochs"])
     if dry_run:
         return finish("ingested", "dry run: would be ingested", state.quicktest_id, epochs)
+    # The file's own text is stored when normalization only adds top-level
+    # keys: PostgreSQL parses it once instead of this process re-serializing.
+    history = dict(prepared.added) if prepared.text is not None else prepared.document
     history["source"] = {
         "bucket": ref.bucket,
         "object": ref.name,
@@ -191,7 +194,15 @@ def _run(
     try:
         with store.connection(settings) as conn:
             written = store.write(
-                conn, settings, ref, history, event_id=event_id, epochs=epochs, duration_ms=_ms(started), force=force
+                conn,
+                settings,
+                ref,
+                history,
+                raw_text=prepared.text,
+                event_id=event_id,
+                epochs=epochs,
+                duration_ms=_ms(started),
+                force=force,
             )
     except Rejected as exc:
         return settle("rejected", exc.reason, state.quicktest_id, epochs)

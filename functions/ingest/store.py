@@ -24,6 +24,7 @@ import contextlib
 import dataclasses
 import json
 import threading
+import time
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -36,6 +37,7 @@ if TYPE_CHECKING:
 INGESTIONS_TABLE = "training_metrics_ingestions"
 OUTCOMES = ("ingested", "duplicate", "superseded", "no_matching_row", "rejected")
 
+_PROBE_AFTER_IDLE_S = 30.0
 _pools: dict[tuple[str | None, int, int], _BlockingPool] = {}
 _pools_lock = threading.Lock()
 
@@ -47,8 +49,9 @@ class _BlockingPool:
         from psycopg2.pool import ThreadedConnectionPool
 
         self._slots = threading.BoundedSemaphore(size)
+        self._idle_since: dict[int, float] = {}
         self._pool = ThreadedConnectionPool(
-            0,
+            0,  # nothing opened up front: the first event opens what it needs
             size,
             dsn=dsn or "",  # '' = libpq's PG* variables
             connect_timeout=connect_timeout,
@@ -56,6 +59,10 @@ class _BlockingPool:
             # A stuck lock or query fails the event (retried) instead of hanging it.
             options="-c lock_timeout=10s -c statement_timeout=60s",
         )
+        # psycopg2 closes a returned connection when more than ``minconn`` are
+        # idle; raised after construction, connections still open lazily but
+        # stay open for the next event (a connect costs more than the query).
+        self._pool.minconn = size
 
     @contextlib.contextmanager
     def get(self) -> Iterator[Any]:
@@ -63,10 +70,7 @@ class _BlockingPool:
         conn = None
         broken = True
         try:
-            conn = self._pool.getconn()
-            if conn.closed:
-                self._pool.putconn(conn, close=True)
-                conn = self._pool.getconn()
+            conn = self._checked_out()
             yield conn
             broken = bool(conn.closed)
         except BaseException as exc:
@@ -77,8 +81,29 @@ class _BlockingPool:
             raise
         finally:
             if conn is not None:
+                self._idle_since[id(conn)] = time.monotonic()
                 self._pool.putconn(conn, close=broken)
             self._slots.release()
+
+    def _checked_out(self) -> Any:
+        """A pooled connection; one idle for a while is probed first, so a
+        database restart or failover costs a reconnect, not a failed event."""
+        import psycopg2
+
+        conn = self._pool.getconn()
+        idle_since = self._idle_since.pop(id(conn), None)
+        if conn.closed:
+            self._pool.putconn(conn, close=True)
+            return self._pool.getconn()
+        if idle_since is not None and time.monotonic() - idle_since > _PROBE_AFTER_IDLE_S:
+            try:
+                with conn.cursor() as cur:
+                    cur.execute("SELECT 1")
+                conn.rollback()
+            except psycopg2.Error:
+                self._pool.putconn(conn, close=True)
+                return self._pool.getconn()
+        return conn
 
     def close(self) -> None:
         self._pool.closeall()
@@ -169,18 +194,37 @@ def read_state(conn: Any, settings: Settings, ref: ObjectRef) -> RowState:
 
     with conn, conn.cursor() as cur:
         cur.execute(
-            sql.SQL(
-                "SELECT id, training_history_json -> 'source' FROM {} "
-                "WHERE gcs_artifacts_path IN (%s, %s) ORDER BY id DESC LIMIT 1"
-            ).format(_table(settings)),
+            sql.SQL("SELECT id FROM {} WHERE gcs_artifacts_path IN (%s, %s) ORDER BY id DESC LIMIT 1").format(
+                _table(settings)
+            ),
             _paths(ref),
         )
         row = cur.fetchone()
         if row is None:
             return RowState(None, None, False)
-        newest, this_one = _recorded(cur, ref)
-    current = _max(newest, _source_generation(row[1], ref))
-    return RowState(int(row[0]), current, this_one or current == ref.generation)
+        quicktest_id = int(row[0])
+        current, this_one = _current_generation(cur, settings, ref, quicktest_id)
+    return RowState(quicktest_id, current, this_one)
+
+
+def _current_generation(cur: Any, settings: Settings, ref: ObjectRef, quicktest_id: int) -> tuple[int | None, bool]:
+    """The newest generation of ``ref``'s object in the row, and whether ``ref``'s own is done.
+
+    The log says it; only when the log knows nothing of this object (a row
+    filled before the log existed, or a wiped log) is the row's ``source``
+    read, since reading into a large jsonb costs a decompression.
+    """
+    from psycopg2 import sql
+
+    newest, this_one = _recorded(cur, ref)
+    if newest is None:
+        cur.execute(
+            sql.SQL("SELECT training_history_json -> 'source' FROM {} WHERE id = %s").format(_table(settings)),
+            (quicktest_id,),
+        )
+        found = cur.fetchone()
+        newest = _source_generation(found[0] if found else None, ref)
+    return newest, this_one or newest == ref.generation
 
 
 @dataclasses.dataclass(frozen=True)
@@ -240,12 +284,17 @@ def write(
     ref: ObjectRef,
     history: dict[str, Any],
     *,
+    raw_text: str | None = None,
     event_id: str | None,
     epochs: int | None,
     duration_ms: float,
     force: bool = False,
 ) -> WriteResult:
-    """Write ``history`` into the row if ``ref`` is newer than what it holds; record the outcome.
+    """Write the history into the row if ``ref`` is newer than what it holds; record the outcome.
+
+    The row receives ``history``; or, with ``raw_text`` (the file's own JSON,
+    already validated), ``raw_text::jsonb || history`` (``history`` then holds
+    only the top-level keys to add or replace).
 
     One transaction: lock the row, compare generations under the lock, insert
     the record (``ON CONFLICT DO NOTHING`` against the unique index on
@@ -254,12 +303,10 @@ def write(
     from psycopg2 import sql
 
     base = Record(ref, "ingested", event_id=event_id, epochs=epochs, duration_ms=duration_ms)
-    payload = json.dumps(history, allow_nan=False, separators=(",", ":"))
     with conn, conn.cursor() as cur:
         cur.execute(
             sql.SQL(
-                "SELECT id, training_history_json -> 'source' FROM {} "
-                "WHERE gcs_artifacts_path IN (%s, %s) ORDER BY id DESC LIMIT 1 FOR UPDATE"
+                "SELECT id FROM {} WHERE gcs_artifacts_path IN (%s, %s) ORDER BY id DESC LIMIT 1 FOR UPDATE"
             ).format(_table(settings)),
             _paths(ref),
         )
@@ -269,9 +316,8 @@ def write(
             return WriteResult("no_matching_row", None, _no_row(ref))
         quicktest_id = int(row[0])
         base = dataclasses.replace(base, quicktest_id=quicktest_id)
-        # Read under the lock: every writer of this row has committed or waits.
-        newest, _ = _recorded(cur, ref)
-        current = _max(newest, _source_generation(row[1], ref))
+        # Read under the lock: every earlier writer of this row has committed.
+        current, _ = _current_generation(cur, settings, ref, quicktest_id)
         decided = _decide(ref.generation, current, force)
         if decided is not None:
             outcome, reason = decided
@@ -285,10 +331,14 @@ def write(
             reason = f"generation {ref.generation} was already ingested"
             cur.execute(_INSERT, _params(dataclasses.replace(base, outcome="duplicate", reason=reason)))
             return WriteResult("duplicate", quicktest_id, reason)
-        cur.execute(
-            sql.SQL("UPDATE {} SET training_history_json = %s::jsonb WHERE id = %s").format(_table(settings)),
-            (payload, quicktest_id),
-        )
+        payload = json.dumps(history, allow_nan=False, separators=(",", ":"))
+        if raw_text is None:
+            update = sql.SQL("UPDATE {} SET training_history_json = %s::jsonb WHERE id = %s")
+            params: tuple[Any, ...] = (payload, quicktest_id)
+        else:
+            update = sql.SQL("UPDATE {} SET training_history_json = %s::jsonb || %s::jsonb WHERE id = %s")
+            params = (raw_text, payload, quicktest_id)
+        cur.execute(update.format(_table(settings)), params)
         return WriteResult("ingested", quicktest_id, "re-ingested (--force)" if forced else None)
 
 

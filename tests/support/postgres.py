@@ -8,6 +8,8 @@ works in a fresh database of its own on that server.
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,7 +21,7 @@ from psycopg2.extensions import make_dsn, parse_dsn
 
 
 @pytest.fixture(scope="session")
-def pg_admin_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def pg_admin_url() -> Iterator[str]:
     """A superuser connection URL to a running PostgreSQL server."""
     url = os.environ.get("TEST_DATABASE_URL")
     if url:
@@ -27,11 +29,16 @@ def pg_admin_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         return
     import pgserver
 
-    server = pgserver.get_server(Path(tmp_path_factory.mktemp("pgdata")), cleanup_mode="stop")
+    # Not under pytest's basetemp: pgserver (running postgres as its own user
+    # when we are root) opens the folders above pgdata, and every other pytest
+    # session on the machine resets /tmp/pytest-of-USER to 0700 at start.
+    pgdata = Path(tempfile.mkdtemp(prefix="metrics-ingest-pg-"))
+    server = pgserver.get_server(pgdata, cleanup_mode="stop")
     try:
         yield server.get_uri()
     finally:
         server.cleanup()
+        shutil.rmtree(pgdata, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

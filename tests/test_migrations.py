@@ -1,0 +1,182 @@
+"""migrations/ applied with yoyo by `metrics-ingest migrate`: idempotent, reversible, never altering the platform table."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+
+import psycopg2
+import pytest
+from psycopg2 import sql
+from psycopg2.extensions import parse_dsn
+
+from metrics_ingest.migrations import MIGRATIONS_DIR, apply_migrations, create_dev_platform_table, yoyo_uri
+from tests.support.function_server import ROOT
+from tests.support.network import unreachable_database_url
+from tests.support.postgres import _with_db
+
+EXPECTED_COLUMNS = {
+    "id": "bigint",
+    "bucket": "text",
+    "object_name": "text",
+    "generation": "bigint",
+    "event_id": "text",
+    "quicktest_id": "bigint",
+    "outcome": "text",
+    "reason": "text",
+    "size_bytes": "bigint",
+    "epochs": "integer",
+    "duration_ms": "double precision",
+    "forced": "boolean",
+    "created_at": "timestamp with time zone",
+}
+
+
+@pytest.fixture
+def fresh_db(pg_admin_url: str) -> Iterator[str]:
+    """A new, empty database for one test."""
+    name = f"migrate_{uuid.uuid4().hex[:8]}"
+    admin = psycopg2.connect(pg_admin_url)
+    admin.autocommit = True
+    with admin.cursor() as cur:
+        cur.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    try:
+        yield _with_db(pg_admin_url, name)
+    finally:
+        with admin.cursor() as cur:
+            cur.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+        admin.close()
+
+
+def _query(url: str, query: str, params: tuple = ()) -> list[tuple]:
+    conn = psycopg2.connect(url)
+    try:
+        with conn, conn.cursor() as cur:
+            cur.execute(query, params)
+            return cur.fetchall()
+    finally:
+        conn.close()
+
+
+def _execute(url: str, statement: str) -> None:
+    conn = psycopg2.connect(url)
+    try:
+        with conn, conn.cursor() as cur:
+            cur.execute(statement)
+    finally:
+        conn.close()
+
+
+def _path_indexes(url: str, table: str) -> list[str]:
+    return [
+        name
+        for (name,) in _query(
+            url,
+            "SELECT indexname FROM pg_indexes WHERE tablename = %s AND indexdef LIKE '%%(gcs_artifacts_path)%%'",
+            (table,),
+        )
+    ]
+
+
+def test_migrations_apply_to_an_empty_database_once(fresh_db: str) -> None:
+    """Every migration applies to an empty database, the schema is as documented, and a rerun applies nothing."""
+    assert apply_migrations(fresh_db) == ["0001.create-ingestions"]
+    assert apply_migrations(fresh_db) == []
+    columns = dict(
+        _query(
+            fresh_db,
+            "SELECT column_name, data_type FROM information_schema.columns WHERE table_name = 'training_metrics_ingestions'",
+        )
+    )
+    assert columns == EXPECTED_COLUMNS
+    indexes = {name for (name,) in _query(fresh_db, "SELECT indexname FROM pg_indexes WHERE tablename = 'training_metrics_ingestions'")}
+    assert {"training_metrics_ingestions_one_ingested", "training_metrics_ingestions_object"} <= indexes
+    assert _query(fresh_db, "SELECT to_regclass('ml_platform_quicktest')") == [(None,)]  # dev table never applied
+
+
+def test_rollback_removes_the_table(fresh_db: str) -> None:
+    """The rollback beside the migration drops what it created."""
+    from yoyo import get_backend, read_migrations
+
+    apply_migrations(fresh_db)
+    backend = get_backend(yoyo_uri(fresh_db))
+    try:
+        migrations = read_migrations(str(MIGRATIONS_DIR))
+        with backend.lock():
+            backend.rollback_migrations(backend.to_rollback(migrations))
+    finally:
+        backend.connection.close()
+    assert _query(fresh_db, "SELECT to_regclass('training_metrics_ingestions')") == [(None,)]
+
+
+def test_path_index_is_added_once_the_platform_table_exists(fresh_db: str) -> None:
+    """The gcs_artifacts_path index is skipped while the table is missing and added by a later migrate, once."""
+    apply_migrations(fresh_db)
+    create_dev_platform_table(fresh_db)
+    _query(fresh_db, "INSERT INTO ml_platform_quicktest (gcs_artifacts_path) VALUES ('gs://b/q/1') RETURNING id")
+    before = _query(fresh_db, "SELECT column_name, data_type, is_nullable FROM information_schema.columns WHERE table_name = 'ml_platform_quicktest' ORDER BY 1")
+    assert _path_indexes(fresh_db, "ml_platform_quicktest") == []
+    assert apply_migrations(fresh_db) == []
+    [index] = _path_indexes(fresh_db, "ml_platform_quicktest")
+    apply_migrations(fresh_db)
+    assert _path_indexes(fresh_db, "ml_platform_quicktest") == [index]
+    after = _query(fresh_db, "SELECT column_name, data_type, is_nullable FROM information_schema.columns WHERE table_name = 'ml_platform_quicktest' ORDER BY 1")
+    assert after == before  # columns untouched
+    assert _query(fresh_db, "SELECT count(*) FROM ml_platform_quicktest") == [(1,)]  # data untouched
+
+
+def test_existing_index_on_the_path_is_reused(fresh_db: str) -> None:
+    """A platform table that already has an index on gcs_artifacts_path (Django db_index) gets no second one."""
+    create_dev_platform_table(fresh_db)
+    _execute(fresh_db, "CREATE INDEX django_path_idx ON ml_platform_quicktest (gcs_artifacts_path)")
+    apply_migrations(fresh_db)
+    assert _path_indexes(fresh_db, "ml_platform_quicktest") == ["django_path_idx"]
+
+
+def test_configured_table_name_gets_the_index(fresh_db: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """QUICKTEST_TABLE names the table to index, quoted as an identifier."""
+    table = 'Quick"Test; DROP TABLE x;--'
+    create_dev_platform_table(fresh_db, table)
+    monkeypatch.setenv("QUICKTEST_TABLE", table)
+    apply_migrations(fresh_db)
+    assert len(_path_indexes(fresh_db, table)) == 1
+
+
+def _cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "metrics_ingest", *args],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "functions"), str(ROOT)]), **(env or {})},
+        timeout=120,
+    )
+
+
+def test_migrate_command(fresh_db: str) -> None:
+    """`metrics-ingest migrate` applies, then says up to date; DATABASE_URL is read when no flag is given."""
+    first = _cli("migrate", "--database-url", fresh_db)
+    assert (first.returncode, first.stdout.strip()) == (0, "applied 0001.create-ingestions"), first.stderr
+    assert "'ml_platform_quicktest' does not exist yet" in first.stderr
+    second = _cli("migrate", env={"DATABASE_URL": fresh_db})
+    assert (second.returncode, second.stdout.strip()) == (0, "up to date"), second.stderr
+
+
+def test_migrate_command_reports_an_unreachable_database() -> None:
+    """An unreachable database makes `metrics-ingest migrate` exit 1 with the reason."""
+    result = _cli("migrate", "--database-url", unreachable_database_url())
+    assert result.returncode == 1
+    assert result.stderr.startswith("migrate failed:") and "127.0.0.1" in result.stderr
+
+
+def test_yoyo_uri_accepts_dsn_and_url_forms() -> None:
+    """DATABASE_URL as a URL, a libpq DSN (Cloud SQL socket) or unset (PG* variables) becomes a yoyo URL."""
+    assert yoyo_uri("postgres://u:p@h:5432/d") == "postgresql://u:p@h:5432/d"
+    cloudsql = yoyo_uri("host=/cloudsql/proj:europe-west1:inst dbname=platform user=fn password=s3c/ret")
+    assert cloudsql == "postgresql://fn:s3c%2Fret@/platform?host=%2Fcloudsql%2Fproj%3Aeurope-west1%3Ainst"
+    assert yoyo_uri("host=db.internal port=6432 dbname=p user=u") == "postgresql://u@db.internal:6432/p"
+    params = parse_dsn("host=/cloudsql/proj:europe-west1:inst dbname=platform")
+    assert params["host"].startswith("/cloudsql/")

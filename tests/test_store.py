@@ -1,0 +1,131 @@
+"""The guarded write and the ingestion log: row locks and constraints, not timing."""
+
+from __future__ import annotations
+
+import random
+import threading
+
+import psycopg2
+import psycopg2.extras
+import pytest
+
+from ingest import store
+from ingest.errors import TransientError
+from ingest.objects import ObjectRef
+from tests.support.network import unreachable_database_url
+from tests.support.platform_db import BUCKET, PlatformDb
+
+
+def _ref(folder: str, generation: int) -> ObjectRef:
+    return ObjectRef(BUCKET, f"{folder}/training_metrics.json", generation, size=10)
+
+
+def test_concurrent_writers_of_distinct_generations_end_with_the_newest(platform_db: PlatformDb) -> None:
+    """16 writers with shuffled generations: the row ends with the highest, ingested generations only increase."""
+    row_id, folder = platform_db.new_quicktest()
+    generations = list(range(1, 17))
+    random.Random(7).shuffle(generations)
+    barrier = threading.Barrier(len(generations))
+    outcomes: dict[int, str] = {}
+    settings = platform_db.settings(db_pool_size=16)
+
+    def write(generation: int) -> None:
+        ref = _ref(folder, generation)
+        history = {"epochs": list(range(generation)), "source": {"bucket": BUCKET, "object": ref.name, "generation": str(generation)}}
+        barrier.wait()
+        with store.connection(settings) as conn:
+            outcomes[generation] = store.write(
+                conn, settings, ref, history, event_id=f"e{generation}", epochs=generation, duration_ms=1.0
+            ).outcome
+
+    threads = [threading.Thread(target=write, args=(g,)) for g in generations]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert platform_db.history(row_id)["epochs"] == list(range(16))
+    assert outcomes[16] == "ingested"
+    assert set(outcomes.values()) <= {"ingested", "superseded"}
+    records = platform_db.ingestions(BUCKET, f"{folder}/training_metrics.json")
+    assert len(records) == 16
+    ingested = [r["generation"] for r in records if r["outcome"] == "ingested"]
+    assert ingested == sorted(ingested) and len(set(ingested)) == len(ingested)  # lock order: only newer writes
+    assert {r["generation"]: r["outcome"] for r in records} == outcomes
+
+
+def test_unique_index_allows_one_ingested_record_per_generation(platform_db: PlatformDb) -> None:
+    """The schema itself refuses a second 'ingested' record for a generation (forced ones aside)."""
+    conn = platform_db.connect()
+    insert = (
+        "INSERT INTO training_metrics_ingestions (bucket, object_name, generation, outcome, forced)"
+        " VALUES ('b', 'u/training_metrics.json', 1, %s, %s)"
+    )
+    try:
+        with conn, conn.cursor() as cur:
+            cur.execute(insert, ("ingested", False))
+            cur.execute(insert, ("ingested", True))
+            cur.execute(insert, ("duplicate", False))
+        with pytest.raises(psycopg2.errors.UniqueViolation), conn, conn.cursor() as cur:
+            cur.execute(insert, ("ingested", False))
+        with pytest.raises(psycopg2.errors.CheckViolation), conn, conn.cursor() as cur:
+            cur.execute(insert, ("maybe", False))
+    finally:
+        conn.close()
+
+
+def test_row_source_counts_as_an_ingested_generation(platform_db: PlatformDb) -> None:
+    """A row whose history already names a generation of this object (log wiped) blocks older and equal ones."""
+    row_id, folder = platform_db.new_quicktest()
+    name = f"{folder}/training_metrics.json"
+    history = {"epochs": [0], "source": {"bucket": BUCKET, "object": name, "generation": "50"}}
+    conn = platform_db.connect()
+    with conn, conn.cursor() as cur:
+        cur.execute("UPDATE ml_platform_quicktest SET training_history_json = %s WHERE id = %s",
+                    (psycopg2.extras.Json(history), row_id))
+    conn.close()
+    settings = platform_db.settings()
+    with store.connection(settings) as conn:
+        state = store.read_state(conn, settings, _ref(folder, 50))
+        assert state == store.RowState(row_id, 50, True)
+        assert store.decide_before_download(state, _ref(folder, 50), force=False)[0] == "duplicate"
+        older = store.read_state(conn, settings, _ref(folder, 49))
+        assert store.decide_before_download(older, _ref(folder, 49), force=True)[0] == "superseded"
+        newer = store.read_state(conn, settings, _ref(folder, 51))
+        assert store.decide_before_download(newer, _ref(folder, 51), force=False) is None
+
+
+def test_unreachable_database_is_transient() -> None:
+    """A refused database connection comes out as TransientError (the event is retried)."""
+    from ingest.config import Settings
+
+    settings = Settings(database_url=unreachable_database_url(), db_connect_timeout=2)
+    with pytest.raises(TransientError, match="database error"):
+        with store.connection(settings):
+            pass
+
+
+def test_pool_keeps_connections_open_between_events(platform_db: PlatformDb) -> None:
+    """Consecutive uses of the pool get the same server session (no reconnect per event)."""
+    settings = platform_db.settings(db_pool_size=3)
+    pids = set()
+    for _ in range(5):
+        with store.connection(settings) as conn, conn, conn.cursor() as cur:
+            cur.execute("SELECT pg_backend_pid()")
+            pids.add(cur.fetchone()[0])
+    assert len(pids) == 1
+
+
+def test_pool_replaces_a_connection_the_server_dropped(platform_db: PlatformDb, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A pooled connection terminated by the server (restart, failover) is probed and replaced, not failed."""
+    settings = platform_db.settings(db_pool_size=2)
+    with store.connection(settings) as conn, conn, conn.cursor() as cur:
+        cur.execute("SELECT pg_backend_pid()")
+        (old_pid,) = cur.fetchone()
+    admin = platform_db.connect()
+    with admin, admin.cursor() as cur:
+        cur.execute("SELECT pg_terminate_backend(%s)", (old_pid,))
+    admin.close()
+    monkeypatch.setattr(store, "_PROBE_AFTER_IDLE_S", 0.0)  # probe at once instead of after 30 s idle
+    with store.connection(settings) as conn, conn, conn.cursor() as cur:
+        cur.execute("SELECT pg_backend_pid()")
+        assert cur.fetchone()[0] != old_pid
