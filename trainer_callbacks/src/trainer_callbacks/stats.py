@@ -75,7 +75,8 @@ def tower_partials(tensors: Sequence[tf.Tensor], value_range: tf.Tensor, bins: i
             tensor = tf.cast(tensor, tf.float32)
         counts.append(tf.cast(tf.size(tensor, out_type=tf.int64), tf.float64))
         sums.append(tf.cast(tf.reduce_sum(tensor), tf.float64))
-        squares.append(tf.cast(tf.reduce_sum(tf.square(tensor)), tf.float64))
+        # l2_loss is sum(x^2)/2 in one fused pass; square-then-sum would write a temporary the size of the table.
+        squares.append(2.0 * tf.cast(tf.nn.l2_loss(tensor), tf.float64))
         mins.append(tf.reduce_min(tensor))
         maxs.append(tf.reduce_max(tensor))
         has_nan = tf.math.is_nan(sums[-1])
