@@ -63,15 +63,22 @@ def test_training_writes_an_aligned_valid_file(tmp_path: Path) -> None:
     model = tm.two_tower_keras()
     probe = next(iter(tm.keras_dataset()))
     seen_edges: list[Any] = []
-    with MetricsCollector(tmp_path) as collector:
-        record = tf.keras.callbacks.LambdaCallback(
-            on_epoch_end=lambda epoch, logs: seen_edges.append(
-                {s: {t: v["histogram"]["bin_edges"] for t, v in collector.to_dict()[s].items()} for s in ("weight_stats", "gradient_stats")}
-            )
-        )
-        fit(model, [*all_callbacks(collector, probe), record])
-    doc = read(tmp_path)
+    flushed: list[tuple[str, list[int], int]] = []
 
+    def record_edges(epoch: int, logs: Any) -> None:
+        document = collector.to_dict()
+        seen_edges.append({s: {t: v["histogram"]["bin_edges"] for t, v in document[s].items()} for s in ("weight_stats", "gradient_stats")})
+
+    def record_flush(epoch: int, logs: Any) -> None:
+        if epoch:  # MetricsCallback flushed the finished epochs as this one began (flush_every is tiny)
+            on_disk = read(tmp_path)
+            flushed.append((on_disk["status"], on_disk["epochs"], on_disk["gradient_stats"]["query"]["norm"].count(None)))
+
+    with MetricsCollector(tmp_path, flush_every=1e-6) as collector:
+        recorder = tf.keras.callbacks.LambdaCallback(on_epoch_begin=record_flush, on_epoch_end=record_edges)
+        fit(model, [*all_callbacks(collector, probe), recorder])
+    doc = read(tmp_path)
+    assert flushed == [("running", [0], 0), ("running", [0, 1], 0), ("running", [0, 1, 2], 0)]
     assert doc["status"] == "completed" and doc["epochs"] == [0, 1, 2, 3]
     assert doc["loss"]["val_loss"][0] is None and doc["loss"]["val_loss"][2] is None
     assert None not in doc["loss"]["val_loss"][1::2] and None not in doc["loss"]["loss"]

@@ -135,3 +135,14 @@ def test_a_new_run_replaces_an_earlier_file_and_resume_continues_it(gcs: GcsEmul
     doc = json.loads(blob(folder).download_as_bytes())
     assert doc["epochs"] == [0, 1] and doc["loss"]["loss"] == [1.0, 0.5] and doc["status"] == "completed"
     check_document(doc)
+
+
+def test_a_resumed_run_does_not_clobber_a_newer_version(gcs: GcsEmulator, folder: str, tmp_path: Path) -> None:
+    """Resume pins the generation it read: if the object changes afterwards, the save refuses and keeps a local copy."""
+    blob(folder).upload_from_string(json.dumps({"epochs": [0], "loss": {"loss": [9.0]}}))
+    resumed = collector(folder, tmp_path, resume=True)
+    blob(folder).upload_from_string(b'{"epochs": [0, 1]}')
+    resumed.log_metric("loss", 0.5, step=1)
+    with pytest.raises(MetricsUploadError, match="another writer"):
+        resumed.save()
+    assert blob(folder).download_as_bytes() == b'{"epochs": [0, 1]}'
