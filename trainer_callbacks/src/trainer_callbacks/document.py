@@ -98,7 +98,6 @@ def empty_document() -> dict[str, Any]:
     return {
         "schema_version": SCHEMA_VERSION,
         "status": "running",
-        "saved_at": None,
         "available": True,
         "epochs": [],
         "loss": {},

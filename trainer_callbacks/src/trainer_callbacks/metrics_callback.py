@@ -32,7 +32,8 @@ class MetricsCallback(Callback):
     ``params``); each epoch it also records ``learning_rate`` when Keras does not;
     at train end it records ``final_<name>`` for each series (its last non-null
     value). Passed to ``model.evaluate``, it records the results as ``test_<name>``.
-    It also gives the collector the chance to flush periodically.
+    At each epoch begin it lets the collector flush (see ``flush_every``), so a
+    flushed file holds complete epochs.
 
     Args:
         collector: the MetricsCollector to write into.
@@ -89,6 +90,11 @@ class MetricsCallback(Callback):
                 logger.debug("learning rate not readable at epoch %s", epoch)
         for name, value in logs.items():
             self._log(name, value, epoch)
+
+    @guarded
+    def on_epoch_begin(self, epoch: int, logs: Mapping[str, Any] | None = None) -> None:
+        # Flushing here rather than at the previous epoch's end means the other
+        # callbacks (which may come after this one in the list) have logged it too.
         self.collector.maybe_flush()
 
     def _log(self, name: str, value: Any, step: int | None) -> None:

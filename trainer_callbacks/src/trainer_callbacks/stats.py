@@ -50,11 +50,23 @@ def _chunks(tensor: tf.Tensor) -> list[tf.Tensor]:
     return tf.split(tensor, pieces, axis=0) if pieces > 1 else [tensor]
 
 
+def _histogram_without_nan(tensor: tf.Tensor, value_range: tf.Tensor, bins: int) -> tf.Tensor:
+    """Histogram that leaves NaNs out (histogram_fixed_width refuses them).
+
+    Only runs when the tensor's sum is NaN, so finite tensors pay nothing for it:
+    NaNs are binned into the first bin, then taken out of it again.
+    """
+    nans = tf.math.is_nan(tensor)
+    counts = tf.histogram_fixed_width(tf.where(nans, value_range[0], tensor), value_range, nbins=bins, dtype=tf.int32)
+    return counts - tf.one_hot(0, bins, on_value=tf.reduce_sum(tf.cast(nans, tf.int32)), dtype=tf.int32)
+
+
 def tower_partials(tensors: Sequence[tf.Tensor], value_range: tf.Tensor, bins: int) -> tf.Tensor:
     """``[5 + bins]`` float64: count, sum, sum of squares, min, max, histogram counts.
 
     Sums are taken per tensor in the tensor's dtype (TensorFlow reduces pairwise)
-    and combined in float64. Values outside ``value_range`` land in the end bins.
+    and combined in float64. Values outside ``value_range`` land in the end bins;
+    NaNs are not counted in the histogram (its counts then sum to the finite values).
     """
     counts, sums, squares, mins, maxs, histograms = [], [], [], [], [], []
     for tensor in tensors:
@@ -63,11 +75,19 @@ def tower_partials(tensors: Sequence[tf.Tensor], value_range: tf.Tensor, bins: i
             tensor = tf.cast(tensor, tf.float32)
         counts.append(tf.cast(tf.size(tensor, out_type=tf.int64), tf.float64))
         sums.append(tf.cast(tf.reduce_sum(tensor), tf.float64))
-        squares.append(tf.cast(tf.reduce_sum(tf.square(tensor)), tf.float64))
+        # l2_loss is sum(x^2)/2 in one fused pass; square-then-sum would write a temporary the size of the table.
+        squares.append(2.0 * tf.cast(tf.nn.l2_loss(tensor), tf.float64))
         mins.append(tf.reduce_min(tensor))
         maxs.append(tf.reduce_max(tensor))
+        has_nan = tf.math.is_nan(sums[-1])
         for piece in _chunks(tensor):
-            histograms.append(tf.histogram_fixed_width(piece, value_range, nbins=bins, dtype=tf.int32))
+            histograms.append(
+                tf.cond(
+                    has_nan,
+                    lambda piece=piece: _histogram_without_nan(piece, value_range, bins),
+                    lambda piece=piece: tf.histogram_fixed_width(piece, value_range, nbins=bins, dtype=tf.int32),
+                )
+            )
     if not tensors:
         empty = tf.constant(0.0, tf.float64)
         nan = tf.constant(math.nan, tf.float64)

@@ -142,12 +142,22 @@ class MetricsStore:
                 return None
         from google.api_core import exceptions
 
-        blob = self._blob()
-        try:
-            data = blob.download_as_bytes(retry=self.retry.api_core_retry(), timeout=self.retry.timeout)
-        except exceptions.NotFound:
-            return None
-        return data, blob.generation
+        # Learn the live generation, then read exactly that generation: the pair
+        # is consistent even if another writer replaces the object in between
+        # (the pinned read is then a 404 and we look again).
+        for _ in range(3):
+            blob = self._blob()
+            try:
+                blob.reload(retry=self.retry.api_core_retry(), timeout=self.retry.timeout)
+            except exceptions.NotFound:
+                return None
+            generation = int(blob.generation)
+            pinned = self._client.bucket(self.bucket_name).blob(self.object_name, generation=generation)
+            try:
+                return pinned.download_as_bytes(retry=self.retry.api_core_retry(), timeout=self.retry.timeout), generation
+            except exceptions.NotFound:
+                continue
+        raise RuntimeError(f"{self.uri} kept changing while it was being read; is another job writing it?")
 
     def write(self, data: bytes, *, if_generation_match: int | None = None) -> int | None:
         """Write the document; returns the new GCS generation (None locally).

@@ -57,10 +57,11 @@ class WeightNormCallback(Callback):
         self._names = list(groups)
         variable_groups = list(groups.values())
 
+        # l2_loss (sum(x^2)/2) is one fused pass, with no temporary the size of a table.
         @tf.function
         def norms() -> tf.Tensor:
             return tf.stack([
-                tf.sqrt(tf.add_n([tf.cast(tf.reduce_sum(tf.square(tf.cast(v, tf.float32))), tf.float64) for v in group]))
+                tf.sqrt(tf.add_n([2.0 * tf.cast(tf.nn.l2_loss(tf.cast(v, tf.float32)), tf.float64) for v in group]))
                 for group in variable_groups
             ])
 
