@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import re
+import shutil
 import subprocess
+import tempfile
 from pathlib import Path
 
 import psutil
@@ -16,7 +18,16 @@ from tests.support.localstack import REPO_ROOT, cli_command, cli_env
 def test_demo_trains_uploads_and_shows_the_filled_row(tmp_path: Path) -> None:
     """With no database, Docker or cloud settings, the demo starts its own stack, trains, and prints
     the row the function filled (epochs, loss curve, recall, both towers, the ingestion record)."""
-    state = tmp_path / "demo-state"
+    # pgserver's data folder lives outside pytest's basetemp: pytest resets that tree to 0700,
+    # which the PostgreSQL server (run as another user when we are root) could not enter.
+    state_root = Path(tempfile.mkdtemp(prefix="metrics-ingest-demo-"))
+    try:
+        _run_demo(tmp_path, state_root / "state")
+    finally:
+        shutil.rmtree(state_root, ignore_errors=True)
+
+
+def _run_demo(tmp_path: Path, state: Path) -> None:
     result = subprocess.run(
         cli_command("demo", "--state-dir", str(state), "--epochs", "4"),
         cwd=tmp_path,  # a clean folder: nothing but the installed project
