@@ -92,9 +92,40 @@ def fill(client, database_url: str, emulator_url: str, files: int, data: bytes) 
     return bucket_name
 
 
-def replay_rate(settings: Settings, client, bucket: str, workers: int) -> tuple[float, dict[str, int]]:  # noqa: ANN001
+class CpuMeter:
+    """CPU seconds (user + system) used by each part: this process (replay), the
+    emulator process, and PostgreSQL (the postmaster with its backends, live
+    and exited), to tell what bounds the throughput on this machine."""
+
+    def __init__(self, parts: dict[str, int | None]) -> None:
+        import psutil
+
+        self.parts = {name: psutil.Process(pid) for name, pid in parts.items() if pid}
+
+    def sample(self) -> dict[str, float]:
+        out = {}
+        for name, proc in self.parts.items():
+            t = proc.cpu_times()
+            total = t.user + t.system + t.children_user + t.children_system
+            # PostgreSQL's work is in its backends; the emulator is our child but counted on its own.
+            for child in proc.children(recursive=True) if name == "postgres" else ():
+                try:
+                    c = child.cpu_times()
+                    total += c.user + c.system
+                except Exception:  # noqa: BLE001 - a backend that just exited is counted by its parent
+                    continue
+            out[name] = total
+        return out
+
+
+def replay_rate(
+    settings: Settings, client, bucket: str, workers: int, meter: CpuMeter  # noqa: ANN001
+) -> tuple[float, dict[str, int], dict[str, float], float]:
+    before = meter.sample()
     report = run_replay(ReplayOptions(GcsTarget(bucket, "quick_tests/"), workers=workers, settings=settings), client=client)
-    return report.matched / report.duration_s, report.counts
+    after = meter.sample()
+    cpu = {name: after[name] - before[name] for name in after}
+    return report.matched / report.duration_s, report.counts, cpu, report.duration_s
 
 
 def download_rate(client, bucket: str, workers: int) -> float:  # noqa: ANN001
@@ -105,7 +136,7 @@ def download_rate(client, bucket: str, workers: int) -> float:  # noqa: ANN001
     return len(blobs) / (time.perf_counter() - started)
 
 
-def bench_replay(database_url: str, emulator_url: str, small: int, large: int) -> None:
+def bench_replay(database_url: str, emulator_url: str, small: int, large: int, meter: CpuMeter) -> None:
     os.environ["STORAGE_EMULATOR_HOST"] = emulator_url
     os.environ.setdefault("GOOGLE_CLOUD_PROJECT", "bench")
     # The pipeline's per-object log lines would drown the figures (replay's own default too).
@@ -117,18 +148,23 @@ def bench_replay(database_url: str, emulator_url: str, small: int, large: int) -
         (f"{small} small files", small, dumps(v1_document(10, seed=3))),
         (f"{large} files of 1 MB", large, megabyte_file()),
     ]
-    print(f"{'case':<22}{'workers':>8}{'files/s':>10}{'MB/s':>8}{'vs 1 worker':>13}{'download-only files/s':>24}{'(vs 1)':>8}")
+    print(
+        f"{'case':<22}{'workers':>8}{'files/s':>10}{'MB/s':>8}{'vs 1 worker':>13}{'download-only files/s':>24}"
+        f"{'(vs 1)':>8}   CPU ms per file: {' / '.join(meter.parts)}   cores busy"
+    )
     for label, files, data in cases:
         base = base_dl = None
         for workers in (1, 8):
             bucket = fill(client, database_url, emulator_url, files, data)
-            rate, counts = replay_rate(settings, client, bucket, workers)
+            rate, counts, cpu, wall = replay_rate(settings, client, bucket, workers, meter)
             assert counts["ingested"] == files, counts
             dl = download_rate(client, bucket, workers)
             base, base_dl = base or rate, base_dl or dl
             print(
                 f"{label:<22}{workers:>8}{rate:>10.1f}{rate * len(data) / 1e6:>8.1f}{rate / base:>12.2f}x"
-                f"{dl:>24.1f}{dl / base_dl:>7.2f}x",
+                f"{dl:>24.1f}{dl / base_dl:>7.2f}x   "
+                + " / ".join(f"{cpu[n] / files * 1000:.1f}" for n in meter.parts)
+                + f"   {sum(cpu.values()) / wall:.2f}",
                 flush=True,
             )
         print(f"  ({len(data) / 1024:.1f} KiB per file)")
@@ -170,7 +206,10 @@ def main() -> None:
             admin_url = server.get_uri()
         database_url = ensure_database(admin_url, f"bench_{uuid.uuid4().hex[:8]}")
         prepare_database(database_url)
-        bench_replay(database_url, emulator_url, args.small, args.large)
+        meter = CpuMeter(
+            {"replay": os.getpid(), "emulator": emulator.pid, "postgres": server.get_pid() if server else None}
+        )
+        bench_replay(database_url, emulator_url, args.small, args.large, meter)
         store.close_pools()
     finally:
         assert emulator.stdin is not None

@@ -61,7 +61,13 @@ class DeliveryRefused(Exception):
 
 @dataclasses.dataclass(frozen=True)
 class Delivery:
-    """One event's delivery: its id, the object, the final status and tries."""
+    """One event's delivery: its id, the object, the final status and tries.
+
+    Example::
+
+        delivery = bridge.deliver(resource)
+        delivery.ok, delivery.status, delivery.attempts   # True, 204, 1
+    """
 
     event_id: str
     bucket: str

@@ -60,7 +60,12 @@ class UsageError(ValueError):
 
 @dataclasses.dataclass(frozen=True)
 class GcsTarget:
-    """A bucket and an optional object-name prefix (``gs://bucket/prefix``)."""
+    """A bucket and an optional object-name prefix (``gs://bucket/prefix``).
+
+    Example::
+
+        GcsTarget("ml-artifacts", "quick_tests/").uri   # 'gs://ml-artifacts/quick_tests/'
+    """
 
     bucket: str
     prefix: str = ""
@@ -95,6 +100,10 @@ class ReplayOptions:
         force: re-ingest generations already ingested (default False).
         settings: the function's settings; None (default) reads the environment.
         attempts: tries per object when a transient fault is raised (default 3).
+
+    Example::
+
+        ReplayOptions(parse_gs_uri("gs://ml-artifacts/quick_tests"), workers=8, dry_run=True)
     """
 
     target: GcsTarget
@@ -113,7 +122,12 @@ class ReplayOptions:
 
 @dataclasses.dataclass(frozen=True)
 class ObjectOutcome:
-    """One object's fate: the function's result, or ``failed`` with the error."""
+    """One object's fate: the function's result, or ``failed`` with the error.
+
+    Example::
+
+        outcome.outcome, outcome.reason, outcome.uri   # 'rejected', 'the file is empty', 'gs://b/q/1/...#17'
+    """
 
     ref: ObjectRef
     outcome: str
@@ -145,7 +159,13 @@ class ObjectOutcome:
 
 @dataclasses.dataclass
 class ReplayReport:
-    """What a replay did (or, with ``dry_run``, would do)."""
+    """What a replay did (or, with ``dry_run``, would do).
+
+    Example::
+
+        report = run_replay(options)
+        report.counts["rejected"], report.exit_status, json.dumps(report.to_dict())
+    """
 
     target: GcsTarget
     dry_run: bool
@@ -416,7 +436,16 @@ def format_summary(report: ReplayReport) -> str:
 
 
 class Progress:
-    """A tqdm bar on a terminal, plain lines otherwise (both on ``stream``)."""
+    """A tqdm bar on a terminal, plain lines otherwise (both on ``stream``).
+
+    Rejections and failures are printed above the bar as they happen.
+
+    Example::
+
+        progress = Progress(sys.stderr, dry_run=False)
+        run_replay(options, on_listed=progress.listed, on_outcome=progress.update)
+        progress.close()
+    """
 
     def __init__(self, stream: TextIO, dry_run: bool, tty: bool | None = None) -> None:
         self.stream = stream

@@ -11,6 +11,8 @@ from pathlib import Path
 import psutil
 import pytest
 
+from metrics_ingest.render import render_history, sparkline
+from tests.support.documents import v1_document
 from tests.support.localstack import REPO_ROOT, cli_command, cli_env
 
 
@@ -56,3 +58,21 @@ def _run_demo(tmp_path: Path, state: Path) -> None:
         if p.info["cmdline"] and any(str(state) in part for part in p.info["cmdline"])
     ]
     assert leftovers == []
+
+
+def test_row_printer_shows_curves_gaps_towers_and_the_record() -> None:
+    """The printer summarises a history at a glance: first -> last with a sparkline, how many epochs
+    a validation series covers, every tower's last-epoch statistics, and the ingestion record."""
+    doc = v1_document(4, seed=5)
+    doc["loss"]["val_loss"] = [None, 0.5, None, 0.25]
+    doc["source"] = {"bucket": "b", "object": "quick_tests/9/training_metrics.json", "generation": "12"}
+    record = {"id": 7, "outcome": "ingested", "size_bytes": 2048, "epochs": 4, "duration_ms": 12.5, "event_id": "e1"}
+    text = render_history(doc, quicktest_id=9, folder="gs://b/quick_tests/9", ingestion=record)
+    assert text.splitlines()[0] == "QuickTest 9  gs://b/quick_tests/9"
+    assert "4 epochs (epochs 0..3)" in text
+    assert re.search(r"val_loss\s+0\.5 -> 0\.25\s+ █ ▁  \(2 of 4 epochs\)", text)
+    for tower in ("query", "candidate"):
+        assert re.search(rf"^\s+{tower}\s+[\d.]+", text, re.MULTILINE)
+    assert "from gs://b/quick_tests/9/training_metrics.json#12" in text
+    assert "record #7: ingested, 2.0 KiB, 4 epochs, 12 ms, event e1" in text
+    assert sparkline([3, 2, 1, None, 0], ascii_only=True) == "@*- _"
