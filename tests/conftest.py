@@ -15,6 +15,7 @@ pytest_plugins = [
     "tests.support.scratch_db",
     "tests.support.platform_db",
     "tests.support.function_server",
+    "tests.support.localstack",
 ]
 
 # The product's own settings: a developer's shell must not leak into a test.

@@ -1,0 +1,122 @@
+"""``metrics-ingest replay``: backfill or repair a bucket prefix.
+
+Every metrics file under the prefix goes through the Cloud Function's own
+code path (``ingest.pipeline.ingest_object``): same validation, idempotency
+and generation rules, same records in ``training_metrics_ingestions``.
+
+Example::
+
+    $ export DATABASE_URL=postgresql://... STORAGE_EMULATOR_HOST=...   # or real GCS credentials
+    $ metrics-ingest replay gs://ml-artifacts/quick_tests --workers 8 --dry-run
+    $ metrics-ingest replay gs://ml-artifacts/quick_tests --workers 8
+    $ metrics-ingest replay gs://ml-artifacts/quick_tests/42 --force --json > replay.json
+
+Exit status: 0 when nothing was rejected or failed, 1 otherwise, 2 for a
+usage error, 130 when interrupted (Ctrl-C; the summary covers what was done).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import json
+import sys
+from collections.abc import Iterator
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "replay",
+        help="ingest every metrics file under gs://BUCKET[/PREFIX] through the function's code path",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("uri", metavar="gs://BUCKET[/PREFIX]", help="bucket and optional object-name prefix")
+    parser.add_argument("--workers", type=int, default=4, help="objects ingested in parallel (default 4)")
+    parser.add_argument(
+        "--dry-run", action="store_true", help="say what would happen to each object, write nothing"
+    )
+    parser.add_argument("--force", action="store_true", help="re-ingest generations already ingested")
+    parser.add_argument(
+        "--json", action="store_true", help="print a machine-readable summary with every object's outcome"
+    )
+    parser.add_argument(
+        "--database-url", default=None, help="PostgreSQL URL (default: $DATABASE_URL, else libpq PG* variables)"
+    )
+    parser.add_argument(
+        "--verbose", action="store_true", help="also print the pipeline's JSON log line for each object on stderr"
+    )
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    # Imported here so that `metrics-ingest --help` stays instant.
+    from ingest.config import Settings
+
+    from metrics_ingest.replay import Progress, ReplayOptions, UsageError, format_summary, parse_gs_uri, run_replay
+
+    try:
+        settings = Settings.from_env()
+        if args.database_url:
+            settings = dataclasses.replace(settings, database_url=args.database_url)
+        options = ReplayOptions(
+            target=parse_gs_uri(args.uri),
+            workers=args.workers,
+            dry_run=args.dry_run,
+            force=args.force,
+            settings=settings,
+        )
+    except (UsageError, ValueError) as exc:
+        print(f"metrics-ingest replay: error: {exc}", file=sys.stderr)
+        return 2
+
+    # Progress always goes to stderr, so stdout carries only the summary (or JSON).
+    progress = Progress(sys.stderr, dry_run=args.dry_run)
+    from google.api_core import exceptions as gcs_errors
+
+    try:
+        with _pipeline_logs(args.verbose):
+            report = run_replay(options, on_outcome=progress.update, on_listed=progress.listed)
+    except gcs_errors.NotFound as exc:
+        # Only the listing can raise this: ingest_object records a missing object as an outcome.
+        print(f"metrics-ingest replay: error: no such bucket: {options.target.bucket} ({exc.message})", file=sys.stderr)
+        return 2
+    except gcs_errors.GoogleAPICallError as exc:
+        print(f"metrics-ingest replay: error: cannot list {options.target.uri}: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        progress.close()
+    if args.json:
+        json.dump(report.to_dict(), sys.stdout, indent=2)
+        sys.stdout.write("\n")
+    else:
+        print(format_summary(report))
+    return report.exit_status
+
+
+@contextlib.contextmanager
+def _pipeline_logs(verbose: bool) -> Iterator[None]:
+    """The pipeline logs one JSON line per object for Cloud Logging; here the
+    progress lines and the summary say the same, so those lines are shown only
+    with --verbose (on stderr, never mixed into the --json output). The logger
+    is put back as it was afterwards."""
+    import logging
+
+    from ingest.logs import JsonFormatter, LOGGER
+
+    saved = (list(LOGGER.handlers), LOGGER.propagate, LOGGER.level)
+    handler: logging.Handler
+    if verbose:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(JsonFormatter())
+        LOGGER.setLevel(logging.INFO)
+    else:
+        handler = logging.NullHandler()
+    LOGGER.handlers = [handler]
+    LOGGER.propagate = False
+    try:
+        yield
+    finally:
+        LOGGER.handlers, LOGGER.propagate = saved[0], saved[1]
+        LOGGER.setLevel(saved[2])

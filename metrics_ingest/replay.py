@@ -1,0 +1,501 @@
+"""Replay a bucket prefix through the Cloud Function's own code path.
+
+``metrics-ingest replay`` lists ``gs://BUCKET[/PREFIX]`` page by page, keeps
+the metrics files (``ingest.pipeline.is_metrics_object``, the very test the
+function applies) and hands each to ``ingest.pipeline.ingest_object`` from a
+pool of worker threads. Validation, idempotency, the generation rules and
+the ingestion records are therefore exactly the function's.
+
+Each ``ingest_object`` call is one database transaction, so an interrupted
+replay leaves every object either fully ingested or untouched: on Ctrl-C we
+stop submitting, let the objects in flight finish, and report what was done.
+
+Example::
+
+    report = run_replay(ReplayOptions(target=parse_gs_uri("gs://ml-artifacts/quick_tests"), workers=8))
+    print(format_summary(report))
+    raise SystemExit(report.exit_status)
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import dataclasses
+import re
+import signal
+import threading
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable, Iterator
+from typing import Any, TextIO
+
+from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential
+
+from ingest.config import Settings
+from ingest.errors import TransientError
+from ingest.objects import ObjectRef
+from ingest.pipeline import IngestResult, ingest_object, is_metrics_object
+
+# The five outcomes of the function, plus ours for an object that could not
+# be processed at all (a transient fault that outlived the retries).
+OUTCOMES = ("ingested", "duplicate", "superseded", "no_matching_row", "rejected", "failed")
+# What a dry run reports: what *would* happen.
+DRY_RUN_LABELS = {
+    "ingested": "would ingest",
+    "duplicate": "duplicate",
+    "superseded": "superseded",
+    "no_matching_row": "no row",
+    "rejected": "would reject",
+    "failed": "failed",
+}
+BAD_OUTCOMES = ("rejected", "failed")
+
+_BUCKET_NAME = re.compile(r"^[a-z0-9][-a-z0-9_.]{1,220}[a-z0-9]$")
+
+
+class UsageError(ValueError):
+    """A bad command line value (exit status 2)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class GcsTarget:
+    """A bucket and an optional object-name prefix (``gs://bucket/prefix``).
+
+    Example::
+
+        GcsTarget("ml-artifacts", "quick_tests/").uri   # 'gs://ml-artifacts/quick_tests/'
+    """
+
+    bucket: str
+    prefix: str = ""
+
+    @property
+    def uri(self) -> str:
+        return f"gs://{self.bucket}/{self.prefix}" if self.prefix else f"gs://{self.bucket}"
+
+
+def parse_gs_uri(uri: str) -> GcsTarget:
+    """``gs://bucket[/prefix]`` -> GcsTarget; raises UsageError otherwise.
+
+    >>> parse_gs_uri("gs://ml-artifacts/quick_tests/")
+    GcsTarget(bucket='ml-artifacts', prefix='quick_tests/')
+    """
+    if not uri.startswith("gs://"):
+        raise UsageError(f"expected gs://BUCKET[/PREFIX], got {uri!r}")
+    bucket, _, prefix = uri[len("gs://") :].partition("/")
+    if not _BUCKET_NAME.match(bucket):
+        raise UsageError(f"invalid bucket name {bucket!r} in {uri!r}")
+    return GcsTarget(bucket=bucket, prefix=prefix)
+
+
+@dataclasses.dataclass(frozen=True)
+class ReplayOptions:
+    """What to replay and how.
+
+    Args:
+        target: the bucket and prefix to list.
+        workers: parallel ``ingest_object`` calls (int, default 4).
+        dry_run: decide every outcome, write nothing (default False).
+        force: re-ingest generations already ingested (default False).
+        settings: the function's settings; None (default) reads the environment.
+        attempts: tries per object when a transient fault is raised (default 3).
+
+    Example::
+
+        ReplayOptions(parse_gs_uri("gs://ml-artifacts/quick_tests"), workers=8, dry_run=True)
+    """
+
+    target: GcsTarget
+    workers: int = 4
+    dry_run: bool = False
+    force: bool = False
+    settings: Settings | None = None
+    attempts: int = 3
+
+    def __post_init__(self) -> None:
+        if self.workers < 1:
+            raise UsageError(f"Invalid value for argument `workers`. Received: workers={self.workers}. Expected >= 1.")
+        if self.attempts < 1:
+            raise UsageError(f"Invalid value for argument `attempts`. Received: attempts={self.attempts}. Expected >= 1.")
+
+
+@dataclasses.dataclass(frozen=True)
+class ObjectOutcome:
+    """One object's fate: the function's result, or ``failed`` with the error.
+
+    Example::
+
+        outcome.outcome, outcome.reason, outcome.uri   # 'rejected', 'the file is empty', 'gs://b/q/1/...#17'
+    """
+
+    ref: ObjectRef
+    outcome: str
+    reason: str | None = None
+    result: IngestResult | None = None
+
+    @property
+    def uri(self) -> str:
+        return f"gs://{self.ref.bucket}/{self.ref.name}#{self.ref.generation}"
+
+    def to_dict(self) -> dict[str, Any]:
+        if self.result is not None:
+            data = dict(self.result.to_dict())
+        else:
+            data = {"outcome": self.outcome, "reason": self.reason}
+        data.update(
+            {
+                "uri": self.uri,
+                "bucket": self.ref.bucket,
+                "name": self.ref.name,
+                "generation": self.ref.generation,
+                "outcome": self.outcome,
+                "reason": self.reason,
+            }
+        )
+        data.pop("ref", None)
+        return _jsonable(data)
+
+
+@dataclasses.dataclass
+class ReplayReport:
+    """What a replay did (or, with ``dry_run``, would do).
+
+    Example::
+
+        report = run_replay(options)
+        report.counts["rejected"], report.exit_status, json.dumps(report.to_dict())
+    """
+
+    target: GcsTarget
+    dry_run: bool
+    force: bool
+    workers: int
+    run_id: str
+    listed: int = 0
+    outcomes: list[ObjectOutcome] = dataclasses.field(default_factory=list)
+    matched: int = 0
+    interrupted: bool = False
+    duration_s: float = 0.0
+
+    @property
+    def counts(self) -> dict[str, int]:
+        counter = Counter(o.outcome for o in self.outcomes)
+        return {name: counter.get(name, 0) for name in OUTCOMES}
+
+    @property
+    def not_started(self) -> int:
+        return self.matched - len(self.outcomes)
+
+    @property
+    def exit_status(self) -> int:
+        if self.interrupted:
+            return 130
+        return 1 if any(self.counts[name] for name in BAD_OUTCOMES) else 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "target": self.target.uri,
+            "run_id": self.run_id,
+            "dry_run": self.dry_run,
+            "force": self.force,
+            "workers": self.workers,
+            "listed": self.listed,
+            "metrics_objects": self.matched,
+            "processed": len(self.outcomes),
+            "not_started": self.not_started,
+            "interrupted": self.interrupted,
+            "duration_s": round(self.duration_s, 3),
+            "counts": self.counts,
+            "exit_status": self.exit_status,
+            "objects": [o.to_dict() for o in sorted(self.outcomes, key=lambda o: (o.ref.name, o.ref.generation))],
+        }
+
+
+def list_metrics_objects(
+    client: Any, target: GcsTarget, settings: Settings, stop: Callable[[], bool] = lambda: False
+) -> tuple[int, list[ObjectRef]]:
+    """List the prefix (the client pages through it) and keep the metrics files.
+
+    Returns (objects listed, metrics objects as ObjectRefs in name order);
+    stops early, with what it has, once ``stop()`` is true.
+    """
+    listed = 0
+    refs: list[ObjectRef] = []
+    for blob in client.list_blobs(target.bucket, prefix=target.prefix or None):
+        if stop():
+            break
+        listed += 1
+        if is_metrics_object(blob.name, settings):
+            # The listing gives the same object resource the finalize event carries.
+            refs.append(ObjectRef.from_resource(blob._properties))
+    return listed, refs
+
+
+class _Interrupt:
+    """Turns SIGINT into a flag while the replay runs (main thread only), so
+    that Ctrl-C never lands in the middle of our own bookkeeping."""
+
+    def __init__(self) -> None:
+        self.event = threading.Event()
+        self._previous: Any = None
+
+    def __enter__(self) -> _Interrupt:
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.event.is_set():
+            # A second Ctrl-C: the user insists. Objects in flight are each one
+            # transaction, so even this leaves no partly written row.
+            raise KeyboardInterrupt
+        self.event.set()
+
+    def __exit__(self, *exc: object) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+
+
+def run_replay(
+    options: ReplayOptions,
+    *,
+    client: Any = None,
+    on_outcome: Callable[[ObjectOutcome], None] | None = None,
+    on_listed: Callable[[int, int], None] | None = None,
+    stop: threading.Event | None = None,
+) -> ReplayReport:
+    """Replay ``options.target``; returns the report (see ``exit_status``).
+
+    Args:
+        options: what to replay.
+        client: a ``google.cloud.storage.Client``; None creates one (honours
+            ``STORAGE_EMULATOR_HOST``). It is shared by the worker threads.
+        on_outcome: called in the calling thread after each object.
+        on_listed: called once with (objects listed, metrics objects).
+        stop: set it to stop submitting (Ctrl-C sets an internal one too).
+    """
+    settings = options.settings or Settings.from_env()
+    pool_size = getattr(settings, "db_pool_size", None)
+    if isinstance(pool_size, int) and pool_size < options.workers:
+        # One database connection per worker, or workers queue for connections.
+        settings = dataclasses.replace(settings, db_pool_size=options.workers)
+    if client is None:
+        client = make_storage_client(options.workers)
+    report = ReplayReport(
+        target=options.target,
+        dry_run=options.dry_run,
+        force=options.force,
+        workers=options.workers,
+        run_id=uuid.uuid4().hex[:12],
+    )
+    started = time.perf_counter()
+    with _Interrupt() as interrupt:
+        stop_events = [interrupt.event] + ([stop] if stop is not None else [])
+        listed, refs = list_metrics_objects(
+            client, options.target, settings, stop=lambda: any(e.is_set() for e in stop_events)
+        )
+        report.listed, report.matched = listed, len(refs)
+        stopped_while_listing = any(e.is_set() for e in stop_events)
+        if on_listed is not None:
+            on_listed(listed, len(refs))
+        for outcome in _process(refs, options, settings, client, report.run_id, stop_events):
+            report.outcomes.append(outcome)
+            if on_outcome is not None:
+                on_outcome(outcome)
+        # A Ctrl-C after the last object started changed nothing: not an interruption.
+        report.interrupted = any(e.is_set() for e in stop_events) and (
+            report.not_started > 0 or stopped_while_listing
+        )
+    report.duration_s = time.perf_counter() - started
+    return report
+
+
+def _process(
+    refs: list[ObjectRef],
+    options: ReplayOptions,
+    settings: Settings,
+    client: Any,
+    run_id: str,
+    stop_events: list[threading.Event],
+) -> Iterator[ObjectOutcome]:
+    """Run ``ingest_object`` over ``refs`` with a bounded number in flight.
+
+    Submitting lazily (never more than 2 x workers queued) is what makes
+    Ctrl-C cheap: once a stop is requested nothing new starts, and only the
+    few objects already in flight are waited for.
+    """
+    pending: set[cf.Future[ObjectOutcome]] = set()
+    todo = iter(enumerate(refs))
+    limit = options.workers * 2
+    with cf.ThreadPoolExecutor(max_workers=options.workers, thread_name_prefix="replay") as pool:
+        while True:
+            stopping = any(e.is_set() for e in stop_events)
+            while not stopping and len(pending) < limit:
+                item = next(todo, None)
+                if item is None:
+                    break
+                index, ref = item
+                event_id = f"replay:{run_id}:{index}"
+                pending.add(pool.submit(_ingest_one, ref, options, settings, client, event_id))
+            if not pending:
+                return
+            done, pending = cf.wait(pending, timeout=0.2, return_when=cf.FIRST_COMPLETED)
+            yield from (future.result() for future in done)
+
+
+def _ingest_one(ref: ObjectRef, options: ReplayOptions, settings: Settings, client: Any, event_id: str) -> ObjectOutcome:
+    """One object through the function's code path, retrying transient faults."""
+    retrying = Retrying(
+        retry=retry_if_exception_type(TransientError),
+        stop=stop_after_attempt(options.attempts),
+        wait=wait_exponential(multiplier=0.5, max=8),
+        reraise=True,
+    )
+    try:
+        result = retrying(
+            ingest_object,
+            ref,
+            settings=settings,
+            event_id=event_id,
+            force=options.force,
+            dry_run=options.dry_run,
+            client=client,
+        )
+    except TransientError as exc:
+        return ObjectOutcome(ref, "failed", f"transient fault after {options.attempts} tries: {exc}")
+    except Exception as exc:  # noqa: BLE001 - one broken object must not stop a backfill; it is reported
+        return ObjectOutcome(ref, "failed", f"{type(exc).__name__}: {exc}")
+    return ObjectOutcome(ref, result.outcome, result.reason, result)
+
+
+def make_storage_client(workers: int = 4) -> Any:
+    """A storage client whose HTTP connection pool fits ``workers`` threads."""
+    from google.cloud import storage
+
+    client = storage.Client()
+    try:
+        import requests.adapters
+
+        # The default pool (10) would make threads wait for a connection and
+        # log "Connection pool is full" warnings beyond 10 workers.
+        adapter = requests.adapters.HTTPAdapter(pool_connections=4, pool_maxsize=max(10, workers + 2))
+        client._http.mount("https://", adapter)
+        client._http.mount("http://", adapter)
+    except AttributeError:  # a client without a requests session: keep its defaults
+        pass
+    return client
+
+
+# ---------------------------------------------------------------- output
+
+
+def format_line(outcome: ObjectOutcome, dry_run: bool) -> str:
+    """One plain line per object (the non-terminal progress)."""
+    label = DRY_RUN_LABELS[outcome.outcome] if dry_run else outcome.outcome
+    line = f"{label:<15} {outcome.uri}"
+    result = outcome.result
+    if result is not None and result.quicktest_id is not None:
+        line += f" -> quicktest {result.quicktest_id}"
+        if result.epochs is not None:
+            line += f" ({result.epochs} epochs)"
+    if outcome.reason:
+        line += f": {outcome.reason}"
+    return line
+
+
+def format_summary(report: ReplayReport) -> str:
+    """The summary table by outcome, then every rejection and failure with its reason."""
+    mode = "dry run of" if report.dry_run else "replay of"
+    lines = [
+        f"{mode} {report.target.uri}: {report.matched} metrics files "
+        f"(of {report.listed} objects listed), {len(report.outcomes)} processed "
+        f"in {report.duration_s:.1f} s with {report.workers} worker(s)"
+        + (", --force" if report.force else "")
+        + ("" if report.dry_run else f"; run id {report.run_id} (event_id 'replay:{report.run_id}:N' in the records)"),
+        "",
+        f"  {'outcome':<18}{'count':>7}",
+    ]
+    for name, count in report.counts.items():
+        label = DRY_RUN_LABELS[name] if report.dry_run else name
+        lines.append(f"  {label:<18}{count:>7}")
+    if report.not_started:
+        lines.append(f"  {'not started':<18}{report.not_started:>7}")
+    bad = [o for o in report.outcomes if o.outcome in BAD_OUTCOMES]
+    if bad:
+        lines += ["", "Rejected or failed (fix the file and upload it again, or rerun):"]
+        for o in sorted(bad, key=lambda o: o.ref.name):
+            lines.append(f"  {o.outcome:<9}{o.uri}: {o.reason}")
+    if report.interrupted:
+        lines += [
+            "",
+            f"Interrupted: {report.not_started} metrics files were not started; every file processed "
+            "was fully ingested or left untouched. Run the same command again to finish.",
+        ]
+    return "\n".join(lines)
+
+
+class Progress:
+    """A tqdm bar on a terminal, plain lines otherwise (both on ``stream``).
+
+    Rejections and failures are printed above the bar as they happen.
+
+    Example::
+
+        progress = Progress(sys.stderr, dry_run=False)
+        run_replay(options, on_listed=progress.listed, on_outcome=progress.update)
+        progress.close()
+    """
+
+    def __init__(self, stream: TextIO, dry_run: bool, tty: bool | None = None) -> None:
+        self.stream = stream
+        self.dry_run = dry_run
+        self.tty = stream.isatty() if tty is None else tty
+        self._bar: Any = None
+
+    def listed(self, listed: int, matched: int) -> None:
+        if self.tty:
+            from tqdm import tqdm
+
+            self._bar = tqdm(total=matched, file=self.stream, unit="file", dynamic_ncols=True)
+        else:
+            print(f"listed {listed} objects, {matched} metrics files", file=self.stream, flush=True)
+
+    def update(self, outcome: ObjectOutcome) -> None:
+        if self._bar is not None:
+            if outcome.outcome in BAD_OUTCOMES:
+                self._bar.write(format_line(outcome, self.dry_run), file=self.stream)
+            self._bar.update(1)
+        else:
+            print(format_line(outcome, self.dry_run), file=self.stream, flush=True)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+
+
+def _jsonable(data: Any) -> Any:
+    if isinstance(data, dict):
+        return {str(k): _jsonable(v) for k, v in data.items()}
+    if isinstance(data, (list, tuple)):
+        return [_jsonable(v) for v in data]
+    if dataclasses.is_dataclass(data) and not isinstance(data, type):
+        return _jsonable(dataclasses.asdict(data))
+    if data is None or isinstance(data, (str, int, float, bool)):
+        return data
+    return str(data)
+
+
+__all__ = [
+    "GcsTarget",
+    "ObjectOutcome",
+    "Progress",
+    "ReplayOptions",
+    "ReplayReport",
+    "UsageError",
+    "format_summary",
+    "list_metrics_objects",
+    "make_storage_client",
+    "parse_gs_uri",
+    "run_replay",
+]

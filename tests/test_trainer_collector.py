@@ -1,0 +1,206 @@
+"""MetricsCollector without TensorFlow training: alignment, categories, strict JSON, local saves, resume."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.support.format_checks import check_document, check_strict_json
+from trainer_callbacks import MetricsCollector
+from trainer_callbacks.document import dumps, to_number
+
+FILE = "training_metrics.json"
+
+
+def read(folder: Path) -> dict:
+    return check_strict_json((folder / FILE).read_bytes())
+
+
+def test_series_are_aligned_with_null_holes(tmp_path: Path) -> None:
+    """A metric logged only on some epochs, or first seen late, is padded with nulls to the epochs."""
+    c = MetricsCollector(tmp_path)
+    for epoch in range(4):
+        c.log_metric("loss", 1.0 / (epoch + 1), step=epoch)
+        if epoch % 2 == 1:
+            c.log_metric("val_loss", 2.0, step=epoch)
+            c.log_metric("val_top_100_categorical_accuracy", 0.5, step=epoch)
+    c.log_metric("late_metric", 3, step=3)
+    doc = c.to_dict()
+    assert doc["epochs"] == [0, 1, 2, 3]
+    assert doc["loss"]["val_loss"] == [None, 2.0, None, 2.0]
+    assert doc["metrics"]["val_top_100_categorical_accuracy"] == [None, 0.5, None, 0.5]
+    assert doc["metrics"]["late_metric"] == [None, None, None, 3]
+    check_document(doc)
+
+
+def test_an_epoch_logged_out_of_order_is_inserted_in_place(tmp_path: Path) -> None:
+    """Epochs stay strictly increasing when a step arrives late; every series gains its hole."""
+    c = MetricsCollector(tmp_path)
+    c.log_metric("loss", 1.0, step=0)
+    c.log_metric("loss", 3.0, step=2)
+    c.log_weight_stats("query", {"mean": 0.1}, {"bin_edges": [0, 1, 2], "counts": [1, 2]}, step=2)
+    c.log_metric("auc", 0.7, step=1)
+    doc = c.to_dict()
+    assert doc["epochs"] == [0, 1, 2]
+    assert doc["loss"]["loss"] == [1.0, None, 3.0]
+    assert doc["metrics"]["auc"] == [None, 0.7, None]
+    assert doc["weight_stats"]["query"]["histogram"]["counts"] == [None, None, [1, 2]]
+    check_document(doc)
+
+
+def test_names_are_sorted_into_sections(tmp_path: Path) -> None:
+    """'loss' names go to loss, final_/test_ and stepless values to final_metrics, the rest to metrics."""
+    c = MetricsCollector(tmp_path)
+    c.log_metric("regularization_loss", 0.1, step=0)
+    c.log_metric("factorized_top_k/top_100_categorical_accuracy", 0.2, step=0)
+    c.log_metric("test_recall_at_100", 0.075)
+    c.log_metric("final_loss", 0.3, step=0)
+    c.log_metric("best_epoch", 0)
+    c.log_params({"optimizer": "adagrad", "epochs": np.int64(50), "lr": np.float32(0.1), "shuffle": True, "towers": ["q", "c"]})
+    doc = c.to_dict()
+    assert doc["loss"] == {"regularization_loss": [0.1]}
+    assert doc["metrics"] == {"factorized_top_k/top_100_categorical_accuracy": [0.2]}
+    assert doc["final_metrics"] == {"test_recall_at_100": 0.075, "final_loss": 0.3, "best_epoch": 0}
+    assert doc["params"] == {"optimizer": "adagrad", "epochs": 50, "lr": 0.1, "shuffle": True, "towers": "['q', 'c']"}
+
+
+def test_non_finite_and_foreign_scalars_become_strict_json(tmp_path: Path) -> None:
+    """NaN and infinities are stored as null; NumPy and TensorFlow scalars as plain numbers."""
+    import tensorflow as tf
+
+    c = MetricsCollector(tmp_path)
+    c.log_metric("loss", float("nan"), step=0)
+    c.log_metric("val_loss", np.float32("inf"), step=0)
+    c.log_metric("auc", tf.constant(0.25), step=0)
+    c.log_metric("hits", np.array([7], dtype=np.int64), step=0)
+    c.log_metric("final_recall", tf.Variable(np.float64("-inf")))
+    c.save()
+    doc = read(tmp_path)
+    assert doc["loss"] == {"loss": [None], "val_loss": [None]}
+    assert doc["metrics"] == {"auc": [0.25], "hits": [7]}
+    assert doc["final_metrics"] == {"final_recall": None}
+    assert to_number(np.float32(0.1)) == 0.1  # shortest float32 spelling, not 0.10000000149011612
+    check_document(doc)
+
+
+def test_bad_values_are_refused_with_the_name(tmp_path: Path) -> None:
+    """A non-scalar value, a negative step or a bad status raise ValueError naming the problem."""
+    c = MetricsCollector(tmp_path)
+    with pytest.raises(ValueError, match="'emb'"):
+        c.log_metric("emb", np.zeros(3), step=0)
+    with pytest.raises(ValueError, match="step=-1"):
+        c.log_metric("loss", 1.0, step=-1)
+    with pytest.raises(ValueError, match="status='done'"):
+        c.save(status="done")
+    with pytest.raises(ValueError, match="flush_every=0"):
+        MetricsCollector(tmp_path, flush_every=0)
+
+
+def test_histogram_edges_are_fixed_for_the_run(tmp_path: Path) -> None:
+    """Counts are stored per epoch under one set of edges; different edges later are refused."""
+    c = MetricsCollector(tmp_path)
+    c.log_weight_stats("query", {"mean": 0.0, "std": 1.0, "min": -1.0, "max": 1.0}, {"bin_edges": [-1, 0, 1], "counts": [3, 4]}, step=0)
+    c.log_weight_stats("query", {"mean": 0.1}, {"bin_edges": [-1, 0, 1], "counts": [2, 5]}, step=1)
+    with pytest.raises(ValueError, match="fixed for the run"):
+        c.log_weight_stats("query", {}, {"bin_edges": [-2, 0, 2], "counts": [2, 5]}, step=2)
+    c.log_gradient_stats("query", {"norm": 0.5}, step=1)
+    doc = c.to_dict()
+    assert doc["weight_stats"]["query"]["histogram"] == {"bin_edges": [-1, 0, 1], "counts": [[3, 4], [2, 5], None]}
+    assert doc["weight_stats"]["query"]["std"] == [1.0, None, None]
+    assert doc["gradient_stats"]["query"]["norm"] == [None, 0.5, None]
+    check_document(doc)
+
+
+def test_local_save_is_atomic_and_leaves_no_temporary_files(tmp_path: Path) -> None:
+    """A save creates the folder, replaces the file whole and leaves nothing else behind."""
+    folder = tmp_path / "quick_tests" / "42"
+    c = MetricsCollector(folder)
+    c.log_metric("loss", 0.5, step=0)
+    assert c.save(status="running") == str(folder / FILE)
+    c.log_metric("loss", 0.4, step=1)
+    c.save()
+    assert os.listdir(folder) == [FILE]
+    doc = read(folder)
+    assert doc["status"] == "completed" and doc["loss"]["loss"] == [0.5, 0.4]
+    assert doc["saved_at"].endswith("Z") and doc["schema_version"] == 1 and doc["available"] is True
+
+
+def test_context_manager_saves_completed_or_failed_and_reraises(tmp_path: Path) -> None:
+    """Leaving the block normally saves 'completed'; an exception saves 'failed' with the error and propagates."""
+    with MetricsCollector(tmp_path / "ok") as c:
+        c.log_metric("loss", 0.5, step=0)
+    assert read(tmp_path / "ok")["status"] == "completed"
+
+    with pytest.raises(RuntimeError, match="boom"):
+        with MetricsCollector(tmp_path / "bad") as c:
+            c.log_metric("loss", 0.5, step=0)
+            raise RuntimeError("boom")
+    doc = read(tmp_path / "bad")
+    assert doc["status"] == "failed" and doc["error"] == "RuntimeError: boom" and doc["epochs"] == [0]
+
+
+def test_resume_continues_the_existing_file(tmp_path: Path) -> None:
+    """resume=True keeps the earlier epochs, params and histogram edges; a re-logged epoch is not repeated."""
+    first = MetricsCollector(tmp_path)
+    first.log_params({"epochs": 4})
+    for epoch in range(2):
+        first.log_metric("loss", float(epoch), step=epoch)
+        first.log_weight_stats("query", {"mean": 0.0}, {"bin_edges": [-1, 0, 1], "counts": [1, 1]}, step=epoch)
+    first.save(status="failed", error="preempted")
+
+    second = MetricsCollector(tmp_path, resume=True)
+    assert second.epochs == [0, 1]
+    assert second.histogram_edges("weight_stats", "query") == [-1, 0, 1]
+    second.log_metric("loss", 10.0, step=1)  # Keras re-ran epoch 1 from its backup
+    second.log_metric("loss", 2.0, step=2)
+    second.save()
+    doc = read(tmp_path)
+    assert doc["epochs"] == [0, 1, 2]
+    assert doc["loss"]["loss"] == [0.0, 10.0, 2.0]
+    assert doc["params"] == {"epochs": 4} and doc["status"] == "completed" and "error" not in doc
+    assert doc["weight_stats"]["query"]["histogram"]["counts"] == [[1, 1], [1, 1], None]
+    check_document(doc)
+
+
+def test_resume_without_a_file_starts_a_new_one(tmp_path: Path) -> None:
+    """resume=True on an empty folder is a fresh run, not an error."""
+    c = MetricsCollector(tmp_path / "new", resume=True)
+    assert c.epochs == []
+    c.log_metric("loss", 1.0, step=0)
+    c.save()
+    assert read(tmp_path / "new")["epochs"] == [0]
+
+
+def test_resume_refuses_a_misaligned_file(tmp_path: Path) -> None:
+    """Appending to a corrupt file would make it worse: resuming one raises ValueError."""
+    (tmp_path / FILE).write_text(json.dumps({"epochs": [0, 1], "loss": {"loss": [1.0]}}))
+    with pytest.raises(ValueError, match="'loss.loss' has 1 entries for 2 epochs"):
+        MetricsCollector(tmp_path, resume=True)
+
+
+def test_periodic_flush_saves_running(tmp_path: Path) -> None:
+    """maybe_flush saves with status 'running' once flush_every seconds have passed, not before."""
+    c = MetricsCollector(tmp_path, flush_every=3600)
+    c.log_metric("loss", 1.0, step=0)
+    assert c.maybe_flush() is False and not (tmp_path / FILE).exists()
+    c.flush_every = 1e-9
+    assert c.maybe_flush() is True
+    assert read(tmp_path)["status"] == "running"
+
+
+def test_fifty_epochs_of_140_metrics_stay_small(tmp_path: Path) -> None:
+    """The largest expected file (50 epochs x 140 metrics, 4 histograms) is well under 500 KB."""
+    rng = np.random.default_rng(0)
+    c = MetricsCollector(tmp_path)
+    edges = list(np.linspace(-1, 1, 51))
+    for epoch in range(50):
+        c.log_metrics({f"metric_{i}": np.float32(rng.random()) for i in range(140)}, step=epoch)
+        for section, tower in (("weight", "query"), ("weight", "candidate"), ("gradient", "query"), ("gradient", "candidate")):
+            getattr(c, f"log_{section}_stats")(tower, {"mean": 0.0}, {"bin_edges": edges, "counts": rng.integers(0, 10**6, 50)}, step=epoch)
+    data = dumps(c.to_dict())
+    assert len(data) < 500_000
+    check_document(json.loads(data))

@@ -1,0 +1,148 @@
+"""Saving training_metrics.json to GCS (the emulator, through the real client): retries, preconditions, fallback."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from pathlib import Path
+
+import pytest
+from google.cloud import storage
+
+from metrics_ingest.gcs_emulator import Fault, GcsEmulator
+from tests.support.format_checks import check_document, check_strict_json
+from trainer_callbacks import MetricsCollector, MetricsUploadError, RetryPolicy
+
+BUCKET = "trainer-test"
+# Fast backoff so the failure tests take about a second, not the default five minutes.
+FAST = RetryPolicy(initial=0.05, maximum=0.2, deadline=1.5, timeout=10)
+
+
+@pytest.fixture
+def gcs(gcs_env: GcsEmulator) -> GcsEmulator:
+    gcs_env.create_bucket(BUCKET)
+    return gcs_env
+
+
+@pytest.fixture
+def folder() -> str:
+    return f"quick_tests/{uuid.uuid4().hex[:12]}"
+
+
+def blob(folder: str) -> storage.Blob:
+    return storage.Client().bucket(BUCKET).blob(f"{folder}/training_metrics.json")
+
+
+def upload_fault(status: int, times: int = 1) -> Fault:
+    return Fault(method="POST", path=rf"^/upload/storage/v1/b/{BUCKET}/o$", status=status, times=times)
+
+
+def collector(folder: str, tmp_path: Path, **kwargs: object) -> MetricsCollector:
+    return MetricsCollector(f"gs://{BUCKET}/{folder}", retry=FAST, fallback_dir=tmp_path / "fallback", **kwargs)
+
+
+def test_save_uploads_one_object_and_saves_again_over_its_own_generation(gcs: GcsEmulator, folder: str, tmp_path: Path) -> None:
+    """Each save is one object version; the second save's precondition is the first's generation."""
+    c = collector(folder, tmp_path)
+    c.log_metric("loss", 0.5, step=0)
+    assert c.save(status="running") == f"gs://{BUCKET}/{folder}/training_metrics.json"
+    first = blob(folder)
+    first.reload()
+    c.log_metric("loss", 0.4, step=1)
+    c.save()
+    second = blob(folder)
+    second.reload()
+    assert second.generation != first.generation
+    assert second.content_type == "application/json"
+    doc = check_strict_json(second.download_as_bytes())
+    assert doc["status"] == "completed" and doc["loss"]["loss"] == [0.5, 0.4]
+    check_document(doc)
+
+
+def test_a_transient_failure_is_retried(gcs: GcsEmulator, folder: str, tmp_path: Path) -> None:
+    """A 503 on the upload is retried with backoff and the save succeeds without a fallback copy."""
+    c = collector(folder, tmp_path)
+    c.log_metric("loss", 0.5, step=0)
+    c.save(status="running")  # learns the generation; the next save carries a precondition
+    fault = gcs.inject(upload_fault(503))
+    c.log_metric("loss", 0.4, step=1)
+    c.save()
+    assert fault.hits == 1
+    assert json.loads(blob(folder).download_as_bytes())["loss"]["loss"] == [0.5, 0.4]
+    assert not (tmp_path / "fallback").exists()
+
+
+def test_the_first_save_is_retried_too(gcs: GcsEmulator, folder: str, tmp_path: Path) -> None:
+    """The first save (precondition: the object does not exist yet) is also retried on a 503."""
+    fault = gcs.inject(upload_fault(503))
+    c = collector(folder, tmp_path)
+    c.log_metric("loss", 0.5, step=0)
+    c.save()
+    assert fault.hits == 1
+    assert json.loads(blob(folder).download_as_bytes())["epochs"] == [0]
+
+
+def test_a_permanent_failure_leaves_a_local_copy_and_raises(gcs: GcsEmulator, folder: str, tmp_path: Path) -> None:
+    """A 403 is not retried: the document goes to the fallback file and the error names it."""
+    fault = gcs.inject(upload_fault(403))
+    c = collector(folder, tmp_path)
+    c.log_metric("loss", 0.5, step=0)
+    with pytest.raises(MetricsUploadError) as caught:
+        c.save()
+    fallback = tmp_path / "fallback" / BUCKET / folder / "training_metrics.json"
+    assert str(fallback) in str(caught.value) and caught.value.fallback_path == str(fallback)
+    assert fault.hits == 1
+    assert check_strict_json(fallback.read_bytes())["loss"]["loss"] == [0.5]
+    assert not blob(folder).exists()
+
+
+def test_transient_failures_beyond_the_deadline_leave_a_local_copy_and_raise(gcs: GcsEmulator, folder: str, tmp_path: Path) -> None:
+    """503s until the retry deadline passes: several tries, then the fallback file and an error naming it."""
+    fault = gcs.inject(upload_fault(503, times=1000))
+    c = collector(folder, tmp_path)
+    c.log_metric("loss", 0.5, step=0)
+    with pytest.raises(MetricsUploadError, match="gave up retrying") as caught:
+        c.save()
+    assert fault.hits >= 2
+    assert Path(caught.value.fallback_path).is_file()
+    assert str(caught.value.fallback_path) in str(caught.value)
+
+
+def test_another_writer_is_not_clobbered(gcs: GcsEmulator, folder: str, tmp_path: Path) -> None:
+    """When someone else replaced the object since our last save, the precondition fails and we keep a local copy."""
+    c = collector(folder, tmp_path)
+    c.log_metric("loss", 0.5, step=0)
+    c.save(status="running")
+    blob(folder).upload_from_string(b'{"epochs": []}')  # another job writing the same folder
+    c.log_metric("loss", 0.4, step=1)
+    with pytest.raises(MetricsUploadError, match="another writer") as caught:
+        c.save()
+    assert blob(folder).download_as_bytes() == b'{"epochs": []}'
+    assert json.loads(Path(caught.value.fallback_path).read_bytes())["epochs"] == [0, 1]
+
+
+def test_a_new_run_replaces_an_earlier_file_and_resume_continues_it(gcs: GcsEmulator, folder: str, tmp_path: Path) -> None:
+    """Without resume the first save replaces an old object; with resume the old epochs are kept."""
+    blob(folder).upload_from_string(json.dumps({"epochs": [0], "loss": {"loss": [9.0]}}))
+    fresh = collector(folder, tmp_path)
+    fresh.log_metric("loss", 1.0, step=0)
+    fresh.save(status="failed", error="preempted")
+    assert json.loads(blob(folder).download_as_bytes())["loss"]["loss"] == [1.0]
+
+    resumed = collector(folder, tmp_path, resume=True)
+    resumed.log_metric("loss", 0.5, step=1)
+    resumed.save()
+    doc = json.loads(blob(folder).download_as_bytes())
+    assert doc["epochs"] == [0, 1] and doc["loss"]["loss"] == [1.0, 0.5] and doc["status"] == "completed"
+    check_document(doc)
+
+
+def test_a_resumed_run_does_not_clobber_a_newer_version(gcs: GcsEmulator, folder: str, tmp_path: Path) -> None:
+    """Resume pins the generation it read: if the object changes afterwards, the save refuses and keeps a local copy."""
+    blob(folder).upload_from_string(json.dumps({"epochs": [0], "loss": {"loss": [9.0]}}))
+    resumed = collector(folder, tmp_path, resume=True)
+    blob(folder).upload_from_string(b'{"epochs": [0, 1]}')
+    resumed.log_metric("loss", 0.5, step=1)
+    with pytest.raises(MetricsUploadError, match="another writer"):
+        resumed.save()
+    assert blob(folder).download_as_bytes() == b'{"epochs": [0, 1]}'

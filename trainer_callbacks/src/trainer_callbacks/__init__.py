@@ -1,0 +1,48 @@
+"""Keras callbacks and an in-memory MetricsCollector that write one training_metrics.json.
+
+``MetricsCollector`` needs no TensorFlow; the callbacks import it on first use,
+subclassing the Keras that ``tf.keras`` resolves to (Keras 3, or tf-keras with
+``TF_USE_LEGACY_KERAS=1``).
+
+Example::
+
+    from trainer_callbacks import MetricsCollector, MetricsCallback, WeightNormCallback, \\
+        WeightStatsCallback, GradientStatsCallback
+
+    with MetricsCollector("gs://bucket/quick_tests/42") as collector:
+        model.fit(ds, epochs=50, callbacks=[
+            MetricsCallback(collector), WeightNormCallback(collector),
+            WeightStatsCallback(collector), GradientStatsCallback(collector, probe_batch)])
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from trainer_callbacks.collector import MetricsCollector
+from trainer_callbacks.storage import MetricsUploadError, RetryPolicy
+
+__all__ = [
+    "GradientStatsCallback",
+    "MetricsCallback",
+    "MetricsCollector",
+    "MetricsUploadError",
+    "RetryPolicy",
+    "WeightNormCallback",
+    "WeightStatsCallback",
+]
+
+_CALLBACKS = {
+    "MetricsCallback": "trainer_callbacks.metrics_callback",
+    "WeightNormCallback": "trainer_callbacks.weight_norm",
+    "WeightStatsCallback": "trainer_callbacks.weight_stats",
+    "GradientStatsCallback": "trainer_callbacks.gradient_stats",
+}
+
+
+def __getattr__(name: str) -> Any:
+    # TensorFlow is imported only when a callback is first used.
+    if name in _CALLBACKS:
+        return getattr(importlib.import_module(_CALLBACKS[name]), name)
+    raise AttributeError(f"module 'trainer_callbacks' has no attribute {name!r}")

@@ -1,0 +1,313 @@
+"""MetricsCollector: everything a training run reports, in memory, saved as one file."""
+
+from __future__ import annotations
+
+import bisect
+import copy
+import logging
+import os
+import threading
+import time
+import traceback
+from collections.abc import Mapping, Sequence
+from types import TracebackType
+from typing import Any
+
+from trainer_callbacks import document
+from trainer_callbacks.storage import DEFAULT_FILENAME, MetricsStore, MetricsUploadError, RetryPolicy
+
+logger = logging.getLogger("trainer_callbacks")
+
+FINAL_PREFIXES = ("final_", "test_")
+STAT_NAMES = ("mean", "std", "min", "max", "norm")
+
+
+class MetricsCollector:
+    """Collects a run's metrics in memory and saves them as one training_metrics.json.
+
+    Nothing touches the network until :meth:`save` (or a periodic flush, if asked
+    for). Every per-epoch series is aligned to ``epochs``, with ``None`` where an
+    epoch has no value. Used as a context manager, it saves ``completed`` when the
+    block ends normally and ``failed`` (with the error) when it raises, then re-raises.
+
+    Args:
+        output_path: a local folder or ``gs://BUCKET/FOLDER`` (str or PathLike).
+        resume: continue the file already at ``output_path`` (a job resumed after
+            preemption), keeping its epochs; an epoch logged again replaces its
+            earlier values instead of being repeated. Default False: start a new
+            document (the first save replaces any earlier file).
+        flush_every: seconds between periodic saves with status ``running``
+            (triggered from :meth:`maybe_flush`, which MetricsCallback calls at each
+            epoch end); None (default) saves only at the end.
+        filename: base name of the file (default ``training_metrics.json``).
+        retry: upload backoff, a :class:`RetryPolicy` (default: 1 s doubling to 32 s, 300 s in all).
+        fallback_dir: where the document goes when an upload finally fails
+            (default ``$TMPDIR/trainer_callbacks``).
+        client: a ``google.cloud.storage.Client`` to use (default: created at the first save).
+
+    Example::
+
+        with MetricsCollector("gs://ml-artifacts/quick_tests/42") as collector:
+            collector.log_params({"epochs": 2, "embedding_dim": 32})
+            collector.log_metric("loss", 0.5, step=0)
+            collector.log_metric("loss", 0.4, step=1)
+            collector.log_metric("test_recall_at_100", 0.075)
+    """
+
+    def __init__(
+        self,
+        output_path: str | os.PathLike[str],
+        *,
+        resume: bool = False,
+        flush_every: float | None = None,
+        filename: str = DEFAULT_FILENAME,
+        retry: RetryPolicy | None = None,
+        fallback_dir: str | os.PathLike[str] | None = None,
+        client: Any = None,
+    ) -> None:
+        if flush_every is not None and not flush_every > 0:
+            raise ValueError(
+                f"Invalid value for argument `flush_every`. Received: flush_every={flush_every!r}. "
+                "Expected a positive number of seconds or None."
+            )
+        self.store = MetricsStore(output_path, filename=filename, retry=retry, fallback_dir=fallback_dir, client=client)
+        self.flush_every = flush_every
+        self._lock = threading.RLock()
+        self._doc = document.empty_document()
+        # The GCS generation we last read or wrote: the precondition of the next
+        # upload. None: not known yet (the first save learns the live one).
+        self._generation: int | None = None
+        self._last_flush = time.monotonic()
+        if resume:
+            existing = self.store.read()
+            if existing is None:
+                self._generation = 0
+                logger.info("no %s to resume; starting a new one", self.store.uri)
+            else:
+                data, self._generation = existing
+                self._doc = document.normalize(document.loads(data))
+                self._doc.pop("error", None)
+                self._doc["status"] = "running"
+                logger.info("resuming %s at %d epochs", self.store.uri, len(self._doc["epochs"]))
+
+    @property
+    def uri(self) -> str:
+        """Where the document is saved (``gs://...`` or a local file path)."""
+        return self.store.uri
+
+    @property
+    def epochs(self) -> list[int]:
+        """The epochs logged so far (a copy)."""
+        with self._lock:
+            return list(self._doc["epochs"])
+
+    # -- alignment -------------------------------------------------------
+    def _row(self, step: int) -> int:
+        """Index of ``step`` in ``epochs``, inserting it (and a None in every series) if new."""
+        if isinstance(step, bool) or not isinstance(step, int):
+            try:
+                step = int(document.to_number(step))  # a NumPy or tensor integer
+            except (TypeError, document.NotAScalar) as error:
+                raise ValueError(f"Invalid value for argument `step`. Received: step={step!r}. Expected an integer >= 0.") from error
+        if step < 0:
+            raise ValueError(f"Invalid value for argument `step`. Received: step={step!r}. Expected an integer >= 0.")
+        epochs = self._doc["epochs"]
+        index = bisect.bisect_left(epochs, step)
+        if index < len(epochs) and epochs[index] == step:
+            return index
+        epochs.insert(index, step)
+        for section in document.TOP_LEVEL_SERIES:
+            for series in self._doc[section].values():
+                series.insert(index, None)
+        for section in document.STATS_SECTIONS:
+            for stats in self._doc[section].values():
+                for name, series in stats.items():
+                    (series["counts"] if name == "histogram" else series).insert(index, None)
+        return index
+
+    def _current_step(self, step: int | None) -> int:
+        if step is not None:
+            return step
+        if not self._doc["epochs"]:
+            raise ValueError("`step` is required before any epoch is logged")
+        return self._doc["epochs"][-1]
+
+    def _series(self, mapping: dict[str, list[Any]], name: str) -> list[Any]:
+        if name not in mapping:
+            mapping[name] = [None] * len(self._doc["epochs"])
+        return mapping[name]
+
+    # -- logging ---------------------------------------------------------
+    def log_metric(self, name: str, value: Any, step: int | None = None) -> None:
+        """Record one value.
+
+        With a ``step`` (the epoch index) it joins a per-epoch series: names
+        containing ``loss`` go to ``loss``, everything else to ``metrics``. Names
+        starting ``final_`` or ``test_``, and values logged without a step, are
+        end-of-run values (``final_metrics``). Non-finite values are stored as null.
+
+        Raises:
+            ValueError: an empty name, a negative step, or a value that is not one number.
+        """
+        if not isinstance(name, str) or not name:
+            raise ValueError(f"Invalid value for argument `name`. Received: name={name!r}. Expected a non-empty string.")
+        try:
+            number = document.to_number(value)
+        except document.NotAScalar as error:
+            raise ValueError(f"Invalid value for metric {name!r}: {error}") from error
+        with self._lock:
+            if step is None or name.startswith(FINAL_PREFIXES):
+                self._doc["final_metrics"][name] = number
+                return
+            index = self._row(step)
+            section = "loss" if "loss" in name else "metrics"
+            self._series(self._doc[section], name)[index] = number
+
+    def log_metrics(self, metrics: Mapping[str, Any], step: int | None = None) -> None:
+        """:meth:`log_metric` for each item."""
+        for name, value in metrics.items():
+            self.log_metric(name, value, step=step)
+
+    def log_param(self, name: str, value: Any) -> None:
+        """Record a hyperparameter (numbers and bools as such, anything else as a string)."""
+        if not isinstance(name, str) or not name:
+            raise ValueError(f"Invalid value for argument `name`. Received: name={name!r}. Expected a non-empty string.")
+        with self._lock:
+            self._doc["params"][name] = document.to_param(value)
+
+    def log_params(self, params: Mapping[str, Any]) -> None:
+        """:meth:`log_param` for each item."""
+        for name, value in params.items():
+            self.log_param(name, value)
+
+    def log_weight_norms(self, norms: Mapping[str, Any], step: int | None = None) -> None:
+        """Record weight L2 norms (``total`` and one per tower) for an epoch, in ``gradient``
+        (the platform's historical name for this series)."""
+        with self._lock:
+            index = self._row(self._current_step(step))
+            for name, value in norms.items():
+                self._series(self._doc["gradient"], name)[index] = document.to_number(value)
+
+    def log_weight_stats(
+        self, tower: str, stats: Mapping[str, Any], histogram: Mapping[str, Any] | None = None, step: int | None = None
+    ) -> None:
+        """Record one epoch's weight statistics of a tower.
+
+        Args:
+            tower: the tower's name (``query``, ``candidate``, ...).
+            stats: ``mean``, ``std``, ``min``, ``max`` (any subset).
+            histogram: ``{"bin_edges": [B+1 numbers], "counts": [B ints]}``; the
+                edges must stay the same for the whole run.
+            step: the epoch (default: the last epoch logged).
+        """
+        self._log_stats("weight_stats", tower, stats, histogram, step)
+
+    def log_gradient_stats(
+        self, tower: str, stats: Mapping[str, Any], histogram: Mapping[str, Any] | None = None, step: int | None = None
+    ) -> None:
+        """Like :meth:`log_weight_stats` for gradients; ``stats`` may also hold ``norm``."""
+        self._log_stats("gradient_stats", tower, stats, histogram, step)
+
+    def histogram_edges(self, section: str, tower: str) -> list[float] | None:
+        """The bin edges already fixed for a tower (a resumed run keeps them), or None."""
+        with self._lock:
+            histogram = self._doc[section].get(tower, {}).get("histogram")
+            return list(histogram["bin_edges"]) if histogram else None
+
+    def _log_stats(
+        self, section: str, tower: str, stats: Mapping[str, Any], histogram: Mapping[str, Any] | None, step: int | None
+    ) -> None:
+        if not isinstance(tower, str) or not tower:
+            raise ValueError(f"Invalid value for argument `tower`. Received: tower={tower!r}. Expected a non-empty string.")
+        unknown = set(stats) - set(STAT_NAMES)
+        if unknown:
+            raise ValueError(f"Unknown statistics {sorted(unknown)}; expected some of {list(STAT_NAMES)}")
+        with self._lock:
+            index = self._row(self._current_step(step))
+            tower_stats = self._doc[section].setdefault(tower, {})
+            for name, value in stats.items():
+                self._series(tower_stats, name)[index] = document.to_number(value)
+            if histogram is not None:
+                edges = [document.to_number(e) for e in histogram["bin_edges"]]
+                counts = [int(c) for c in histogram["counts"]]
+                if len(edges) < 2 or len(counts) != len(edges) - 1 or None in edges:
+                    raise ValueError(f"{section}.{tower}: a histogram needs B+1 finite edges and B counts")
+                stored = tower_stats.get("histogram")
+                if stored is None:
+                    stored = tower_stats["histogram"] = {"bin_edges": edges, "counts": [None] * len(self._doc["epochs"])}
+                elif stored["bin_edges"] != edges:
+                    raise ValueError(f"{section}.{tower}: histogram bin edges are fixed for the run and cannot change")
+                stored["counts"][index] = counts
+
+    # -- output ----------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        """A deep copy of the document as it would be saved now."""
+        with self._lock:
+            return copy.deepcopy(self._doc)
+
+    def save(self, status: str = "completed", error: str | BaseException | None = None) -> str:
+        """Write the document (one upload for ``gs://``, an atomic replace locally).
+
+        Args:
+            status: ``completed`` (default), ``running`` or ``failed``.
+            error: why the run failed (a message or the exception), stored as ``error``.
+
+        Returns:
+            Where it was written.
+
+        Raises:
+            MetricsUploadError: the upload failed; the message names the local copy.
+        """
+        if status not in document.STATUSES:
+            raise ValueError(f"Invalid value for argument `status`. Received: status={status!r}. Expected one of {document.STATUSES}.")
+        with self._lock:
+            self._doc["status"] = status
+            self._doc["saved_at"] = document.utc_now()
+            if error is not None:
+                self._doc["error"] = error if isinstance(error, str) else _describe_exception(error)
+            elif status != "failed":
+                self._doc.pop("error", None)
+            data = document.dumps(self._doc)
+            generation = self.store.write(data, if_generation_match=self._generation)
+            if self.store.is_gcs:
+                self._generation = generation
+            self._last_flush = time.monotonic()
+        logger.info("saved %s (%s, %d epochs, %d bytes)", self.store.uri, status, len(self._doc["epochs"]), len(data))
+        return self.store.uri
+
+    def maybe_flush(self) -> bool:
+        """Save with status ``running`` if ``flush_every`` seconds have passed; True if it saved.
+
+        A failed flush is logged and training goes on: the final save still has everything.
+        """
+        if self.flush_every is None or time.monotonic() - self._last_flush < self.flush_every:
+            return False
+        try:
+            self.save(status="running")
+        except (MetricsUploadError, OSError) as error:
+            self._last_flush = time.monotonic()
+            logger.warning("periodic flush of %s failed, training continues: %s", self.store.uri, error)
+            return False
+        return True
+
+    def __enter__(self) -> MetricsCollector:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if exc is None:
+            self.save(status="completed")
+            return
+        try:
+            self.save(status="failed", error=exc)
+        except (MetricsUploadError, OSError) as save_error:
+            # The training error is the one to surface; the save error names the local copy.
+            logger.error("saving the failed run's metrics also failed: %s", save_error)
+            exc.add_note(f"trainer_callbacks: saving the metrics also failed: {save_error}")
+        # Returning None re-raises the original exception.
+
+
+def _describe_exception(error: BaseException) -> str:
+    lines = traceback.format_exception_only(type(error), error)
+    return "".join(lines).strip()[:4000]

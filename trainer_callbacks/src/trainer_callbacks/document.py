@@ -1,0 +1,140 @@
+"""The training_metrics.json document: value conversion and strict JSON.
+
+The format is defined in ``functions/ingest/schema/training_metrics.v1.schema.json``
+(and described in DESIGN.md). This module only knows how to turn what a training
+loop hands us (Python, NumPy or TensorFlow scalars, possibly NaN) into the values
+that format allows, and how to write and read the bytes.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import numbers
+from collections.abc import Mapping
+from datetime import datetime, timezone
+from typing import Any
+
+import numpy as np
+
+SCHEMA_VERSION = 1
+STATUSES = ("running", "completed", "failed")
+TOP_LEVEL_SERIES = ("loss", "metrics", "gradient")
+STATS_SECTIONS = ("weight_stats", "gradient_stats")
+
+
+class NotAScalar(TypeError):
+    """A logged value that is not one number (an array, a string...)."""
+
+
+def to_number(value: Any) -> float | int | None:
+    """Convert a scalar from Python, NumPy or TensorFlow to a JSON number.
+
+    Non-finite values become ``None`` (JSON ``null``); float32 values keep their
+    shortest float32 spelling so the file does not carry 17 noise digits.
+
+    Example::
+
+        to_number(np.float32(0.1))   # 0.1
+        to_number(float("nan"))      # None
+    """
+    if value is None:
+        return None
+    if hasattr(value, "numpy") and not isinstance(value, np.ndarray):
+        value = value.numpy()  # an eager tf.Tensor or a tf.Variable
+    if isinstance(value, np.ndarray):
+        if value.size != 1:
+            raise NotAScalar(f"expected one number, got an array of shape {value.shape}")
+        value = value.reshape(())[()]
+    if isinstance(value, bool | np.bool_):
+        return int(bool(value))
+    if isinstance(value, numbers.Integral):
+        return int(value)
+    if isinstance(value, np.floating) and value.dtype.itemsize < 8:
+        # str() of a float32 is its shortest round-trip spelling.
+        return float(str(value)) if np.isfinite(value) else None
+    if isinstance(value, numbers.Real):
+        number = float(value)
+        return number if math.isfinite(number) else None
+    raise NotAScalar(f"expected a number, got {type(value).__name__}")
+
+
+def to_param(value: Any) -> str | float | int | bool | None:
+    """Convert a hyperparameter: numbers as numbers, bools as bools, anything else as its string."""
+    if value is None or isinstance(value, bool | str):
+        return value
+    if isinstance(value, np.bool_):
+        return bool(value)
+    try:
+        return to_number(value)
+    except NotAScalar:
+        return str(value)
+
+
+def utc_now() -> str:
+    """ISO-8601 UTC timestamp with a ``Z`` suffix."""
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def dumps(document: Mapping[str, Any]) -> bytes:
+    """Strict JSON bytes (``allow_nan=False``: a NaN that slipped through is a bug, not a token)."""
+    return json.dumps(document, allow_nan=False, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+
+
+def loads(data: bytes | str) -> dict[str, Any]:
+    """Parse a document, refusing ``NaN``/``Infinity`` tokens and non-objects."""
+
+    def _reject(token: str) -> None:
+        raise ValueError(f"training_metrics.json contains the non-JSON token {token}")
+
+    document = json.loads(data, parse_constant=_reject)
+    if not isinstance(document, dict):
+        raise ValueError("training_metrics.json must hold a JSON object")
+    return document
+
+
+def empty_document() -> dict[str, Any]:
+    """A version 1 document with no epochs."""
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "status": "running",
+        "available": True,
+        "epochs": [],
+        "loss": {},
+        "metrics": {},
+        "gradient": {},
+        "weight_stats": {},
+        "gradient_stats": {},
+        "final_metrics": {},
+        "params": {},
+    }
+
+
+def normalize(document: Mapping[str, Any]) -> dict[str, Any]:
+    """Fill the keys an older file may lack and check what a resumed run relies on.
+
+    Raises:
+        ValueError: the epochs are not strictly increasing integers or a series is
+            not aligned to them (appending to such a file would corrupt it further).
+    """
+    result = empty_document()
+    for key, value in document.items():
+        result[key] = value
+    result["schema_version"] = SCHEMA_VERSION
+    epochs = result["epochs"]
+    if not isinstance(epochs, list) or not all(isinstance(e, int) and not isinstance(e, bool) for e in epochs):
+        raise ValueError("'epochs' must be a list of integers")
+    if any(b <= a for a, b in zip(epochs, epochs[1:])):
+        raise ValueError("'epochs' must be strictly increasing")
+    n = len(epochs)
+    for section in TOP_LEVEL_SERIES:
+        for name, series in result[section].items():
+            if not isinstance(series, list) or len(series) != n:
+                raise ValueError(f"'{section}.{name}' has {len(series)} entries for {n} epochs")
+    for section in STATS_SECTIONS:
+        for tower, stats in result[section].items():
+            for name, series in stats.items():
+                rows = series["counts"] if name == "histogram" else series
+                if len(rows) != n:
+                    raise ValueError(f"'{section}.{tower}.{name}' has {len(rows)} entries for {n} epochs")
+    return result

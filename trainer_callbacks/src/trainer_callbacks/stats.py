@@ -1,0 +1,210 @@
+"""Per-tower statistics (count, sum, sum of squares, min, max, histogram) with TF ops.
+
+Everything runs inside one compiled ``tf.function`` where the tensors live (GPU
+or CPU); only a small ``[towers, 5 + bins]`` float64 array comes back to the host,
+with one ``.numpy()`` per epoch. No tensor is concatenated or copied: each variable
+is reduced on its own and the partial results are combined, so a 1,000,000 x 32
+embedding table costs a few passes over its memory and no allocation of its size.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+import tensorflow as tf
+
+# count, sum, sum of squares, min, max, then the histogram counts.
+_COUNT, _SUM, _SUMSQ, _MIN, _MAX, _HEAD = 0, 1, 2, 3, 4, 5
+# Histograms of larger tensors are split (a zero-copy split along the first axis)
+# so TensorFlow can run the pieces on several cores at once.
+_CHUNK_ELEMENTS = 1 << 21
+_MAX_CHUNKS = 16
+
+
+def dense_gradient(gradient: Any) -> tf.Tensor | None:
+    """The gradient entries a probe batch produced, as one dense tensor.
+
+    An embedding table's gradient is ``IndexedSlices`` over the looked-up rows, with
+    a row repeated when an id occurs twice: the repeats are summed (as the optimizer
+    would) and the untouched rows, which have no gradient, are left out rather than
+    densified to zeros (a million-row table would otherwise be copied).
+    """
+    if gradient is None:
+        return None
+    if isinstance(gradient, tf.IndexedSlices):
+        rows, positions = tf.unique(gradient.indices)
+        return tf.math.unsorted_segment_sum(gradient.values, positions, tf.shape(rows)[0])
+    return tf.convert_to_tensor(gradient)
+
+
+def _chunks(tensor: tf.Tensor) -> list[tf.Tensor]:
+    shape = tensor.shape
+    if shape.rank is None or shape.rank == 0 or not shape.is_fully_defined():
+        return [tensor]
+    pieces = min(_MAX_CHUNKS, shape.num_elements() // _CHUNK_ELEMENTS)
+    while pieces > 1 and shape[0] % pieces:
+        pieces -= 1
+    return tf.split(tensor, pieces, axis=0) if pieces > 1 else [tensor]
+
+
+def _histogram_without_nan(tensor: tf.Tensor, value_range: tf.Tensor, bins: int) -> tf.Tensor:
+    """Histogram that leaves NaNs out (histogram_fixed_width refuses them).
+
+    Only runs when the tensor's sum is NaN, so finite tensors pay nothing for it:
+    NaNs are binned into the first bin, then taken out of it again.
+    """
+    nans = tf.math.is_nan(tensor)
+    counts = tf.histogram_fixed_width(tf.where(nans, value_range[0], tensor), value_range, nbins=bins, dtype=tf.int32)
+    return counts - tf.one_hot(0, bins, on_value=tf.reduce_sum(tf.cast(nans, tf.int32)), dtype=tf.int32)
+
+
+def tower_partials(tensors: Sequence[tf.Tensor], value_range: tf.Tensor, bins: int) -> tf.Tensor:
+    """``[5 + bins]`` float64: count, sum, sum of squares, min, max, histogram counts.
+
+    Sums are taken per tensor in the tensor's dtype (TensorFlow reduces pairwise)
+    and combined in float64. Values outside ``value_range`` land in the end bins;
+    NaNs are not counted in the histogram (its counts then sum to the finite values).
+    """
+    counts, sums, squares, mins, maxs, histograms = [], [], [], [], [], []
+    for tensor in tensors:
+        tensor = tf.convert_to_tensor(tensor)
+        if tensor.dtype != tf.float32:
+            tensor = tf.cast(tensor, tf.float32)
+        counts.append(tf.cast(tf.size(tensor, out_type=tf.int64), tf.float64))
+        sums.append(tf.cast(tf.reduce_sum(tensor), tf.float64))
+        # l2_loss is sum(x^2)/2 in one fused pass; square-then-sum would write a temporary the size of the table.
+        squares.append(2.0 * tf.cast(tf.nn.l2_loss(tensor), tf.float64))
+        mins.append(tf.reduce_min(tensor))
+        maxs.append(tf.reduce_max(tensor))
+        has_nan = tf.math.is_nan(sums[-1])
+        for piece in _chunks(tensor):
+            histograms.append(
+                tf.cond(
+                    has_nan,
+                    lambda piece=piece: _histogram_without_nan(piece, value_range, bins),
+                    lambda piece=piece: tf.histogram_fixed_width(piece, value_range, nbins=bins, dtype=tf.int32),
+                )
+            )
+    if not tensors:
+        empty = tf.constant(0.0, tf.float64)
+        nan = tf.constant(math.nan, tf.float64)
+        return tf.concat([tf.stack([empty, empty, empty, nan, nan]), tf.zeros([bins], tf.float64)], 0)
+    head = tf.stack(
+        [
+            tf.add_n(counts),
+            tf.add_n(sums),
+            tf.add_n(squares),
+            tf.cast(tf.reduce_min(tf.stack(mins)), tf.float64),
+            tf.cast(tf.reduce_max(tf.stack(maxs)), tf.float64),
+        ]
+    )
+    # int32 per piece (at most 2^21 x 16 values); int64 once combined.
+    histogram = tf.add_n([tf.cast(h, tf.int64) for h in histograms])
+    return tf.concat([head, tf.cast(histogram, tf.float64)], 0)
+
+
+def tower_extremes(tensors: Sequence[tf.Tensor]) -> tf.Tensor:
+    """``[2]`` float64: min and max over the tensors (NaN for none)."""
+    if not tensors:
+        return tf.constant([math.nan, math.nan], tf.float64)
+    mins = [tf.reduce_min(tf.cast(t, tf.float32)) for t in tensors]
+    maxs = [tf.reduce_max(tf.cast(t, tf.float32)) for t in tensors]
+    return tf.cast(tf.stack([tf.reduce_min(tf.stack(mins)), tf.reduce_max(tf.stack(maxs))]), tf.float64)
+
+
+def symmetric_range(minimum: float, maximum: float, margin: float) -> tuple[float, float]:
+    """``(-r, r)`` with ``r`` = margin x the largest magnitude seen (1.0 if none is finite or all are zero).
+
+    Weights grow and gradients shrink during training; a symmetric range with a
+    margin keeps most of a run's values inside fixed edges, and the rest are
+    counted in the end bins.
+    """
+    magnitude = max(abs(minimum), abs(maximum)) if math.isfinite(minimum) and math.isfinite(maximum) else 0.0
+    radius = float(f"{magnitude * margin:.3g}") if magnitude > 0 else 1.0
+    return -radius, radius
+
+
+def bin_edges(value_range: tuple[float, float], bins: int) -> list[float]:
+    """``bins + 1`` evenly spaced edges, rounded to 8 significant digits."""
+    low, high = value_range
+    return [float(f"{e:.8g}") for e in np.linspace(low, high, bins + 1)]
+
+
+def summarise(partials: np.ndarray, with_norm: bool) -> tuple[dict[str, float], list[int]]:
+    """Host side: turn one tower's partials into mean/std/min/max(/norm) and counts."""
+    count, total, squares = float(partials[_COUNT]), float(partials[_SUM]), float(partials[_SUMSQ])
+    if count > 0:
+        mean = total / count
+        variance = max(squares / count - mean * mean, 0.0)
+        stats = {"mean": mean, "std": math.sqrt(variance), "min": float(partials[_MIN]), "max": float(partials[_MAX])}
+    else:
+        stats = {"mean": math.nan, "std": math.nan, "min": math.nan, "max": math.nan}
+    if with_norm:
+        stats["norm"] = math.sqrt(squares) if math.isfinite(squares) else math.nan
+    return stats, [int(c) for c in partials[_HEAD:]]
+
+
+class TowerStatsProgram:
+    """Statistics of several towers' tensors, one compiled function per call site.
+
+    Args:
+        produce: traced inside ``tf.function``; takes ``*inputs`` and returns one
+            list of tensors per tower (weights read from variables, or gradients).
+        towers: tower names, in the order ``produce`` returns them.
+        bins: histogram bins (default 50).
+        margin: how far beyond the first epoch's largest magnitude the fixed
+            histogram range reaches (default 2.0).
+        ranges: a fixed ``(low, high)`` per tower (e.g. from a resumed file); the
+            others are fixed at the first call.
+
+    Example::
+
+        program = TowerStatsProgram(lambda: [[tf.convert_to_tensor(v) for v in q_vars]], ["query"])
+        results = program()   # {"query": (stats, {"bin_edges": [...], "counts": [...]})}
+    """
+
+    def __init__(
+        self,
+        produce: Callable[..., list[list[tf.Tensor]]],
+        towers: Sequence[str],
+        *,
+        bins: int = 50,
+        margin: float = 2.0,
+        with_norm: bool = False,
+        ranges: dict[str, tuple[float, float]] | None = None,
+    ) -> None:
+        self.towers = list(towers)
+        self.bins = bins
+        self.margin = margin
+        self.with_norm = with_norm
+        self.ranges: dict[str, tuple[float, float]] = dict(ranges or {})
+        self.edges: dict[str, list[float]] = {t: bin_edges(r, bins) for t, r in self.ranges.items()}
+
+        def _partials(value_ranges: tf.Tensor, *inputs: Any) -> tf.Tensor:
+            groups = produce(*inputs)
+            return tf.stack([tower_partials(g, value_ranges[i], bins) for i, g in enumerate(groups)])
+
+        def _extremes(*inputs: Any) -> tf.Tensor:
+            return tf.stack([tower_extremes(g) for g in produce(*inputs)])
+
+        # reduce_retracing: the probe batch is the same structure every epoch.
+        self._partials = tf.function(_partials, reduce_retracing=True)
+        self._extremes = tf.function(_extremes, reduce_retracing=True)
+
+    def __call__(self, *inputs: Any) -> dict[str, tuple[dict[str, float], dict[str, Any]]]:
+        if any(t not in self.ranges for t in self.towers):
+            extremes = self._extremes(*inputs).numpy()
+            for tower, (low, high) in zip(self.towers, extremes):
+                if tower not in self.ranges:
+                    self.ranges[tower] = symmetric_range(float(low), float(high), self.margin)
+                    self.edges[tower] = bin_edges(self.ranges[tower], self.bins)
+        value_ranges = tf.constant([self.ranges[t] for t in self.towers], tf.float32)
+        partials = self._partials(value_ranges, *inputs).numpy()  # the one device -> host copy
+        results = {}
+        for tower, row in zip(self.towers, partials):
+            stats, counts = summarise(row, self.with_norm)
+            results[tower] = (stats, {"bin_edges": self.edges[tower], "counts": counts})
+        return results

@@ -1,0 +1,263 @@
+"""One place for file access: a local folder or a ``gs://bucket/folder``.
+
+Local writes are atomic (a temporary file in the same folder, fsync, then
+``os.replace``), so a reader never sees half a document. A GCS write is one
+upload of one object with an ``if_generation_match`` precondition: GCS then
+refuses to overwrite a version written by someone else since our last save, and
+the client's retry (exponential backoff on 429/5xx/connection errors) is safe to
+apply because a repeated request cannot clobber anything. When the last try
+fails, the bytes go to a local fallback file and :class:`MetricsUploadError`
+names it.
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import hashlib
+import logging
+import os
+import tempfile
+from typing import Any
+
+logger = logging.getLogger("trainer_callbacks")
+
+DEFAULT_FILENAME = "training_metrics.json"
+
+
+class MetricsUploadError(RuntimeError):
+    """Saving the document failed; a copy is at ``fallback_path`` (None if even that failed)."""
+
+    def __init__(self, message: str, *, uri: str, fallback_path: str | None) -> None:
+        super().__init__(message)
+        self.uri = uri
+        self.fallback_path = fallback_path
+
+
+@dataclasses.dataclass(frozen=True)
+class RetryPolicy:
+    """Backoff for GCS uploads (google.api_core exponential backoff with jitter).
+
+    Args:
+        initial: first wait in seconds (default 1.0).
+        maximum: longest single wait in seconds (default 32.0).
+        multiplier: growth of the wait per try (default 2.0).
+        deadline: give up after this many seconds in all (default 300.0).
+        timeout: per-request timeout in seconds (default 60.0).
+    """
+
+    initial: float = 1.0
+    maximum: float = 32.0
+    multiplier: float = 2.0
+    deadline: float = 300.0
+    timeout: float = 60.0
+
+    def __post_init__(self) -> None:
+        for field in dataclasses.fields(self):
+            value = getattr(self, field.name)
+            if not value > 0:
+                raise ValueError(
+                    f"Invalid value for argument `{field.name}`. Received: {field.name}={value!r}. "
+                    "Expected a positive number of seconds."
+                )
+
+    def api_core_retry(self) -> Any:
+        from google.cloud.storage.retry import DEFAULT_RETRY
+
+        return DEFAULT_RETRY.with_delay(
+            initial=self.initial, maximum=self.maximum, multiplier=self.multiplier
+        ).with_timeout(self.deadline)
+
+
+def split_gcs_uri(uri: str) -> tuple[str, str]:
+    """``gs://bucket/a/b`` -> ``("bucket", "a/b")`` (the folder may be empty)."""
+    rest = uri[len("gs://"):]
+    bucket, _, folder = rest.partition("/")
+    if not bucket:
+        raise ValueError(f"Invalid value for argument `output_path`. Received: output_path={uri!r}. Expected gs://BUCKET[/FOLDER].")
+    return bucket, folder.strip("/")
+
+
+class MetricsStore:
+    """Reads and writes the metrics file in one folder, local or ``gs://``.
+
+    Args:
+        output_path: a local folder or ``gs://BUCKET/FOLDER``.
+        filename: the object's base name (default ``training_metrics.json``).
+        retry: upload backoff (default :class:`RetryPolicy()`).
+        fallback_dir: where a document that could not be uploaded is written
+            (default ``$TMPDIR/trainer_callbacks``).
+        client: a ``google.cloud.storage.Client``; by default one is created at
+            the first GCS access (never earlier: creating it looks up credentials,
+            which can be a network call).
+
+    Example::
+
+        store = MetricsStore("gs://ml-artifacts/quick_tests/42")
+        generation = store.write(b"{}", if_generation_match=0)
+    """
+
+    def __init__(
+        self,
+        output_path: str | os.PathLike[str],
+        *,
+        filename: str = DEFAULT_FILENAME,
+        retry: RetryPolicy | None = None,
+        fallback_dir: str | os.PathLike[str] | None = None,
+        client: Any = None,
+    ) -> None:
+        output_path = os.fspath(output_path)
+        if not output_path:
+            raise ValueError("Invalid value for argument `output_path`. Received: output_path=''. Expected a folder or gs://BUCKET/FOLDER.")
+        if not filename or "/" in filename:
+            raise ValueError(f"Invalid value for argument `filename`. Received: filename={filename!r}. Expected a base name.")
+        self.output_path = output_path
+        self.filename = filename
+        self.retry = retry or RetryPolicy()
+        self.fallback_dir = os.fspath(fallback_dir) if fallback_dir is not None else os.path.join(tempfile.gettempdir(), "trainer_callbacks")
+        self._client = client
+        self.is_gcs = output_path.startswith("gs://")
+        if self.is_gcs:
+            self.bucket_name, folder = split_gcs_uri(output_path)
+            self.object_name = f"{folder}/{filename}" if folder else filename
+            self.uri = f"gs://{self.bucket_name}/{self.object_name}"
+        else:
+            self.uri = os.path.join(output_path, filename)
+
+    # -- GCS -------------------------------------------------------------
+    def _blob(self) -> Any:
+        if self._client is None:
+            from google.cloud import storage
+
+            self._client = storage.Client()
+        return self._client.bucket(self.bucket_name).blob(self.object_name)
+
+    def read(self) -> tuple[bytes, int | None] | None:
+        """The current file and its generation (None locally), or None if there is none."""
+        if not self.is_gcs:
+            try:
+                with open(self.uri, "rb") as f:
+                    return f.read(), None
+            except FileNotFoundError:
+                return None
+        from google.api_core import exceptions
+
+        # Learn the live generation, then read exactly that generation: the pair
+        # is consistent even if another writer replaces the object in between
+        # (the pinned read is then a 404 and we look again).
+        for _ in range(3):
+            blob = self._blob()
+            try:
+                blob.reload(retry=self.retry.api_core_retry(), timeout=self.retry.timeout)
+            except exceptions.NotFound:
+                return None
+            generation = int(blob.generation)
+            pinned = self._client.bucket(self.bucket_name).blob(self.object_name, generation=generation)
+            try:
+                return pinned.download_as_bytes(retry=self.retry.api_core_retry(), timeout=self.retry.timeout), generation
+            except exceptions.NotFound:
+                continue
+        raise RuntimeError(f"{self.uri} kept changing while it was being read; is another job writing it?")
+
+    def write(self, data: bytes, *, if_generation_match: int | None = None) -> int | None:
+        """Write the document; returns the new GCS generation (None locally).
+
+        ``if_generation_match``: the generation we last wrote or read (0: the object
+        must not exist yet; None: learn the live generation first, then write over it).
+
+        Raises:
+            MetricsUploadError: the upload failed after retries (transient errors) or
+                at once (permanent ones, including another writer's newer version);
+                the message names the local copy.
+            OSError: a local write failed.
+        """
+        if not self.is_gcs:
+            atomic_write(self.uri, data)
+            return None
+        from google.api_core import exceptions
+        from google.auth import exceptions as auth_exceptions
+
+        try:
+            blob = self._blob()
+            if if_generation_match is None:
+                if_generation_match = self._live_generation(blob)
+            return self._upload(blob, data, if_generation_match)
+        except (exceptions.GoogleAPICallError, exceptions.RetryError, auth_exceptions.GoogleAuthError, OSError) as error:
+            self._fail(data, error)
+        raise AssertionError("unreachable")  # _fail always raises
+
+    def _live_generation(self, blob: Any) -> int:
+        from google.api_core import exceptions
+
+        try:
+            blob.reload(retry=self.retry.api_core_retry(), timeout=self.retry.timeout)
+        except exceptions.NotFound:
+            return 0
+        return int(blob.generation)
+
+    def _upload(self, blob: Any, data: bytes, generation: int) -> int:
+        from google.api_core import exceptions
+
+        try:
+            blob.upload_from_string(
+                data,
+                content_type="application/json",
+                if_generation_match=generation,
+                retry=self.retry.api_core_retry(),
+                timeout=self.retry.timeout,
+            )
+        except exceptions.PreconditionFailed:
+            # A request that succeeded but whose answer was lost is retried and then
+            # refused: if the live object holds exactly our bytes, the save happened.
+            live = self._blob()
+            live.reload(retry=self.retry.api_core_retry(), timeout=self.retry.timeout)
+            if live.md5_hash != base64.b64encode(hashlib.md5(data).digest()).decode():
+                raise
+            return int(live.generation)
+        return int(blob.generation)
+
+    def _fail(self, data: bytes, error: BaseException) -> None:
+        fallback = os.path.join(self.fallback_dir, self.bucket_name, self.object_name)
+        try:
+            atomic_write(fallback, data)
+        except OSError as local_error:
+            logger.error("could not write the local fallback copy %s: %s", fallback, local_error)
+            raise MetricsUploadError(
+                f"could not upload {self.uri} ({_describe(error)}), and the local fallback copy {fallback} "
+                f"could not be written either ({local_error})",
+                uri=self.uri,
+                fallback_path=None,
+            ) from error
+        raise MetricsUploadError(
+            f"could not upload {self.uri} ({_describe(error)}); the document was written to {fallback}",
+            uri=self.uri,
+            fallback_path=fallback,
+        ) from error
+
+
+def _describe(error: BaseException) -> str:
+    if type(error).__name__ == "PreconditionFailed":
+        return "412 Precondition Failed: another writer replaced the object since this run last saved it"
+    cause = getattr(error, "cause", None)  # RetryError wraps the last transient error
+    if cause is not None:
+        return f"{error.__class__.__name__}: gave up retrying; last error: {cause}"
+    return f"{error.__class__.__name__}: {error}"
+
+
+def atomic_write(path: str, data: bytes) -> None:
+    """Write ``data`` to ``path`` so readers see the old file or the new one, never a part."""
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, temp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(temp, path)
+    except BaseException:
+        try:
+            os.unlink(temp)
+        except FileNotFoundError:
+            pass
+        raise

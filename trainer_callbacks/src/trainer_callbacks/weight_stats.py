@@ -1,0 +1,101 @@
+"""WeightStatsCallback: per-tower weight mean/std/min/max and a fixed-edge histogram."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import tensorflow as tf
+
+from trainer_callbacks.collector import MetricsCollector
+from trainer_callbacks.keras_compat import Callback, guarded
+from trainer_callbacks.stats import TowerStatsProgram
+from trainer_callbacks.towers import TowerSpec, resolve_towers
+
+
+def validate_histogram_args(bins: int, margin: float) -> None:
+    if isinstance(bins, bool) or not isinstance(bins, int) or bins < 1:
+        raise ValueError(f"Invalid value for argument `bins`. Received: bins={bins!r}. Expected an integer >= 1.")
+    if not margin >= 1.0:
+        raise ValueError(f"Invalid value for argument `margin`. Received: margin={margin!r}. Expected a number >= 1.")
+
+
+def fixed_ranges(collector: MetricsCollector, section: str, towers: list[str], bins: int) -> tuple[dict[str, tuple[float, float]], int]:
+    """Ranges (and bin count) a resumed file already fixed, so its histograms stay comparable."""
+    ranges = {}
+    for tower in towers:
+        edges = collector.histogram_edges(section, tower)
+        if edges:
+            ranges[tower] = (edges[0], edges[-1])
+            bins = len(edges) - 1
+    return ranges, bins
+
+
+class WeightStatsCallback(Callback):
+    """Records each tower's weight mean, std, min, max and histogram at every epoch end.
+
+    The statistics run as TensorFlow ops where the weights live (one compiled
+    function for all towers; the weights are never copied to the host). The
+    histogram has ``bins`` bins whose edges are fixed at the first epoch to a
+    symmetric range ``margin`` times the largest weight magnitude; values outside
+    it are counted in the end bins, so each epoch's counts sum to the number of
+    weights.
+
+    Args:
+        collector: the MetricsCollector to write into.
+        towers: tower name -> layer, model attribute name or variables (default:
+            ``query_model``/``candidate_model`` when present, else ``model``).
+        bins: histogram bins (int, default 50).
+        margin: histogram range as a multiple of the first epoch's largest
+            magnitude (float >= 1, default 2.0).
+
+    Example:
+
+    ```python
+    model.fit(ds, epochs=3, callbacks=[WeightStatsCallback(collector, bins=50)])
+    collector.to_dict()["weight_stats"]["query"]["histogram"]["bin_edges"]
+    ```
+    """
+
+    section = "weight_stats"
+
+    def __init__(
+        self,
+        collector: MetricsCollector,
+        towers: Mapping[str, TowerSpec] | None = None,
+        bins: int = 50,
+        margin: float = 2.0,
+    ) -> None:
+        super().__init__()
+        if not isinstance(collector, MetricsCollector):
+            raise ValueError(
+                f"Invalid value for argument `collector`. Received: collector={collector!r}. Expected a MetricsCollector."
+            )
+        validate_histogram_args(bins, margin)
+        self.collector = collector
+        self.towers = towers
+        self.bins = bins
+        self.margin = margin
+        self._program: TowerStatsProgram | None = None
+
+    @guarded
+    def on_train_begin(self, logs: Mapping[str, Any] | None = None) -> None:
+        self._program = None
+
+    def _build(self) -> None:
+        towers = resolve_towers(self.model, self.towers)
+        names = list(towers)
+        groups = list(towers.values())
+        ranges, bins = fixed_ranges(self.collector, self.section, names, self.bins)
+
+        def produce() -> list[list[tf.Tensor]]:
+            return [[tf.convert_to_tensor(v) for v in group] for group in groups]
+
+        self._program = TowerStatsProgram(produce, names, bins=bins, margin=self.margin, ranges=ranges)
+
+    @guarded
+    def on_epoch_end(self, epoch: int, logs: Mapping[str, Any] | None = None) -> None:
+        if self._program is None:
+            self._build()
+        for tower, (stats, histogram) in self._program().items():
+            self.collector.log_weight_stats(tower, stats, histogram, step=epoch)
