@@ -27,13 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name in COMMANDS:
-        try:
-            module = importlib.import_module(f"metrics_ingest.commands.{name}")
-        except ModuleNotFoundError as exc:
-            if exc.name != f"metrics_ingest.commands.{name}":
-                raise
-            continue  # not built yet
-        module.register(subparsers)
+        importlib.import_module(f"metrics_ingest.commands.{name}").register(subparsers)
     return parser
 
 
