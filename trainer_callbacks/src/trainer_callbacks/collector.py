@@ -304,7 +304,8 @@ class MetricsCollector:
         except (MetricsUploadError, OSError) as save_error:
             # The training error is the one to surface; the save error names the local copy.
             logger.error("saving the failed run's metrics also failed: %s", save_error)
-            exc.add_note(f"trainer_callbacks: saving the metrics also failed: {save_error}")
+            if hasattr(exc, "add_note"):  # Python 3.11+
+                exc.add_note(f"trainer_callbacks: saving the metrics also failed: {save_error}")
         # Returning None re-raises the original exception.
 
 
