@@ -78,6 +78,8 @@ def test_training_writes_an_aligned_valid_file(tmp_path: Path) -> None:
         recorder = tf.keras.callbacks.LambdaCallback(on_epoch_begin=record_flush, on_epoch_end=record_edges)
         fit(model, [*all_callbacks(collector, probe), recorder])
     doc = read(tmp_path)
+    summary = collector.shared[("weight_summary", id(model))]
+    assert summary.program.calls == 4  # one pass over the weights per epoch, shared by WeightNorm and WeightStats
     assert flushed == [("running", [0], 0), ("running", [0, 1], 0), ("running", [0, 1, 2], 0)]
     assert doc["status"] == "completed" and doc["epochs"] == [0, 1, 2, 3]
     assert doc["loss"]["val_loss"][0] is None and doc["loss"]["val_loss"][2] is None
@@ -260,3 +262,20 @@ def test_a_model_without_towers_is_one_tower_and_the_probe_leaves_no_trace(tmp_p
     for old, variable in zip(before, model.non_trainable_variables):
         np.testing.assert_array_equal(old, variable.numpy())
     assert gradients.collector.to_dict()["gradient_stats"]["model"]["norm"][0] > 0
+
+
+def test_explicit_towers_and_weight_norms_on_their_own(tmp_path: Path) -> None:
+    """Towers given as an attribute name and a layer; WeightNormCallback alone computes the same norms NumPy does."""
+    model = tm.two_tower_keras()
+    with MetricsCollector(tmp_path) as collector:
+        fit(model, [WeightNormCallback(collector, towers={"user": "query_model", "item": model.candidate_model})], epochs=2)
+    doc = read(tmp_path)
+    assert set(doc["gradient"]) == {"total", "user", "item"} and doc["weight_stats"] == {}
+    norm = lambda variables: float(np.sqrt(sum(np.sum(np.square(v.numpy())) for v in variables)))  # noqa: E731
+    assert doc["gradient"]["user"][-1] == pytest.approx(norm(model.query_model.trainable_variables), rel=1e-5)
+    assert doc["gradient"]["item"][-1] == pytest.approx(norm(model.candidate_model.trainable_variables), rel=1e-5)
+    assert doc["gradient"]["total"][-1] == pytest.approx(norm(model.trainable_variables), rel=1e-5)
+    with pytest.raises(ValueError, match="no attribute 'user_tower'"):
+        from trainer_callbacks.towers import resolve_towers
+
+        resolve_towers(model, {"user": "user_tower"})

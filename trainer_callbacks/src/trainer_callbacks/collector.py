@@ -78,6 +78,9 @@ class MetricsCollector:
         # upload. None: not known yet (the first save learns the live one).
         self._generation: int | None = None
         self._last_flush = time.monotonic()
+        # Work shared between callbacks of this collector (WeightNormCallback reads
+        # the sums of squares WeightStatsCallback computes anyway); see ``shared``.
+        self.shared: dict[Any, Any] = {}
         if resume:
             existing = self.store.read()
             if existing is None:

@@ -14,7 +14,8 @@ from trainer_callbacks.collector import MetricsCollector
 from trainer_callbacks.keras_compat import Callback, guarded
 from trainer_callbacks.stats import TowerStatsProgram, dense_gradient
 from trainer_callbacks.towers import TowerSpec, resolve_towers
-from trainer_callbacks.weight_stats import fixed_ranges, validate_histogram_args
+from trainer_callbacks.weight_stats import validate_histogram_args
+from trainer_callbacks.weight_summary import fixed_ranges
 
 # Non-trainable variables up to this size are restored after the probe's
 # training-mode forward pass (BatchNorm moving statistics, dropout seeds), so the

@@ -182,6 +182,8 @@ class TowerStatsProgram:
         self.with_norm = with_norm
         self.ranges: dict[str, tuple[float, float]] = dict(ranges or {})
         self.edges: dict[str, list[float]] = {t: bin_edges(r, bins) for t, r in self.ranges.items()}
+        self.sum_of_squares: dict[str, float] = {}  # of the last call, per tower
+        self.calls = 0
 
         def _partials(value_ranges: tf.Tensor, *inputs: Any) -> tf.Tensor:
             groups = produce(*inputs)
@@ -204,6 +206,8 @@ class TowerStatsProgram:
         value_ranges = tf.constant([self.ranges[t] for t in self.towers], tf.float32)
         partials = self._partials(value_ranges, *inputs).numpy()  # the one device -> host copy
         results = {}
+        self.sum_of_squares = {tower: float(row[_SUMSQ]) for tower, row in zip(self.towers, partials)}
+        self.calls += 1
         for tower, row in zip(self.towers, partials):
             stats, counts = summarise(row, self.with_norm)
             results[tower] = (stats, {"bin_edges": self.edges[tower], "counts": counts})
