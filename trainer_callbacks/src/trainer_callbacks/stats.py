@@ -57,8 +57,8 @@ def _histogram_without_nan(tensor: tf.Tensor, value_range: tf.Tensor, bins: int)
     NaNs are binned into the first bin, then taken out of it again.
     """
     nans = tf.math.is_nan(tensor)
-    counts = tf.histogram_fixed_width(tf.where(nans, value_range[0], tensor), value_range, nbins=bins, dtype=tf.int32)
-    return counts - tf.one_hot(0, bins, on_value=tf.reduce_sum(tf.cast(nans, tf.int32)), dtype=tf.int32)
+    counts = tf.histogram_fixed_width(tf.where(nans, value_range[0], tensor), value_range, nbins=bins, dtype=tf.int64)
+    return counts - tf.one_hot(0, bins, on_value=tf.reduce_sum(tf.cast(nans, tf.int64)), dtype=tf.int64)
 
 
 def tower_partials(tensors: Sequence[tf.Tensor], value_range: tf.Tensor, bins: int) -> tf.Tensor:
@@ -85,7 +85,7 @@ def tower_partials(tensors: Sequence[tf.Tensor], value_range: tf.Tensor, bins: i
                 tf.cond(
                     has_nan,
                     lambda piece=piece: _histogram_without_nan(piece, value_range, bins),
-                    lambda piece=piece: tf.histogram_fixed_width(piece, value_range, nbins=bins, dtype=tf.int32),
+                    lambda piece=piece: tf.histogram_fixed_width(piece, value_range, nbins=bins, dtype=tf.int64),
                 )
             )
     if not tensors:
@@ -101,9 +101,8 @@ def tower_partials(tensors: Sequence[tf.Tensor], value_range: tf.Tensor, bins: i
             tf.cast(tf.reduce_max(tf.stack(maxs)), tf.float64),
         ]
     )
-    # int32 per piece (at most 2^21 x 16 values); int64 once combined.
-    histogram = tf.add_n([tf.cast(h, tf.int64) for h in histograms])
-    return tf.concat([head, tf.cast(histogram, tf.float64)], 0)
+    # float64 holds counts exactly up to 2^53.
+    return tf.concat([head, tf.cast(tf.add_n(histograms), tf.float64)], 0)
 
 
 def tower_extremes(tensors: Sequence[tf.Tensor]) -> tf.Tensor:
