@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -204,3 +206,19 @@ def test_fifty_epochs_of_140_metrics_stay_small(tmp_path: Path) -> None:
     data = dumps(c.to_dict())
     assert len(data) < 500_000
     check_document(json.loads(data))
+
+
+def test_the_package_stays_inside_its_boundaries() -> None:
+    """Importing the collector loads no TensorFlow; the callbacks load neither psycopg2, functions_framework nor the function code."""
+    root = Path(__file__).resolve().parents[1]
+    script = (
+        "import sys\n"
+        "from trainer_callbacks import MetricsCollector\n"
+        "assert 'tensorflow' not in sys.modules, 'the collector imported TensorFlow'\n"
+        "from trainer_callbacks import MetricsCallback, WeightNormCallback, WeightStatsCallback, GradientStatsCallback\n"
+        "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('psycopg2', 'functions_framework', 'ingest', 'metrics_ingest'))\n"
+        "assert not bad, bad\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(root / "trainer_callbacks" / "src"), "TF_CPP_MIN_LOG_LEVEL": "3"}
+    result = subprocess.run([sys.executable, "-c", script], env=env, cwd="/", capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]

@@ -78,6 +78,8 @@ def test_training_writes_an_aligned_valid_file(tmp_path: Path) -> None:
         recorder = tf.keras.callbacks.LambdaCallback(on_epoch_begin=record_flush, on_epoch_end=record_edges)
         fit(model, [*all_callbacks(collector, probe), recorder])
     doc = read(tmp_path)
+    summary = collector.shared[("weight_summary", id(model))]
+    assert summary.program.calls == 4  # one pass over the weights per epoch, shared by WeightNorm and WeightStats
     assert flushed == [("running", [0], 0), ("running", [0, 1], 0), ("running", [0, 1, 2], 0)]
     assert doc["status"] == "completed" and doc["epochs"] == [0, 1, 2, 3]
     assert doc["loss"]["val_loss"][0] is None and doc["loss"]["val_loss"][2] is None
@@ -230,3 +232,50 @@ def test_a_broken_statistic_costs_a_warning_not_the_run(tmp_path: Path, caplog: 
     assert len(doc["weight_stats"]["query"]["mean"]) == 4
     failures = [r for r in caplog.records if "GradientStatsCallback.on_epoch_end failed" in r.getMessage()]
     assert len(failures) == 1 and failures[0].exc_info is not None
+
+
+def test_a_model_without_towers_is_one_tower_and_the_probe_leaves_no_trace(tmp_path: Path) -> None:
+    """A plain Sequential model with BatchNorm and Dropout: one tower 'model'; the probe's forward pass does not move BatchNorm statistics."""
+    keras = tf.keras
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(128, 6)).astype("float32"), rng.normal(size=(128, 1)).astype("float32")
+    model = keras.Sequential([keras.Input((6,)), keras.layers.Dense(16), keras.layers.BatchNormalization(), keras.layers.Dropout(0.2), keras.layers.Dense(1)])
+    model.compile(optimizer="sgd", loss="mse")
+    probe = (x[:32], y[:32])
+    with MetricsCollector(tmp_path) as collector:
+        model.fit(x, y, batch_size=32, epochs=3, validation_split=0.25, validation_freq=2, verbose=0,
+                  callbacks=[MetricsCallback(collector), WeightNormCallback(collector), WeightStatsCallback(collector), GradientStatsCallback(collector, probe)])
+        model.evaluate(x, y, verbose=0, callbacks=[MetricsCallback(collector)])
+    doc = read(tmp_path)
+    assert set(doc["weight_stats"]) == set(doc["gradient_stats"]) == {"model"} and set(doc["gradient"]) == {"total", "model"}
+    trainable = sum(int(np.prod(v.shape)) for v in model.trainable_variables)
+    assert [sum(r) for r in doc["gradient_stats"]["model"]["histogram"]["counts"]] == [trainable] * 3  # dense: every weight
+    assert doc["loss"]["val_loss"][0] is None and doc["loss"]["val_loss"][1] is not None
+    assert doc["final_metrics"]["test_loss"] == pytest.approx(model.evaluate(x, y, verbose=0), rel=1e-5)
+
+    gradients = GradientStatsCallback(MetricsCollector(tmp_path / "probe"), probe)
+    gradients.set_model(model)
+    gradients.on_train_begin()
+    before = [v.numpy().copy() for v in model.non_trainable_variables]
+    gradients.on_epoch_end(0)
+    assert not getattr(gradients, "disabled", False)
+    for old, variable in zip(before, model.non_trainable_variables):
+        np.testing.assert_array_equal(old, variable.numpy())
+    assert gradients.collector.to_dict()["gradient_stats"]["model"]["norm"][0] > 0
+
+
+def test_explicit_towers_and_weight_norms_on_their_own(tmp_path: Path) -> None:
+    """Towers given as an attribute name and a layer; WeightNormCallback alone computes the same norms NumPy does."""
+    model = tm.two_tower_keras()
+    with MetricsCollector(tmp_path) as collector:
+        fit(model, [WeightNormCallback(collector, towers={"user": "query_model", "item": model.candidate_model})], epochs=2)
+    doc = read(tmp_path)
+    assert set(doc["gradient"]) == {"total", "user", "item"} and doc["weight_stats"] == {}
+    norm = lambda variables: float(np.sqrt(sum(np.sum(np.square(v.numpy())) for v in variables)))  # noqa: E731
+    assert doc["gradient"]["user"][-1] == pytest.approx(norm(model.query_model.trainable_variables), rel=1e-5)
+    assert doc["gradient"]["item"][-1] == pytest.approx(norm(model.candidate_model.trainable_variables), rel=1e-5)
+    assert doc["gradient"]["total"][-1] == pytest.approx(norm(model.trainable_variables), rel=1e-5)
+    with pytest.raises(ValueError, match="no attribute 'user_tower'"):
+        from trainer_callbacks.towers import resolve_towers
+
+        resolve_towers(model, {"user": "user_tower"})

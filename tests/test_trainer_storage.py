@@ -146,3 +146,31 @@ def test_a_resumed_run_does_not_clobber_a_newer_version(gcs: GcsEmulator, folder
     with pytest.raises(MetricsUploadError, match="another writer"):
         resumed.save()
     assert blob(folder).download_as_bytes() == b'{"epochs": [0, 1]}'
+
+
+def test_a_failed_flush_does_not_stop_training_and_the_final_save_has_everything(
+    gcs: GcsEmulator, folder: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A periodic flush that cannot upload logs a warning and returns; the next save uploads every epoch."""
+    c = collector(folder, tmp_path, flush_every=1e-6)
+    c.log_metric("loss", 0.5, step=0)
+    gcs.inject(upload_fault(403))
+    with caplog.at_level("WARNING", logger="trainer_callbacks"):
+        assert c.maybe_flush() is False
+    assert any("periodic flush" in r.getMessage() and "training continues" in r.getMessage() for r in caplog.records)
+    c.log_metric("loss", 0.4, step=1)
+    c.save()
+    assert json.loads(blob(folder).download_as_bytes())["loss"]["loss"] == [0.5, 0.4]
+
+
+def test_when_saving_a_failed_run_also_fails_the_training_error_still_propagates(gcs: GcsEmulator, folder: str, tmp_path: Path) -> None:
+    """The training error is re-raised (not the upload error), with a note naming the local copy."""
+    gcs.inject(upload_fault(403))
+    with pytest.raises(RuntimeError, match="worker lost") as caught:
+        with collector(folder, tmp_path) as c:
+            c.log_metric("loss", 0.5, step=0)
+            raise RuntimeError("worker lost")
+    fallback = tmp_path / "fallback" / BUCKET / folder / "training_metrics.json"
+    assert any(str(fallback) in note for note in caught.value.__notes__)
+    doc = check_strict_json(fallback.read_bytes())
+    assert doc["status"] == "failed" and doc["error"] == "RuntimeError: worker lost"

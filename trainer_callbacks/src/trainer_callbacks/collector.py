@@ -9,7 +9,7 @@ import os
 import threading
 import time
 import traceback
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from types import TracebackType
 from typing import Any
 
@@ -78,6 +78,9 @@ class MetricsCollector:
         # upload. None: not known yet (the first save learns the live one).
         self._generation: int | None = None
         self._last_flush = time.monotonic()
+        # Work shared between callbacks of this collector (WeightNormCallback reads
+        # the sums of squares WeightStatsCallback computes anyway); see ``shared``.
+        self.shared: dict[Any, Any] = {}
         if resume:
             existing = self.store.read()
             if existing is None:
@@ -304,7 +307,8 @@ class MetricsCollector:
         except (MetricsUploadError, OSError) as save_error:
             # The training error is the one to surface; the save error names the local copy.
             logger.error("saving the failed run's metrics also failed: %s", save_error)
-            exc.add_note(f"trainer_callbacks: saving the metrics also failed: {save_error}")
+            if hasattr(exc, "add_note"):  # Python 3.11+
+                exc.add_note(f"trainer_callbacks: saving the metrics also failed: {save_error}")
         # Returning None re-raises the original exception.
 
 

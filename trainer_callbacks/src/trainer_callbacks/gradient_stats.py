@@ -7,19 +7,30 @@ import sys
 from collections.abc import Callable, Mapping
 from typing import Any
 
+import numpy as np
 import tensorflow as tf
 
 from trainer_callbacks.collector import MetricsCollector
 from trainer_callbacks.keras_compat import Callback, guarded
 from trainer_callbacks.stats import TowerStatsProgram, dense_gradient
 from trainer_callbacks.towers import TowerSpec, resolve_towers
-from trainer_callbacks.weight_stats import fixed_ranges, validate_histogram_args
+from trainer_callbacks.weight_stats import validate_histogram_args
+from trainer_callbacks.weight_summary import fixed_ranges
 
 # Non-trainable variables up to this size are restored after the probe's
 # training-mode forward pass (BatchNorm moving statistics, dropout seeds), so the
 # probe leaves no trace in the model. Larger ones (lookup tables, top-k indexes)
 # are not updated by a forward pass, and copying them would cost a pass over memory.
 _RESTORE_MAX_ELEMENTS = 1 << 20
+
+
+def _restorable(variable: Any) -> bool:
+    # Keras 3 variables report dtype and shape as a string and a tuple, tf-keras's as tf types.
+    dtype = tf.as_dtype(variable.dtype)
+    shape = tuple(variable.shape)
+    if None in shape or not (dtype.is_floating or dtype.is_integer):
+        return False
+    return int(np.prod(shape, dtype=np.int64)) <= _RESTORE_MAX_ELEMENTS
 
 
 def unpack_batch(batch: Any) -> tuple[Any, Any, Any]:
@@ -128,12 +139,7 @@ class GradientStatsCallback(Callback):
         groups = list(towers.values())
         sources = [v for group in groups for v in group]
         loss_fn = self.loss_fn or default_loss_fn(model)
-        restore = [
-            v for v in model.non_trainable_variables
-            if v.dtype.is_floating or v.dtype.is_integer
-            if v.shape.num_elements() is not None and v.shape.num_elements() <= _RESTORE_MAX_ELEMENTS
-        ] if hasattr(model, "non_trainable_variables") else []
-        restore = [v for v in restore if getattr(v, "dtype", None) is not None]
+        restore = [v for v in getattr(model, "non_trainable_variables", []) if _restorable(v)]
         ranges, bins = fixed_ranges(self.collector, self.section, names, self.bins)
 
         def produce(batch: Any) -> list[list[tf.Tensor]]:

@@ -57,8 +57,8 @@ def _histogram_without_nan(tensor: tf.Tensor, value_range: tf.Tensor, bins: int)
     NaNs are binned into the first bin, then taken out of it again.
     """
     nans = tf.math.is_nan(tensor)
-    counts = tf.histogram_fixed_width(tf.where(nans, value_range[0], tensor), value_range, nbins=bins, dtype=tf.int32)
-    return counts - tf.one_hot(0, bins, on_value=tf.reduce_sum(tf.cast(nans, tf.int32)), dtype=tf.int32)
+    counts = tf.histogram_fixed_width(tf.where(nans, value_range[0], tensor), value_range, nbins=bins, dtype=tf.int64)
+    return counts - tf.one_hot(0, bins, on_value=tf.reduce_sum(tf.cast(nans, tf.int64)), dtype=tf.int64)
 
 
 def tower_partials(tensors: Sequence[tf.Tensor], value_range: tf.Tensor, bins: int) -> tf.Tensor:
@@ -85,7 +85,7 @@ def tower_partials(tensors: Sequence[tf.Tensor], value_range: tf.Tensor, bins: i
                 tf.cond(
                     has_nan,
                     lambda piece=piece: _histogram_without_nan(piece, value_range, bins),
-                    lambda piece=piece: tf.histogram_fixed_width(piece, value_range, nbins=bins, dtype=tf.int32),
+                    lambda piece=piece: tf.histogram_fixed_width(piece, value_range, nbins=bins, dtype=tf.int64),
                 )
             )
     if not tensors:
@@ -101,9 +101,8 @@ def tower_partials(tensors: Sequence[tf.Tensor], value_range: tf.Tensor, bins: i
             tf.cast(tf.reduce_max(tf.stack(maxs)), tf.float64),
         ]
     )
-    # int32 per piece (at most 2^21 x 16 values); int64 once combined.
-    histogram = tf.add_n([tf.cast(h, tf.int64) for h in histograms])
-    return tf.concat([head, tf.cast(histogram, tf.float64)], 0)
+    # float64 holds counts exactly up to 2^53.
+    return tf.concat([head, tf.cast(tf.add_n(histograms), tf.float64)], 0)
 
 
 def tower_extremes(tensors: Sequence[tf.Tensor]) -> tf.Tensor:
@@ -182,6 +181,8 @@ class TowerStatsProgram:
         self.with_norm = with_norm
         self.ranges: dict[str, tuple[float, float]] = dict(ranges or {})
         self.edges: dict[str, list[float]] = {t: bin_edges(r, bins) for t, r in self.ranges.items()}
+        self.sum_of_squares: dict[str, float] = {}  # of the last call, per tower
+        self.calls = 0
 
         def _partials(value_ranges: tf.Tensor, *inputs: Any) -> tf.Tensor:
             groups = produce(*inputs)
@@ -204,6 +205,8 @@ class TowerStatsProgram:
         value_ranges = tf.constant([self.ranges[t] for t in self.towers], tf.float32)
         partials = self._partials(value_ranges, *inputs).numpy()  # the one device -> host copy
         results = {}
+        self.sum_of_squares = {tower: float(row[_SUMSQ]) for tower, row in zip(self.towers, partials)}
+        self.calls += 1
         for tower, row in zip(self.towers, partials):
             stats, counts = summarise(row, self.with_norm)
             results[tower] = (stats, {"bin_edges": self.edges[tower], "counts": counts})

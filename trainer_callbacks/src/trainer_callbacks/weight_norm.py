@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -10,6 +11,7 @@ import tensorflow as tf
 from trainer_callbacks.collector import MetricsCollector
 from trainer_callbacks.keras_compat import Callback, guarded
 from trainer_callbacks.towers import TowerSpec, resolve_towers, unique
+from trainer_callbacks.weight_summary import WeightSummary, shared_key
 
 
 class WeightNormCallback(Callback):
@@ -18,7 +20,9 @@ class WeightNormCallback(Callback):
     The norms land in the document's ``gradient`` section (``total`` plus one
     series per tower), the platform's historical name for them. They are computed
     with TensorFlow ops where the weights live, in one compiled function, and one
-    small array comes back to the host per epoch.
+    small array comes back to the host per epoch. Next to a WeightStatsCallback
+    with the same towers on the same collector, it takes the towers' sums of
+    squares from that callback's pass over the weights instead of making its own.
 
     Args:
         collector: the MetricsCollector to write into.
@@ -42,34 +46,50 @@ class WeightNormCallback(Callback):
             )
         self.collector = collector
         self.towers = towers
-        self._norms: tf.types.experimental.PolymorphicFunction | None = None
+        self._norms: Any = None
         self._names: list[str] = []
+        self._shared: WeightSummary | None = None
 
     @guarded
     def on_train_begin(self, logs: Mapping[str, Any] | None = None) -> None:
         # A tf-keras subclassed model creates its variables in the first step, so
         # the towers are resolved at the first epoch end.
         self._norms = None
+        self._shared = None
 
     def _build(self) -> None:
-        towers = resolve_towers(self.model, self.towers)
-        groups = {"total": unique(list(self.model.trainable_variables)), **towers}
+        shared = self.collector.shared.get(shared_key(self.model))
+        if shared is not None and shared.towers_spec is self.towers:
+            # WeightStatsCallback reads every weight anyway: take the towers' sums
+            # of squares from its summary and read only the weights outside the towers.
+            self._shared = shared
+            towers = shared.resolve()
+        else:
+            towers = resolve_towers(self.model, self.towers)
+        in_towers = {id(v) for group in towers.values() for v in group}
+        rest = [v for v in unique(list(self.model.trainable_variables)) if id(v) not in in_towers]
+        groups = {"__rest__": rest} if self._shared is not None else {"__rest__": rest, **towers}
         self._names = list(groups)
         variable_groups = list(groups.values())
 
         # l2_loss (sum(x^2)/2) is one fused pass, with no temporary the size of a table.
         @tf.function
-        def norms() -> tf.Tensor:
+        def sums_of_squares() -> tf.Tensor:
             return tf.stack([
-                tf.sqrt(tf.add_n([2.0 * tf.cast(tf.nn.l2_loss(tf.cast(v, tf.float32)), tf.float64) for v in group]))
+                tf.add_n([tf.constant(0.0, tf.float64)] + [2.0 * tf.cast(tf.nn.l2_loss(tf.cast(v, tf.float32)), tf.float64) for v in group])
                 for group in variable_groups
             ])
 
-        self._norms = norms
+        self._norms = sums_of_squares
 
     @guarded
     def on_epoch_end(self, epoch: int, logs: Mapping[str, Any] | None = None) -> None:
         if self._norms is None:
             self._build()
-        values = self._norms().numpy()
-        self.collector.log_weight_norms(dict(zip(self._names, values.tolist())), step=epoch)
+        squares = dict(zip(self._names, self._norms().numpy().tolist()))
+        if self._shared is not None:
+            self._shared.for_epoch(epoch)
+            squares.update(self._shared.program.sum_of_squares)
+        rest = squares.pop("__rest__")
+        norms = {"total": math.sqrt(rest + sum(squares.values())), **{t: math.sqrt(s) for t, s in squares.items()}}
+        self.collector.log_weight_norms(norms, step=epoch)

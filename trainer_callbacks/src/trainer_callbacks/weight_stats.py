@@ -5,12 +5,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-import tensorflow as tf
-
 from trainer_callbacks.collector import MetricsCollector
 from trainer_callbacks.keras_compat import Callback, guarded
-from trainer_callbacks.stats import TowerStatsProgram
-from trainer_callbacks.towers import TowerSpec, resolve_towers
+from trainer_callbacks.towers import TowerSpec
+from trainer_callbacks.weight_summary import WeightSummary, shared_key
 
 
 def validate_histogram_args(bins: int, margin: float) -> None:
@@ -18,17 +16,6 @@ def validate_histogram_args(bins: int, margin: float) -> None:
         raise ValueError(f"Invalid value for argument `bins`. Received: bins={bins!r}. Expected an integer >= 1.")
     if not margin >= 1.0:
         raise ValueError(f"Invalid value for argument `margin`. Received: margin={margin!r}. Expected a number >= 1.")
-
-
-def fixed_ranges(collector: MetricsCollector, section: str, towers: list[str], bins: int) -> tuple[dict[str, tuple[float, float]], int]:
-    """Ranges (and bin count) a resumed file already fixed, so its histograms stay comparable."""
-    ranges = {}
-    for tower in towers:
-        edges = collector.histogram_edges(section, tower)
-        if edges:
-            ranges[tower] = (edges[0], edges[-1])
-            bins = len(edges) - 1
-    return ranges, bins
 
 
 class WeightStatsCallback(Callback):
@@ -76,26 +63,18 @@ class WeightStatsCallback(Callback):
         self.towers = towers
         self.bins = bins
         self.margin = margin
-        self._program: TowerStatsProgram | None = None
+        self._summary: WeightSummary | None = None
 
     @guarded
     def on_train_begin(self, logs: Mapping[str, Any] | None = None) -> None:
-        self._program = None
-
-    def _build(self) -> None:
-        towers = resolve_towers(self.model, self.towers)
-        names = list(towers)
-        groups = list(towers.values())
-        ranges, bins = fixed_ranges(self.collector, self.section, names, self.bins)
-
-        def produce() -> list[list[tf.Tensor]]:
-            return [[tf.convert_to_tensor(v) for v in group] for group in groups]
-
-        self._program = TowerStatsProgram(produce, names, bins=bins, margin=self.margin, ranges=ranges)
+        # Published on the collector so a WeightNormCallback with the same towers
+        # takes its norms from this summary instead of reading every weight again.
+        self._summary = WeightSummary(self.model, self.towers, self.bins, self.margin, self.collector)
+        self.collector.shared[shared_key(self.model)] = self._summary
 
     @guarded
     def on_epoch_end(self, epoch: int, logs: Mapping[str, Any] | None = None) -> None:
-        if self._program is None:
-            self._build()
-        for tower, (stats, histogram) in self._program().items():
+        if self._summary is None:  # on_epoch_end without on_train_begin (a bench, a manual loop)
+            self.on_train_begin()
+        for tower, (stats, histogram) in self._summary.for_epoch(epoch).items():
             self.collector.log_weight_stats(tower, stats, histogram, step=epoch)
