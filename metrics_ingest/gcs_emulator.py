@@ -5,7 +5,8 @@
 here, which this module fills in on top of it (without forking it):
 
 * generations: a read that names a generation (``?generation=N``) is answered
-  404 when the live object has another one, as GCS does for a replaced object;
+  404 when the live object has another one, as GCS does for a replaced object,
+  and a download says which generation it served (``x-goog-generation``);
 * preconditions: a single-request (media or multipart) upload with
   ``ifGenerationMatch=N`` is answered 412 unless the live generation is N
   (0: the object must not exist);
@@ -112,6 +113,7 @@ class _Handler(_server.RequestHandler):
             return
         with self.storage.lock:
             refusal = self._check_generation(method, path, query)
+            self._extra_headers = self._object_headers(method, path, query) if refusal is None else {}
             if refusal is not None:
                 status, message = refusal
                 self._send_error(status, message)
@@ -136,6 +138,29 @@ class _Handler(_server.RequestHandler):
             if live != query["generation"][0]:
                 return HTTPStatus.NOT_FOUND, f"No such object generation: {match['name']}#{query['generation'][0]}"
         return None
+
+    def _object_headers(self, method: str, path: str, query: dict[str, list[str]]) -> dict[str, str]:
+        """GCS names the generation it served in ``x-goog-*`` headers; the client
+        updates ``blob.generation`` from them after a download."""
+        match = _OBJECT_PATH.match(path)
+        media = path.startswith("/download/") or query.get("alt") == ["media"]
+        if not (match and method == "GET" and media):
+            return {}
+        try:
+            obj = self.storage.get_file_obj(match["bucket"], match["name"])
+        except NotFound:
+            return {}
+        return {
+            "x-goog-generation": str(obj["generation"]),
+            "x-goog-metageneration": str(obj.get("metageneration", "1")),
+            "x-goog-stored-content-length": str(obj.get("size", "")),
+        }
+
+    def end_headers(self) -> None:
+        for name, value in getattr(self, "_extra_headers", {}).items():
+            self.send_header(name, value)
+        self._extra_headers = {}
+        super().end_headers()
 
     def _send_error(self, status: int, message: str) -> None:
         body = ('{"error": {"code": %d, "message": "%s"}}' % (status, message.replace('"', "'"))).encode()

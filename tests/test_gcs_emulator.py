@@ -56,3 +56,12 @@ def test_finalize_callback_sees_each_upload() -> None:
         client.bucket("b").blob("q/1/training_metrics.json").upload_from_string(b"{}")
     assert [(e["bucket"], e["name"], e["size"]) for e in seen] == [("b", "q/1/training_metrics.json", "2")]
     assert seen[0]["generation"].isdigit()
+
+
+def test_download_keeps_the_blob_generation(bucket: storage.Blob) -> None:
+    """A download names the generation it served, so the client's blob keeps its generation."""
+    bucket.blob("x/gen.json").upload_from_string(b"{}")
+    blob = bucket.get_blob("x/gen.json")
+    generation = blob.generation
+    assert blob.download_as_bytes() == b"{}"
+    assert blob.generation == generation is not None
