@@ -10,13 +10,11 @@ from typing import Any
 
 import numpy as np
 import pytest
+import tensorflow as tf
 
+from tests.support import trainer_models as tm
 from tests.support.format_checks import check_document, check_strict_json
-
-tf = pytest.importorskip("tensorflow")  # installed by requirements.txt; the import is slow, so keep it local
-
-from tests.support import trainer_models as tm  # noqa: E402
-from trainer_callbacks import (  # noqa: E402
+from trainer_callbacks import (
     GradientStatsCallback,
     MetricsCallback,
     MetricsCollector,
