@@ -71,6 +71,26 @@ def apply_migrations(database_url: str | None, migrations_dir: Path = MIGRATIONS
         backend.connection.close()
 
 
+def rollback_migrations(database_url: str | None, migrations_dir: Path = MIGRATIONS_DIR) -> list[str]:
+    """Roll back every applied migration (newest first); returns the ids rolled back.
+
+    This drops ``training_metrics_ingestions`` (the ingestion log). The platform
+    table and its data are never touched; the lookup index stays (it is cheap
+    and harmless, and may predate us).
+    """
+    from yoyo import get_backend, read_migrations
+
+    backend = get_backend(yoyo_uri(database_url))
+    try:
+        migrations = read_migrations(str(migrations_dir))
+        with backend.lock():
+            applied = backend.to_rollback(migrations)
+            backend.rollback_migrations(applied)
+        return [m.id for m in applied]
+    finally:
+        backend.connection.close()
+
+
 def create_dev_platform_table(database_url: str | None, table: str | None = None) -> None:
     """DEV/TEST ONLY: create the platform table as the Django model does.
 
@@ -84,7 +104,8 @@ def create_dev_platform_table(database_url: str | None, table: str | None = None
     try:
         with conn, conn.cursor() as cur:
             if table and table != "ml_platform_quicktest":
-                statement = sql.SQL(text.replace("ml_platform_quicktest", "{}")).format(sql.Identifier(table))
+                template = text.replace("{", "{{").replace("}", "}}").replace("ml_platform_quicktest", "{table}")
+                statement = sql.SQL(template).format(table=sql.Identifier(table))
                 cur.execute(statement)
             else:
                 cur.execute(text)

@@ -49,11 +49,11 @@ def _num(v: Any) -> str:
     return f"{v:.4g}"
 
 
-def _series_line(name: str, epochs: Sequence[int], values: Sequence[Any], width: int, ascii_only: bool) -> str:
-    points = [(e, v) for e, v in zip(epochs, values) if _finite(v)]
+def _series_line(name: str, values: Sequence[Any], width: int, ascii_only: bool) -> str:
+    points = [v for v in values if _finite(v)]
     if not points:
         return f"    {name:<{width}}  (never logged)"
-    (e0, first), (e1, last) = points[0], points[-1]
+    first, last = points[0], points[-1]
     text = f"    {name:<{width}}  {_num(first):>9} -> {_num(last):<9} {sparkline(values, ascii_only=ascii_only)}"
     if len(points) < len(values):
         text += f"  ({len(points)} of {len(values)} epochs)"
@@ -89,7 +89,7 @@ def render_history(
         width = max(len(n) for n in series)
         lines.append(f"  {title}:")
         for name in sorted(series, key=lambda n: (n.startswith("val_"), n)):
-            lines.append(_series_line(name, epochs, series[name], width, ascii_only))
+            lines.append(_series_line(name, series[name], width, ascii_only))
 
     final = history.get("final_metrics") or {}
     if final:

@@ -8,7 +8,6 @@ import json
 import subprocess
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
 import psycopg2
 import psycopg2.errors

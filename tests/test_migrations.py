@@ -6,18 +6,21 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import uuid
-from collections.abc import Iterator
+from collections.abc import Callable
 
 import psycopg2
 import pytest
-from psycopg2 import sql
 from psycopg2.extensions import parse_dsn
 
-from metrics_ingest.migrations import MIGRATIONS_DIR, apply_migrations, create_dev_platform_table, yoyo_uri
+from metrics_ingest.migrations import (
+    MIGRATIONS_DIR,
+    apply_migrations,
+    create_dev_platform_table,
+    rollback_migrations,
+    yoyo_uri,
+)
 from tests.support.function_server import ROOT
 from tests.support.network import unreachable_database_url
-from tests.support.postgres import _with_db
 
 EXPECTED_COLUMNS = {
     "id": "bigint",
@@ -41,19 +44,9 @@ COLUMNS_OF = (
 
 
 @pytest.fixture
-def fresh_db(pg_admin_url: str) -> Iterator[str]:
+def fresh_db(scratch_database: Callable[[str], str]) -> str:
     """A new, empty database for one test."""
-    name = f"migrate_{uuid.uuid4().hex[:8]}"
-    admin = psycopg2.connect(pg_admin_url)
-    admin.autocommit = True
-    with admin.cursor() as cur:
-        cur.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    try:
-        yield _with_db(pg_admin_url, name)
-    finally:
-        with admin.cursor() as cur:
-            cur.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
-        admin.close()
+    return scratch_database("migrate")
 
 
 def _query(url: str, query: str, params: tuple = ()) -> list[tuple]:
@@ -104,19 +97,17 @@ def test_migrations_apply_to_an_empty_database_once(fresh_db: str) -> None:
     assert _query(fresh_db, "SELECT to_regclass('ml_platform_quicktest')") == [(None,)]  # dev table never applied
 
 
-def test_rollback_removes_the_table(fresh_db: str) -> None:
-    """The rollback beside the migration drops what it created."""
-    from yoyo import get_backend, read_migrations
-
+def test_rollback_removes_the_table_and_migrate_restores_it(fresh_db: str) -> None:
+    """`migrate --rollback` drops what the migrations created; a later migrate applies them again."""
     apply_migrations(fresh_db)
-    backend = get_backend(yoyo_uri(fresh_db))
-    try:
-        migrations = read_migrations(str(MIGRATIONS_DIR))
-        with backend.lock():
-            backend.rollback_migrations(backend.to_rollback(migrations))
-    finally:
-        backend.connection.close()
+    create_dev_platform_table(fresh_db)
+    _query(fresh_db, "INSERT INTO ml_platform_quicktest (gcs_artifacts_path) VALUES ('gs://b/q/9') RETURNING id")
+    assert rollback_migrations(fresh_db) == ["0001.create-ingestions"]
     assert _query(fresh_db, "SELECT to_regclass('training_metrics_ingestions')") == [(None,)]
+    assert _query(fresh_db, "SELECT count(*) FROM ml_platform_quicktest") == [(1,)]  # platform data untouched
+    assert rollback_migrations(fresh_db) == []
+    assert apply_migrations(fresh_db) == ["0001.create-ingestions"]
+    assert _query(fresh_db, "SELECT to_regclass('training_metrics_ingestions')") == [("training_metrics_ingestions",)]
 
 
 def test_path_index_is_added_once_the_platform_table_exists(fresh_db: str) -> None:
@@ -170,6 +161,10 @@ def test_migrate_command(fresh_db: str) -> None:
     assert "'ml_platform_quicktest' does not exist yet" in first.stderr
     second = _cli("migrate", env={"DATABASE_URL": fresh_db})
     assert (second.returncode, second.stdout.strip()) == (0, "up to date"), second.stderr
+    rolled = _cli("migrate", "--database-url", fresh_db, "--rollback")
+    assert (rolled.returncode, rolled.stdout.strip()) == (0, "rolled back 0001.create-ingestions"), rolled.stderr
+    again = _cli("migrate", "--database-url", fresh_db, "--rollback", "--function-role", "fn")
+    assert again.returncode == 2 and "do not go together" in again.stderr
 
 
 def test_migrate_command_reports_an_unreachable_database() -> None:

@@ -23,12 +23,14 @@ import signal
 import sys
 import threading
 
+from metrics_ingest.commands import describe
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "dev",
         help="run PostgreSQL, a GCS emulator, the function and the event bridge locally (Ctrl-C stops all)",
-        description=__doc__,
+        description=describe(__doc__),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--state-dir", default=".metrics-ingest", help="the stack's folder (default .metrics-ingest)")

@@ -9,6 +9,8 @@ Example::
     $ FUNCTION_ROLE_PASSWORD=... metrics-ingest migrate --function-role metrics_ingest_fn
     up to date
     function role metrics_ingest_fn: privileges granted
+    $ metrics-ingest migrate --rollback
+    rolled back 0001.create-ingestions
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from typing import Any
 
 from ingest.config import Settings
 from metrics_ingest.db_role import RoleMigrationError, add_function_role_option, apply_function_role_option
-from metrics_ingest.migrations import apply_migrations
+from metrics_ingest.migrations import apply_migrations, rollback_migrations
 
 
 def register(subparsers: Any) -> argparse.ArgumentParser:
@@ -36,6 +38,12 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
         help="PostgreSQL URL or libpq DSN (default: $DATABASE_URL, else libpq's PG* variables)",
     )
     add_function_role_option(parser)
+    parser.add_argument(
+        "--rollback",
+        action="store_true",
+        help="roll back every applied migration instead: drops training_metrics_ingestions (the ingestion log); "
+        "the platform table and its data are untouched",
+    )
     parser.set_defaults(func=run)
     return parser
 
@@ -44,6 +52,17 @@ def run(args: argparse.Namespace) -> int:
     database_url = args.database_url or os.environ.get("DATABASE_URL") or None
     import psycopg2
 
+    if args.rollback:
+        if args.function_role:
+            print("migrate: --rollback and --function-role do not go together", file=sys.stderr)
+            return 2
+        try:
+            rolled_back = rollback_migrations(database_url)
+        except psycopg2.Error as exc:
+            print(f"migrate --rollback failed: {str(exc).strip()}", file=sys.stderr)
+            return 1
+        print("\n".join(f"rolled back {m}" for m in rolled_back) if rolled_back else "nothing to roll back")
+        return 0
     try:
         applied = apply_migrations(database_url)
         role = apply_function_role_option(args, database_url, quicktest_table=Settings.from_env().quicktest_table)

@@ -24,12 +24,14 @@ import json
 import sys
 from collections.abc import Iterator
 
+from metrics_ingest.commands import describe
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "replay",
         help="ingest every metrics file under gs://BUCKET[/PREFIX] through the function's code path",
-        description=__doc__,
+        description=describe(__doc__),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("uri", metavar="gs://BUCKET[/PREFIX]", help="bucket and optional object-name prefix")

@@ -50,15 +50,15 @@ def empty_database_url(pg_admin_url: str) -> Iterator[str]:
     with admin.cursor() as cur:
         cur.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
     try:
-        yield _with_db(pg_admin_url, name)
+        yield with_params(pg_admin_url, dbname=name)
     finally:
         with admin.cursor() as cur:
             cur.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
         admin.close()
 
 
-def _with_db(url: str, dbname: str) -> str:
-    """The same server URL, another database (keeps host/socket parameters)."""
-    params = parse_dsn(url)
-    params["dbname"] = dbname
-    return make_dsn(**params)
+def with_params(url: str, **params: str) -> str:
+    """The same server URL with some connection parameters replaced (dbname, user, ...)."""
+    merged = parse_dsn(url)
+    merged.update(params)
+    return make_dsn(**merged)

@@ -16,17 +16,11 @@ from pathlib import Path
 import psycopg2
 import pytest
 from psycopg2 import sql
-from psycopg2.extensions import make_dsn, parse_dsn
+
+from metrics_ingest.migrations import create_dev_platform_table  # noqa: F401  (re-exported for the tests)
+from tests.support.postgres import with_params
 
 REPO = Path(__file__).resolve().parents[2]
-DEV_PLATFORM_TABLE = REPO / "migrations" / "dev" / "ml_platform_quicktest.sql"
-
-
-def with_params(url: str, **params: str) -> str:
-    """The same server URL with some connection parameters replaced (dbname, user, ...)."""
-    merged = parse_dsn(url)
-    merged.update(params)
-    return make_dsn(**merged)
 
 
 @pytest.fixture(scope="session")
@@ -72,16 +66,6 @@ def scratch_role(pg_admin_url: str) -> Iterator[Callable[[str], str]]:
                 cur.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(name)))
     finally:
         admin.close()
-
-
-def create_dev_platform_table(url: str) -> None:
-    """The platform's QuickTest table, from the dev-only SQL file."""
-    conn = psycopg2.connect(url)
-    try:
-        with conn, conn.cursor() as cur:
-            cur.execute(DEV_PLATFORM_TABLE.read_text())
-    finally:
-        conn.close()
 
 
 def psql_path() -> Path:
