@@ -18,6 +18,7 @@ Example::
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import json
 import logging
@@ -118,7 +119,8 @@ class EventBridge:
         self.attempts = attempts
         self.backoff = backoff
         self.timeout = timeout
-        self.deliveries: list[Delivery] = []
+        # The latest deliveries only: `dev` may run for days.
+        self.deliveries: collections.deque[Delivery] = collections.deque(maxlen=1000)
         self._queue: queue.Queue[dict[str, Any] | None] = queue.Queue()
         self._workers: list[threading.Thread] = []
         self._local = threading.local()  # one requests.Session per delivery thread
