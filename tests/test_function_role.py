@@ -28,6 +28,7 @@ from metrics_ingest.gcs_emulator import GcsEmulator
 from metrics_ingest.migrations import apply_migrations
 from tests.support.documents import v1_document
 from tests.support.scratch_db import REPO, create_dev_platform_table, psql_path, with_params
+from tests.support.postgres import query
 
 SQL_FILE = REPO / "migrations" / "optional" / "function_role.sql"
 
@@ -85,16 +86,6 @@ def as_role(platform_db: PlatformDb, function_role: tuple[str, str]) -> Iterator
     conn = psycopg2.connect(platform_db.role_url(*function_role))
     try:
         yield conn
-    finally:
-        conn.close()
-
-
-def _admin_fetch(url: str, query: str, params: tuple = ()) -> list[tuple]:
-    conn = psycopg2.connect(url)
-    try:
-        with conn, conn.cursor() as cur:
-            cur.execute(query, params)
-            return cur.fetchall()
     finally:
         conn.close()
 
@@ -162,13 +153,13 @@ def test_function_ingests_normally_as_the_role(
     assert (result.outcome, result.reason, result.quicktest_id) == ("ingested", None, platform_db.row_id)
     assert ingest_object(ref, settings=settings, event_id="evt-role").outcome == "duplicate"
 
-    [(history, status, name)] = _admin_fetch(
+    [(history, status, name)] = query(
         platform_db.admin_url,
         "SELECT training_history_json, status, name FROM ml_platform_quicktest WHERE id = %s",
         (platform_db.row_id,),
     )
     assert (history["epochs"], history["source"]["generation"], status, name) == ([0, 1], str(blob.generation), "completed", "qt-42")
-    outcomes = _admin_fetch(
+    outcomes = query(
         platform_db.admin_url,
         "SELECT outcome FROM training_metrics_ingestions WHERE object_name = %s ORDER BY id",
         (blob.name,),
@@ -197,11 +188,11 @@ REFUSED = {
 @pytest.mark.parametrize("statement", list(REFUSED.values()), ids=list(REFUSED))
 def test_role_is_refused_everything_else(platform_db: PlatformDb, as_role, statement: str) -> None:
     """PostgreSQL itself refuses the role any other write, delete, read or schema change."""
-    before = _admin_fetch(platform_db.admin_url, "SELECT * FROM ml_platform_quicktest ORDER BY id")
+    before = query(platform_db.admin_url, "SELECT * FROM ml_platform_quicktest ORDER BY id")
     with pytest.raises(psycopg2.errors.InsufficientPrivilege):
         with as_role, as_role.cursor() as cur:
             cur.execute(statement.format(row=platform_db.row_id))
-    assert _admin_fetch(platform_db.admin_url, "SELECT * FROM ml_platform_quicktest ORDER BY id") == before
+    assert query(platform_db.admin_url, "SELECT * FROM ml_platform_quicktest ORDER BY id") == before
 
 
 def test_rerun_is_idempotent_and_takes_back_extra_grants(
@@ -255,7 +246,7 @@ def test_missing_table_is_a_clear_error(platform_db: PlatformDb, scratch_role: C
 
 
 def stored_password(url: str, role: str) -> str | None:
-    return _admin_fetch(url, "SELECT rolpassword FROM pg_authid WHERE rolname = %s", (role,))[0][0]
+    return query(url, "SELECT rolpassword FROM pg_authid WHERE rolname = %s", (role,))[0][0]
 
 
 def test_password_is_stored_as_a_scram_verifier(platform_db: PlatformDb, function_role: tuple[str, str]) -> None:

@@ -13,7 +13,6 @@ import pytest
 from psycopg2.extensions import parse_dsn
 
 from metrics_ingest.migrations import (
-    MIGRATIONS_DIR,
     apply_migrations,
     create_dev_platform_table,
     rollback_migrations,
@@ -21,6 +20,7 @@ from metrics_ingest.migrations import (
 )
 from tests.support.function_server import ROOT
 from tests.support.network import unreachable_database_url
+from tests.support.postgres import query
 
 EXPECTED_COLUMNS = {
     "id": "bigint",
@@ -49,16 +49,6 @@ def fresh_db(scratch_database: Callable[[str], str]) -> str:
     return scratch_database("migrate")
 
 
-def _query(url: str, query: str, params: tuple = ()) -> list[tuple]:
-    conn = psycopg2.connect(url)
-    try:
-        with conn, conn.cursor() as cur:
-            cur.execute(query, params)
-            return cur.fetchall()
-    finally:
-        conn.close()
-
-
 def _execute(url: str, statement: str) -> None:
     conn = psycopg2.connect(url)
     try:
@@ -71,7 +61,7 @@ def _execute(url: str, statement: str) -> None:
 def _path_indexes(url: str, table: str) -> list[str]:
     return [
         name
-        for (name,) in _query(
+        for (name,) in query(
             url,
             "SELECT indexname FROM pg_indexes WHERE tablename = %s AND indexdef LIKE '%%(gcs_artifacts_path)%%'",
             (table,),
@@ -83,7 +73,7 @@ def test_migrations_apply_to_an_empty_database_once(fresh_db: str) -> None:
     """Every migration applies to an empty database, the schema is as documented, and a rerun applies nothing."""
     assert apply_migrations(fresh_db) == ["0001.create-ingestions"]
     assert apply_migrations(fresh_db) == []
-    columns = _query(
+    columns = query(
         fresh_db,
         "SELECT column_name, data_type FROM information_schema.columns WHERE table_name = %s",
         ("training_metrics_ingestions",),
@@ -91,39 +81,39 @@ def test_migrations_apply_to_an_empty_database_once(fresh_db: str) -> None:
     assert dict(columns) == EXPECTED_COLUMNS
     indexes = {
         name
-        for (name,) in _query(fresh_db, "SELECT indexname FROM pg_indexes WHERE tablename = %s", ("training_metrics_ingestions",))
+        for (name,) in query(fresh_db, "SELECT indexname FROM pg_indexes WHERE tablename = %s", ("training_metrics_ingestions",))
     }
     assert {"training_metrics_ingestions_one_ingested", "training_metrics_ingestions_object"} <= indexes
-    assert _query(fresh_db, "SELECT to_regclass('ml_platform_quicktest')") == [(None,)]  # dev table never applied
+    assert query(fresh_db, "SELECT to_regclass('ml_platform_quicktest')") == [(None,)]  # dev table never applied
 
 
 def test_rollback_removes_the_table_and_migrate_restores_it(fresh_db: str) -> None:
     """`migrate --rollback` drops what the migrations created; a later migrate applies them again."""
     apply_migrations(fresh_db)
     create_dev_platform_table(fresh_db)
-    _query(fresh_db, "INSERT INTO ml_platform_quicktest (gcs_artifacts_path) VALUES ('gs://b/q/9') RETURNING id")
+    query(fresh_db, "INSERT INTO ml_platform_quicktest (gcs_artifacts_path) VALUES ('gs://b/q/9') RETURNING id")
     assert rollback_migrations(fresh_db) == ["0001.create-ingestions"]
-    assert _query(fresh_db, "SELECT to_regclass('training_metrics_ingestions')") == [(None,)]
-    assert _query(fresh_db, "SELECT count(*) FROM ml_platform_quicktest") == [(1,)]  # platform data untouched
+    assert query(fresh_db, "SELECT to_regclass('training_metrics_ingestions')") == [(None,)]
+    assert query(fresh_db, "SELECT count(*) FROM ml_platform_quicktest") == [(1,)]  # platform data untouched
     assert rollback_migrations(fresh_db) == []
     assert apply_migrations(fresh_db) == ["0001.create-ingestions"]
-    assert _query(fresh_db, "SELECT to_regclass('training_metrics_ingestions')") == [("training_metrics_ingestions",)]
+    assert query(fresh_db, "SELECT to_regclass('training_metrics_ingestions')") == [("training_metrics_ingestions",)]
 
 
 def test_path_index_is_added_once_the_platform_table_exists(fresh_db: str) -> None:
     """The gcs_artifacts_path index is skipped while the table is missing and added by a later migrate, once."""
     apply_migrations(fresh_db)
     create_dev_platform_table(fresh_db)
-    _query(fresh_db, "INSERT INTO ml_platform_quicktest (gcs_artifacts_path) VALUES ('gs://b/q/1') RETURNING id")
-    before = _query(fresh_db, COLUMNS_OF, ("ml_platform_quicktest",))
+    query(fresh_db, "INSERT INTO ml_platform_quicktest (gcs_artifacts_path) VALUES ('gs://b/q/1') RETURNING id")
+    before = query(fresh_db, COLUMNS_OF, ("ml_platform_quicktest",))
     assert _path_indexes(fresh_db, "ml_platform_quicktest") == []
     assert apply_migrations(fresh_db) == []
     [index] = _path_indexes(fresh_db, "ml_platform_quicktest")
     apply_migrations(fresh_db)
     assert _path_indexes(fresh_db, "ml_platform_quicktest") == [index]
-    after = _query(fresh_db, COLUMNS_OF, ("ml_platform_quicktest",))
+    after = query(fresh_db, COLUMNS_OF, ("ml_platform_quicktest",))
     assert after == before  # columns untouched
-    assert _query(fresh_db, "SELECT count(*) FROM ml_platform_quicktest") == [(1,)]  # data untouched
+    assert query(fresh_db, "SELECT count(*) FROM ml_platform_quicktest") == [(1,)]  # data untouched
 
 
 def test_existing_index_on_the_path_is_reused(fresh_db: str) -> None:

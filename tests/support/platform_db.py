@@ -23,6 +23,7 @@ from psycopg2 import sql
 from ingest import store
 from ingest.config import Settings
 from metrics_ingest.gcs_emulator import GcsEmulator
+from metrics_ingest.localstack import fetch_ingestions
 from metrics_ingest.migrations import apply_migrations, create_dev_platform_table
 
 BUCKET = "ml-artifacts"
@@ -75,16 +76,7 @@ class PlatformDb:
         return self.row(row_id)["training_history_json"]
 
     def ingestions(self, bucket: str, name: str) -> list[dict[str, Any]]:
-        conn = self.connect()
-        try:
-            with conn, conn.cursor(cursor_factory=psycopg2.extras.RealDictCursor) as cur:
-                cur.execute(
-                    "SELECT * FROM training_metrics_ingestions WHERE bucket = %s AND object_name = %s ORDER BY id",
-                    (bucket, name),
-                )
-                return [dict(r) for r in cur.fetchall()]
-        finally:
-            conn.close()
+        return fetch_ingestions(self.url, bucket, name)
 
 
 @pytest.fixture(scope="session")

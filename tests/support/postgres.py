@@ -62,3 +62,14 @@ def with_params(url: str, **params: str) -> str:
     merged = parse_dsn(url)
     merged.update(params)
     return make_dsn(**merged)
+
+
+def query(url: str, statement: str, params: tuple = ()) -> list[tuple]:
+    """Run one statement in its own connection and transaction; its rows."""
+    conn = psycopg2.connect(url)
+    try:
+        with conn, conn.cursor() as cur:
+            cur.execute(statement, params)
+            return cur.fetchall() if cur.description else []
+    finally:
+        conn.close()
