@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -174,3 +176,72 @@ def test_when_saving_a_failed_run_also_fails_the_training_error_still_propagates
     assert any(str(fallback) in note for note in caught.value.__notes__)
     doc = check_strict_json(fallback.read_bytes())
     assert doc["status"] == "failed" and doc["error"] == "RuntimeError: worker lost"
+
+
+@contextmanager
+def reported_checksums_corrupted(gcs: GcsEmulator, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """While active, each object the emulator stores reports checksums that do not match its bytes.
+
+    This is what the client sees when bytes were damaged on the way: it compares
+    the server's checksum with its own and raises DataCorruption. The emulator
+    has no switch for it, so its finalize hook (called under the storage lock,
+    before the response is written) alters the stored object resource that the
+    response is made from.
+    """
+
+    def corrupt(resource: dict) -> None:
+        stored = gcs.storage.get_file_obj(resource["bucket"], resource["name"])
+        stored["crc32c"], stored["md5Hash"] = "AAAAAA==", "AAAAAAAAAAAAAAAAAAAAAA=="
+
+    with monkeypatch.context() as patch:
+        patch.setattr(gcs.storage, "_on_finalize", corrupt)
+        yield
+
+
+def test_a_checksum_mismatch_leaves_a_local_copy_and_the_next_save_lands(
+    gcs: GcsEmulator, folder: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """DataCorruption on upload ends, like any upload failure, in the fallback copy and MetricsUploadError; the next save replaces the bad version."""
+    from google.cloud.storage.exceptions import DataCorruption
+
+    c = collector(folder, tmp_path)
+    c.log_metric("loss", 0.5, step=0)
+    # Over 8 MiB: the client uploads it resumably, and checks the server's checksum at the end.
+    c.log_param("vocabulary", "x" * (9 << 20))
+    with reported_checksums_corrupted(gcs, monkeypatch):
+        with pytest.raises(MetricsUploadError, match="DataCorruption") as caught:
+            c.save(status="running")
+    assert isinstance(caught.value.__cause__, DataCorruption)
+    fallback = tmp_path / "fallback" / BUCKET / folder / "training_metrics.json"
+    assert caught.value.fallback_path == str(fallback) and str(fallback) in str(caught.value)
+    assert check_strict_json(fallback.read_bytes())["epochs"] == [0]
+    assert caught.value.generation is not None
+
+    # The failed upload did create an object; the next save replaces that generation.
+    c.log_param("vocabulary", "small")
+    c.log_metric("loss", 0.4, step=1)
+    c.save()
+    doc = json.loads(blob(folder).download_as_bytes())
+    assert doc["loss"]["loss"] == [0.5, 0.4] and doc["params"] == {"vocabulary": "small"}
+
+
+@pytest.mark.parametrize("token_endpoint", ["unreachable", "missing"])
+def test_a_failing_credentials_refresh_leaves_a_local_copy(gcs: GcsEmulator, folder: str, tmp_path: Path, token_endpoint: str) -> None:
+    """Credentials that cannot be refreshed (token endpoint unreachable: TransportError; no refresh fields: RefreshError) end in the fallback copy and MetricsUploadError."""
+    from google.oauth2 import credentials as oauth2
+
+    from tests.support.network import closed_port
+
+    if token_endpoint == "unreachable":  # retried as transient until the deadline
+        creds = oauth2.Credentials(
+            token=None, refresh_token="r", client_id="c", client_secret="s", token_uri=f"http://127.0.0.1:{closed_port()}/token"
+        )
+    else:  # nothing to refresh with: google.auth raises RefreshError at once
+        creds = oauth2.Credentials(token=None)
+    client = storage.Client(project="local-test", credentials=creds, client_options={"api_endpoint": gcs.url})
+    c = MetricsCollector(f"gs://{BUCKET}/{folder}", retry=FAST, fallback_dir=tmp_path / "fallback", client=client)
+    c.log_metric("loss", 0.5, step=0)
+    with pytest.raises(MetricsUploadError, match="token|refresh") as caught:
+        c.save()
+    assert check_strict_json(Path(caught.value.fallback_path).read_bytes())["epochs"] == [0]
+    assert not blob(folder).exists()
