@@ -143,6 +143,7 @@ def test_a_resumed_run_does_not_clobber_a_newer_version(gcs: GcsEmulator, folder
     """Resume pins the generation it read: if the object changes afterwards, the save refuses and keeps a local copy."""
     blob(folder).upload_from_string(json.dumps({"epochs": [0], "loss": {"loss": [9.0]}}))
     resumed = collector(folder, tmp_path, resume=True)
+    assert resumed.epochs == [0]  # the first use reads the file (and pins its generation)
     blob(folder).upload_from_string(b'{"epochs": [0, 1]}')
     resumed.log_metric("loss", 0.5, step=1)
     with pytest.raises(MetricsUploadError, match="another writer"):
@@ -176,6 +177,19 @@ def test_when_saving_a_failed_run_also_fails_the_training_error_still_propagates
     assert any(str(fallback) in note for note in caught.value.__notes__)
     doc = check_strict_json(fallback.read_bytes())
     assert doc["status"] == "failed" and doc["error"] == "RuntimeError: worker lost"
+
+
+def test_resume_reads_gcs_on_entering_the_block_not_in_init(gcs: GcsEmulator, folder: str, tmp_path: Path) -> None:
+    """MetricsCollector(gs://..., resume=True) sends no request until the with block starts; entering reads the file."""
+    blob(folder).upload_from_string(json.dumps({"epochs": [0], "loss": {"loss": [9.0]}}))
+    watch = gcs.inject(Fault(path=rf"{folder}", status=None, times=10**6))  # passes requests through, counting them
+    c = collector(folder, tmp_path, resume=True)
+    assert watch.hits == 0
+    with c:
+        assert watch.hits >= 1
+        assert c.epochs == [0]
+        c.log_metric("loss", 0.5, step=1)
+    assert json.loads(blob(folder).download_as_bytes())["loss"]["loss"] == [9.0, 0.5]
 
 
 @contextmanager

@@ -26,16 +26,21 @@ class MetricsCollector:
     """Collects a run's metrics in memory and saves them as one training_metrics.json.
 
     Nothing touches the network until :meth:`save` (or a periodic flush, if asked
-    for). Every per-epoch series is aligned to ``epochs``, with ``None`` where an
-    epoch has no value. Used as a context manager, it saves ``completed`` when the
-    block ends normally and ``failed`` (with the error) when it raises, then re-raises.
+    for; or, with ``resume=True``, the one read of the existing file). Every
+    per-epoch series is aligned to ``epochs``, with ``None`` where an epoch has no
+    value. Used as a context manager, it saves ``completed`` when the block ends
+    normally and ``failed`` (with the error) when it raises, then re-raises.
 
     Args:
         output_path: a local folder or ``gs://BUCKET/FOLDER`` (str or PathLike).
         resume: continue the file already at ``output_path`` (a job resumed after
             preemption), keeping its epochs; an epoch logged again replaces its
-            earlier values instead of being repeated. Default False: start a new
-            document (the first save replaces any earlier file).
+            earlier values instead of being repeated. The file is read when the
+            ``with`` block is entered (so a bad or unreachable file stops the job
+            before it trains), or at the first use without ``with``; never in
+            ``__init__``. ``NaN``/``Infinity`` tokens in it are read as null.
+            Default False: start a new document (the first save replaces any
+            earlier file).
         flush_every: seconds between periodic saves with status ``running``
             (triggered from :meth:`maybe_flush`, which MetricsCallback calls at each
             epoch end); None (default) saves only at the end.
@@ -81,17 +86,33 @@ class MetricsCollector:
         # Work shared between callbacks of this collector (WeightNormCallback reads
         # the sums of squares WeightStatsCallback computes anyway); see ``shared``.
         self.shared: dict[Any, Any] = {}
-        if resume:
+        # resume=True: read the existing file at __enter__ or first use, not here
+        # (constructing an object does no I/O).
+        self._resume_pending = resume
+
+    def _ensure_loaded(self) -> None:
+        """Read the file to resume, once, before anything else touches the document."""
+        if not self._resume_pending:
+            return
+        with self._lock:
+            if not self._resume_pending:
+                return
             existing = self.store.read()
             if existing is None:
                 self._generation = 0
                 logger.info("no %s to resume; starting a new one", self.store.uri)
             else:
-                data, self._generation = existing
-                self._doc = document.normalize(document.loads(data))
+                data, generation = existing
+                # The plan's sketch wrote json.dumps' NaN/Infinity tokens: read them
+                # as null, as the ingestion function does.
+                self._doc = document.normalize(document.loads(data, non_finite="null"))
                 self._doc.pop("error", None)
                 self._doc["status"] = "running"
+                self._generation = generation
                 logger.info("resuming %s at %d epochs", self.store.uri, len(self._doc["epochs"]))
+            # Only once the file was read: a failed read raises again at the next
+            # use instead of silently starting a new document over the old one.
+            self._resume_pending = False
 
     @property
     def uri(self) -> str:
@@ -101,6 +122,7 @@ class MetricsCollector:
     @property
     def epochs(self) -> list[int]:
         """The epochs logged so far (a copy)."""
+        self._ensure_loaded()
         with self._lock:
             return list(self._doc["epochs"])
 
@@ -158,6 +180,7 @@ class MetricsCollector:
             number = document.to_number(value)
         except document.NotAScalar as error:
             raise ValueError(f"Invalid value for metric {name!r}: {error}") from error
+        self._ensure_loaded()
         with self._lock:
             if step is None or name.startswith(FINAL_PREFIXES):
                 self._doc["final_metrics"][name] = number
@@ -175,6 +198,7 @@ class MetricsCollector:
         """Record a hyperparameter (numbers and bools as such, anything else as a string)."""
         if not isinstance(name, str) or not name:
             raise ValueError(f"Invalid value for argument `name`. Received: name={name!r}. Expected a non-empty string.")
+        self._ensure_loaded()
         with self._lock:
             self._doc["params"][name] = document.to_param(value)
 
@@ -186,6 +210,7 @@ class MetricsCollector:
     def log_weight_norms(self, norms: Mapping[str, Any], step: int | None = None) -> None:
         """Record weight L2 norms (``total`` and one per tower) for an epoch, in ``gradient``
         (the platform's historical name for this series)."""
+        self._ensure_loaded()
         with self._lock:
             index = self._row(self._current_step(step))
             for name, value in norms.items():
@@ -213,6 +238,7 @@ class MetricsCollector:
 
     def histogram_edges(self, section: str, tower: str) -> list[float] | None:
         """The bin edges already fixed for a tower (a resumed run keeps them), or None."""
+        self._ensure_loaded()
         with self._lock:
             histogram = self._doc[section].get(tower, {}).get("histogram")
             return list(histogram["bin_edges"]) if histogram else None
@@ -225,6 +251,7 @@ class MetricsCollector:
         unknown = set(stats) - set(STAT_NAMES)
         if unknown:
             raise ValueError(f"Unknown statistics {sorted(unknown)}; expected some of {list(STAT_NAMES)}")
+        self._ensure_loaded()
         with self._lock:
             index = self._row(self._current_step(step))
             tower_stats = self._doc[section].setdefault(tower, {})
@@ -245,6 +272,7 @@ class MetricsCollector:
     # -- output ----------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
         """A deep copy of the document as it would be saved now."""
+        self._ensure_loaded()
         with self._lock:
             return copy.deepcopy(self._doc)
 
@@ -263,6 +291,7 @@ class MetricsCollector:
         """
         if status not in document.STATUSES:
             raise ValueError(f"Invalid value for argument `status`. Received: status={status!r}. Expected one of {document.STATUSES}.")
+        self._ensure_loaded()
         with self._lock:
             self._doc["status"] = status
             self._doc["saved_at"] = document.utc_now()
@@ -294,6 +323,9 @@ class MetricsCollector:
         return True
 
     def __enter__(self) -> MetricsCollector:
+        # With resume=True, read the existing file now: a file that cannot be
+        # continued (or GCS that cannot be reached) stops the job before it trains.
+        self._ensure_loaded()
         return self
 
     def __exit__(
