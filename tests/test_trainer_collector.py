@@ -230,6 +230,7 @@ def test_periodic_flush_saves_running(tmp_path: Path) -> None:
     assert c.maybe_flush() is False and not (tmp_path / FILE).exists()
     c.flush_every = 1e-9
     assert c.maybe_flush() is True
+    assert c.wait_for_flush(timeout=30)
     assert read(tmp_path)["status"] == "running"
 
 

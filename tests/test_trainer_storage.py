@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import logging
+import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -159,7 +161,8 @@ def test_a_failed_flush_does_not_stop_training_and_the_final_save_has_everything
     c.log_metric("loss", 0.5, step=0)
     gcs.inject(upload_fault(403))
     with caplog.at_level("WARNING", logger="trainer_callbacks"):
-        assert c.maybe_flush() is False
+        assert c.maybe_flush() is True  # started in the background
+        assert c.wait_for_flush(timeout=30)
     assert any("periodic flush" in r.getMessage() and "training continues" in r.getMessage() for r in caplog.records)
     c.log_metric("loss", 0.4, step=1)
     c.save()
@@ -259,3 +262,48 @@ def test_a_failing_credentials_refresh_leaves_a_local_copy(gcs: GcsEmulator, fol
         c.save()
     assert check_strict_json(Path(caught.value.fallback_path).read_bytes())["epochs"] == [0]
     assert not blob(folder).exists()
+
+
+def test_a_flush_during_a_stall_costs_training_nothing_and_the_final_save_waits_for_it(
+    gcs: GcsEmulator, folder: str, tmp_path: Path
+) -> None:
+    """With the default retry policies, a flush whose upload stalls 3 s returns at once, a second flush is skipped, and the final save lands after it."""
+    c = MetricsCollector(f"gs://{BUCKET}/{folder}", flush_every=1e-6, fallback_dir=tmp_path / "fallback")
+    c.log_metric("loss", 0.5, step=0)
+    stall = gcs.inject(Fault(method="POST", path=rf"^/upload/storage/v1/b/{BUCKET}/o$", status=None, delay=3.0))
+    started = time.monotonic()
+    assert c.maybe_flush() is True
+    assert time.monotonic() - started < 1.0  # the training thread does not wait for the stalled upload
+    c.log_metric("loss", 0.4, step=1)  # training goes on while the upload stalls
+    assert c.maybe_flush() is False  # the previous flush is still in flight: skipped
+    assert time.monotonic() - started < 1.0
+    c.save()
+    assert stall.hits == 1
+    doc = json.loads(blob(folder).download_as_bytes())
+    assert doc["status"] == "completed" and doc["loss"]["loss"] == [0.5, 0.4]
+
+
+def test_flushes_during_an_outage_cost_training_little_and_the_final_save_lands(
+    gcs: GcsEmulator, folder: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """While every upload gets 503, each flush returns at once and gives up in the background; after the outage the final save has every epoch."""
+    c = collector(folder, tmp_path, flush_every=1e-6, flush_retry=RetryPolicy(initial=0.05, maximum=0.2, deadline=1.0, timeout=5))
+    outage = gcs.inject(upload_fault(503, times=10**6))
+    training_thread_seconds = 0.0
+    with caplog.at_level(logging.WARNING, logger="trainer_callbacks"):
+        for epoch in range(3):
+            c.log_metric("loss", 1.0 / (epoch + 1), step=epoch)
+            started = time.monotonic()
+            assert c.maybe_flush() is True
+            training_thread_seconds += time.monotonic() - started
+            assert c.wait_for_flush(timeout=30)  # the flush gave up (in the background)
+    assert training_thread_seconds < 1.0
+    assert outage.hits >= 3 * 2  # each flush retried
+    assert sum("periodic flush" in r.getMessage() for r in caplog.records) == 3
+    fallback = tmp_path / "fallback" / BUCKET / folder / "training_metrics.json"
+    assert check_strict_json(fallback.read_bytes())["status"] == "running"
+    gcs.clear_faults()  # the outage ends
+    c.save()
+    doc = json.loads(blob(folder).download_as_bytes())
+    assert doc["epochs"] == [0, 1, 2] and doc["status"] == "completed"
+    check_document(doc)

@@ -20,6 +20,9 @@ logger = logging.getLogger("trainer_callbacks")
 
 FINAL_PREFIXES = ("final_", "test_")
 STAT_NAMES = ("mean", "std", "min", "max", "norm")
+# Periodic flushes run in the background; a final save waits for one in flight,
+# so their backoff is short: a flush that gives up is replaced by the next one.
+DEFAULT_FLUSH_RETRY = RetryPolicy(initial=1.0, maximum=8.0, deadline=30.0, timeout=20.0)
 
 
 class MetricsCollector:
@@ -43,9 +46,17 @@ class MetricsCollector:
             earlier file).
         flush_every: seconds between periodic saves with status ``running``
             (triggered from :meth:`maybe_flush`, which MetricsCallback calls at each
-            epoch end); None (default) saves only at the end.
+            epoch begin); None (default) saves only at the end. A flush serializes
+            the document on the training thread (milliseconds) and uploads it on a
+            background thread, so a slow or failing GCS does not slow training;
+            while one flush is in flight the next is skipped, and the final save
+            waits for it (at most about ``flush_retry``'s deadline plus timeout).
         filename: base name of the file (default ``training_metrics.json``).
-        retry: upload backoff, a :class:`RetryPolicy` (default: 1 s doubling to 32 s, 300 s in all).
+        retry: backoff of the final save (and explicit :meth:`save` calls), a
+            :class:`RetryPolicy` (default: 1 s doubling to 32 s, 300 s in all).
+        flush_retry: backoff of periodic flushes (default: 1 s doubling to 8 s,
+            30 s in all, 20 s per request); a flush that gives up is logged and
+            training goes on, the next flush or the final save carries everything.
         fallback_dir: where the document goes when an upload finally fails
             (default ``$TMPDIR/trainer_callbacks``).
         client: a ``google.cloud.storage.Client`` to use (default: created at the first save).
@@ -67,6 +78,7 @@ class MetricsCollector:
         flush_every: float | None = None,
         filename: str = DEFAULT_FILENAME,
         retry: RetryPolicy | None = None,
+        flush_retry: RetryPolicy | None = None,
         fallback_dir: str | os.PathLike[str] | None = None,
         client: Any = None,
     ) -> None:
@@ -77,7 +89,14 @@ class MetricsCollector:
             )
         self.store = MetricsStore(output_path, filename=filename, retry=retry, fallback_dir=fallback_dir, client=client)
         self.flush_every = flush_every
+        self.flush_retry = flush_retry or DEFAULT_FLUSH_RETRY
+        # _lock guards the document; _write_lock makes writes one at a time and in
+        # order, and guards _generation. A background flush holds _write_lock
+        # until its upload ends (a Lock, unlike an RLock, may be released by
+        # another thread), so a save waits for it and a flush never overlaps one.
         self._lock = threading.RLock()
+        self._write_lock = threading.Lock()
+        self._flush_thread: threading.Thread | None = None
         self._doc = document.empty_document()
         # The GCS generation we last read or wrote: the precondition of the next
         # upload. None: not known yet (the first save learns the live one).
@@ -279,6 +298,8 @@ class MetricsCollector:
     def save(self, status: str = "completed", error: str | BaseException | None = None) -> str:
         """Write the document (one upload for ``gs://``, an atomic replace locally).
 
+        Waits first for a periodic flush still in flight, so the last write wins.
+
         Args:
             status: ``completed`` (default), ``running`` or ``failed``.
             error: why the run failed (a message or the exception), stored as ``error``.
@@ -292,6 +313,13 @@ class MetricsCollector:
         if status not in document.STATUSES:
             raise ValueError(f"Invalid value for argument `status`. Received: status={status!r}. Expected one of {document.STATUSES}.")
         self._ensure_loaded()
+        with self._write_lock:
+            data, epochs = self._snapshot(status, error)
+            self._write(data, status, epochs, self.store.retry)
+        return self.store.uri
+
+    def _snapshot(self, status: str, error: str | BaseException | None) -> tuple[bytes, int]:
+        """The document's bytes with this status, and its number of epochs."""
         with self._lock:
             self._doc["status"] = status
             self._doc["saved_at"] = document.utc_now()
@@ -299,28 +327,69 @@ class MetricsCollector:
                 self._doc["error"] = error if isinstance(error, str) else _describe_exception(error)
             elif status != "failed":
                 self._doc.pop("error", None)
-            data = document.dumps(self._doc)
-            generation = self.store.write(data, if_generation_match=self._generation)
-            if self.store.is_gcs:
-                self._generation = generation
-            self._last_flush = time.monotonic()
-        logger.info("saved %s (%s, %d epochs, %d bytes)", self.store.uri, status, len(self._doc["epochs"]), len(data))
-        return self.store.uri
+            return document.dumps(self._doc), len(self._doc["epochs"])
+
+    def _write(self, data: bytes, status: str, epochs: int, retry: RetryPolicy) -> None:
+        """Upload ``data`` over the generation we last wrote; the caller holds ``_write_lock``."""
+        try:
+            generation = self.store.write(data, if_generation_match=self._generation, retry=retry)
+        except MetricsUploadError as error:
+            if error.generation is not None:
+                # The failed upload still created this generation (a checksum
+                # mismatch): the next save replaces it rather than being refused.
+                self._generation = error.generation
+            raise
+        if self.store.is_gcs:
+            self._generation = generation
+        self._last_flush = time.monotonic()
+        logger.info("saved %s (%s, %d epochs, %d bytes)", self.store.uri, status, epochs, len(data))
 
     def maybe_flush(self) -> bool:
-        """Save with status ``running`` if ``flush_every`` seconds have passed; True if it saved.
+        """Start a save with status ``running`` if ``flush_every`` seconds have passed.
 
-        A failed flush is logged and training goes on: the final save still has everything.
+        The document is serialized here and uploaded on a background thread
+        (with ``flush_retry``), so this returns at once even while GCS is slow or
+        down. If the previous flush is still in flight this one is skipped. A
+        failed flush is logged and training goes on: the final save still has
+        everything. Returns True if a flush was started.
         """
         if self.flush_every is None or time.monotonic() - self._last_flush < self.flush_every:
             return False
-        try:
-            self.save(status="running")
-        except (MetricsUploadError, OSError) as error:
-            self._last_flush = time.monotonic()
-            logger.warning("periodic flush of %s failed, training continues: %s", self.store.uri, error)
+        self._ensure_loaded()
+        if not self._write_lock.acquire(blocking=False):
+            logger.info("a flush of %s is still in flight; skipping this one", self.store.uri)
             return False
+        try:
+            data, epochs = self._snapshot("running", None)
+            self._last_flush = time.monotonic()
+            thread = threading.Thread(
+                target=self._flush_in_background, args=(data, epochs), name="trainer-callbacks-flush", daemon=True
+            )
+            thread.start()
+        except BaseException:
+            self._write_lock.release()
+            raise
+        self._flush_thread = thread
         return True
+
+    def _flush_in_background(self, data: bytes, epochs: int) -> None:
+        try:
+            self._write(data, "running", epochs, self.flush_retry)
+        except (MetricsUploadError, OSError) as error:
+            logger.warning("periodic flush of %s failed, training continues: %s", self.store.uri, error)
+        finally:
+            # From the end of this flush, not its start: after a long failing
+            # flush the next one waits a full period.
+            self._last_flush = time.monotonic()
+            self._write_lock.release()
+
+    def wait_for_flush(self, timeout: float | None = None) -> bool:
+        """Wait for the periodic flush in flight, if any; False if ``timeout`` seconds passed first."""
+        thread = self._flush_thread
+        if thread is None:
+            return True
+        thread.join(timeout)
+        return not thread.is_alive()
 
     def __enter__(self) -> MetricsCollector:
         # With resume=True, read the existing file now: a file that cannot be
