@@ -182,9 +182,8 @@ def test_resume_refuses_a_misaligned_file(tmp_path: Path) -> None:
     original = json.dumps({"epochs": [0, 1], "loss": {"loss": [1.0]}})
     (tmp_path / FILE).write_text(original)
     c = MetricsCollector(tmp_path, resume=True)
-    with pytest.raises(ValueError, match="'loss.loss' has 1 entries for 2 epochs"):
-        with c:
-            pass  # never reached: the file is read (and refused) on entering
+    with pytest.raises(ValueError, match="'loss.loss' has 1 entries for 2 epochs"), c:
+        pass  # never reached: the file is read (and refused) on entering
     with pytest.raises(ValueError, match="'loss.loss' has 1 entries for 2 epochs"):
         c.log_metric("loss", 0.5, step=2)
     assert (tmp_path / FILE).read_text() == original

@@ -225,9 +225,8 @@ def test_a_checksum_mismatch_leaves_a_local_copy_and_the_next_save_lands(
     c.log_metric("loss", 0.5, step=0)
     # Over 8 MiB: the client uploads it resumably, and checks the server's checksum at the end.
     c.log_param("vocabulary", "x" * (9 << 20))
-    with reported_checksums_corrupted(gcs, monkeypatch):
-        with pytest.raises(MetricsUploadError, match="DataCorruption") as caught:
-            c.save(status="running")
+    with reported_checksums_corrupted(gcs, monkeypatch), pytest.raises(MetricsUploadError, match="DataCorruption") as caught:
+        c.save(status="running")
     assert isinstance(caught.value.__cause__, DataCorruption)
     fallback = tmp_path / "fallback" / BUCKET / folder / "training_metrics.json"
     assert caught.value.fallback_path == str(fallback) and str(fallback) in str(caught.value)

@@ -30,7 +30,6 @@ from pathlib import Path
 from typing import Any
 
 import jsonschema
-
 from ingest import document as function_reader
 from ingest.errors import Rejected
 

@@ -102,7 +102,7 @@ def loads(data: bytes | str, *, non_finite: str = "reject") -> dict[str, Any]:
     def _constant(token: str) -> None:
         if non_finite == "reject":
             raise ValueError(f"training_metrics.json contains the non-JSON token {token}")
-        return None
+        # non_finite == "null": the token is read as None.
 
     def _float(text: str) -> float | None:
         number = float(text)

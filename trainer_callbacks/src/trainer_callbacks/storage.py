@@ -209,7 +209,7 @@ class MetricsStore:
             if if_generation_match is None:
                 if_generation_match = self._live_generation(blob, policy)
             return self._upload(blob, data, if_generation_match, policy)
-        except Exception as error:
+        except Exception as error:  # noqa: BLE001 - deliberate: see below; re-raised as MetricsUploadError
             # Any failure, not only the API's own errors: a checksum mismatch
             # (DataCorruption), a credentials refresh (RefreshError, TransportError),
             # a connection error, or something no one foresaw. The promise is that
