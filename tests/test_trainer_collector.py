@@ -178,10 +178,48 @@ def test_resume_without_a_file_starts_a_new_one(tmp_path: Path) -> None:
 
 
 def test_resume_refuses_a_misaligned_file(tmp_path: Path) -> None:
-    """Appending to a corrupt file would make it worse: resuming one raises ValueError."""
-    (tmp_path / FILE).write_text(json.dumps({"epochs": [0, 1], "loss": {"loss": [1.0]}}))
+    """Appending to a corrupt file would make it worse: entering the block raises ValueError, and so does any later use."""
+    original = json.dumps({"epochs": [0, 1], "loss": {"loss": [1.0]}})
+    (tmp_path / FILE).write_text(original)
+    c = MetricsCollector(tmp_path, resume=True)
+    with pytest.raises(ValueError, match="'loss.loss' has 1 entries for 2 epochs"), c:
+        pass  # never reached: the file is read (and refused) on entering
     with pytest.raises(ValueError, match="'loss.loss' has 1 entries for 2 epochs"):
-        MetricsCollector(tmp_path, resume=True)
+        c.log_metric("loss", 0.5, step=2)
+    assert (tmp_path / FILE).read_text() == original
+
+
+def test_resume_reads_the_file_on_entering_not_in_init(tmp_path: Path) -> None:
+    """resume=True does no I/O in __init__: the file is read when the with block starts (or at first use)."""
+    MetricsCollector(tmp_path / "never-created", resume=True)  # no folder to read, no error: nothing was read
+    (tmp_path / FILE).write_text(json.dumps({"epochs": [0], "loss": {"loss": [1.0]}}))
+    c = MetricsCollector(tmp_path, resume=True)
+    # Replaced after construction and before entering: the collector continues this version.
+    (tmp_path / FILE).write_text(json.dumps({"epochs": [0, 1], "loss": {"loss": [1.0, 0.8]}}))
+    with c:
+        assert c.epochs == [0, 1]
+        c.log_metric("loss", 0.6, step=2)
+    assert read(tmp_path)["loss"]["loss"] == [1.0, 0.8, 0.6]
+
+    lazy = MetricsCollector(tmp_path, resume=True)  # without a with block, the first use reads it
+    assert lazy.histogram_edges("weight_stats", "query") is None and lazy.epochs == [0, 1, 2]
+
+
+def test_resume_reads_nan_and_infinity_tokens_as_null(tmp_path: Path) -> None:
+    """A file from the plan's sketch (json.dumps' NaN/Infinity tokens, 1e999) resumes with those values as null, and is saved as strict JSON."""
+    sketch = json.dumps(  # json.dumps' default allow_nan=True, as the plan's sketch wrote
+        {"epochs": [0, 1], "loss": {"loss": [0.5, float("nan")], "val_loss": [float("inf"), 0.7]},
+         "final_metrics": {"final_loss": float("-inf")}, "params": {"lr": float("nan")}}
+    ).replace("0.7", "1e999")
+    assert "NaN" in sketch and "-Infinity" in sketch and "1e999" in sketch
+    (tmp_path / FILE).write_text(sketch)
+    with MetricsCollector(tmp_path, resume=True) as c:
+        assert c.epochs == [0, 1]
+        c.log_metric("loss", 0.4, step=2)
+    doc = read(tmp_path)  # strict: no NaN/Infinity token left
+    assert doc["loss"] == {"loss": [0.5, None, 0.4], "val_loss": [None, None, None]}
+    assert doc["final_metrics"] == {"final_loss": None} and doc["params"] == {"lr": None}
+    check_document(doc)
 
 
 def test_periodic_flush_saves_running(tmp_path: Path) -> None:
@@ -191,6 +229,7 @@ def test_periodic_flush_saves_running(tmp_path: Path) -> None:
     assert c.maybe_flush() is False and not (tmp_path / FILE).exists()
     c.flush_every = 1e-9
     assert c.maybe_flush() is True
+    assert c.wait_for_flush(timeout=30)
     assert read(tmp_path)["status"] == "running"
 
 

@@ -69,6 +69,7 @@ def test_training_writes_an_aligned_valid_file(tmp_path: Path) -> None:
 
     def record_flush(epoch: int, logs: Any) -> None:
         if epoch:  # MetricsCallback flushed the finished epochs as this one began (flush_every is tiny)
+            assert collector.wait_for_flush(timeout=60)  # the flush uploads in the background
             on_disk = read(tmp_path)
             flushed.append((on_disk["status"], on_disk["epochs"], on_disk["gradient_stats"]["query"]["norm"].count(None)))
 

@@ -1,10 +1,19 @@
 """Checks of training_metrics.json shared by both sides' tests.
 
 ``check_document(doc)`` validates against the shared JSON Schema
-(functions/ingest/schema/training_metrics.v1.schema.json, read by path) and then
-checks what JSON Schema cannot say: epochs strictly increase, every per-epoch
-series and histogram counts row has one entry per epoch, and each counts row has
-len(bin_edges) - 1 entries. It raises AssertionError naming the problem.
+(functions/ingest/schema/training_metrics.v1.schema.json, read by path), then
+serializes ``doc`` as strict JSON (no NaN/Infinity: the file format forbids
+them) and hands the bytes to the function's own reader,
+``ingest.document.prepare``, the code that ingests the file in production. The
+reader checks what JSON Schema cannot say (epochs strictly increase, every
+per-epoch series and histogram counts row has one entry per epoch, each counts
+row has len(bin_edges) - 1 entries, bin edges finite and increasing) and names
+the problem when it rejects. A document the reader would have to change (a
+value it turns into null) fails too: the trainer writes exactly what gets stored.
+Every failure is an AssertionError naming the problem.
+
+The trainer package never imports the function code (DESIGN.md); its tests may,
+so the trainer's output is checked by the one real reader.
 
 Example::
 
@@ -21,6 +30,8 @@ from pathlib import Path
 from typing import Any
 
 import jsonschema
+from ingest import document as function_reader
+from ingest.errors import Rejected
 
 SCHEMA_PATH = Path(__file__).resolve().parents[2] / "functions" / "ingest" / "schema" / "training_metrics.v1.schema.json"
 
@@ -41,30 +52,6 @@ def check_schema(doc: Any) -> None:
         raise AssertionError("training_metrics.json does not match the schema:\n" + "\n".join(lines))
 
 
-def check_alignment(doc: dict[str, Any]) -> None:
-    """AssertionError for what the schema cannot express (see the module docstring)."""
-    epochs = doc["epochs"]
-    for earlier, later in zip(epochs, epochs[1:]):
-        assert later > earlier, f"epochs are not strictly increasing: {earlier} then {later}"
-    n = len(epochs)
-    for section in ("loss", "metrics", "gradient"):
-        for name, series in (doc.get(section) or {}).items():
-            assert len(series) == n, f"{section}.{name} has {len(series)} entries for {n} epochs"
-    for section in ("weight_stats", "gradient_stats"):
-        for tower, stats in (doc.get(section) or {}).items():
-            for name, series in stats.items():
-                if name == "histogram":
-                    edges, counts = series["bin_edges"], series["counts"]
-                    assert len(counts) == n, f"{section}.{tower}.histogram.counts has {len(counts)} rows for {n} epochs"
-                    assert all(b > a for a, b in zip(edges, edges[1:])), f"{section}.{tower}.histogram.bin_edges are not increasing"
-                    for epoch, row in zip(epochs, counts):
-                        assert row is None or len(row) == len(edges) - 1, (
-                            f"{section}.{tower}.histogram.counts at epoch {epoch} has {len(row)} bins for {len(edges)} edges"
-                        )
-                else:
-                    assert len(series) == n, f"{section}.{tower}.{name} has {len(series)} entries for {n} epochs"
-
-
 def check_strict_json(data: bytes) -> Any:
     """Parse ``data`` as RFC 8259 JSON (no NaN/Infinity tokens) and return it."""
 
@@ -75,11 +62,36 @@ def check_strict_json(data: bytes) -> Any:
     return doc
 
 
+def _non_finite_paths(value: Any, where: str = "$") -> list[str]:
+    """Where ``value`` holds NaN or an infinity (JSON has no token for them)."""
+    if isinstance(value, float):
+        return [] if math.isfinite(value) else [f"{where} = {value}"]
+    if isinstance(value, dict):
+        return [p for key, item in value.items() for p in _non_finite_paths(item, f"{where}.{key}")]
+    if isinstance(value, list):
+        return [p for i, item in enumerate(value) for p in _non_finite_paths(item, f"{where}[{i}]")]
+    return []
+
+
+def check_with_function_reader(doc: Any) -> dict[str, Any]:
+    """Strict JSON bytes of ``doc`` through ``ingest.document.prepare``; returns what it would store.
+
+    AssertionError when ``doc`` holds a non-finite number, when the reader
+    rejects the bytes (with the reader's reason) or when it would change a value.
+    """
+    bad = _non_finite_paths(doc)
+    assert not bad, "non-finite numbers (the format writes null): " + ", ".join(bad[:10])
+    data = json.dumps(doc, allow_nan=False, ensure_ascii=False).encode("utf-8")
+    try:
+        prepared = function_reader.prepare(data)
+    except Rejected as rejected:
+        raise AssertionError(f"the ingestion function's reader rejects the document: {rejected}") from None
+    changed = sorted(key for key in doc if prepared.document.get(key) != doc[key])
+    assert not changed, f"the ingestion function's reader would change {changed}"
+    return prepared.document
+
+
 def check_document(doc: Any) -> None:
-    """Schema plus alignment; AssertionError naming the first kind of problem found."""
+    """Schema, then the function's reader; AssertionError naming the first kind of problem found."""
     check_schema(doc)
-    check_alignment(doc)
-    for section in ("loss", "metrics", "gradient"):
-        for name, series in (doc.get(section) or {}).items():
-            for value in series:
-                assert value is None or math.isfinite(value), f"{section}.{name} holds {value}"
+    check_with_function_reader(doc)

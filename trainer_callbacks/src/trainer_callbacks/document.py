@@ -81,13 +81,38 @@ def dumps(document: Mapping[str, Any]) -> bytes:
     return json.dumps(document, allow_nan=False, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
 
 
-def loads(data: bytes | str) -> dict[str, Any]:
-    """Parse a document, refusing ``NaN``/``Infinity`` tokens and non-objects."""
+def loads(data: bytes | str, *, non_finite: str = "reject") -> dict[str, Any]:
+    """Parse a document; refuses non-objects.
 
-    def _reject(token: str) -> None:
-        raise ValueError(f"training_metrics.json contains the non-JSON token {token}")
+    Args:
+        data: the file's bytes (UTF-8) or text.
+        non_finite: what to do with ``NaN``/``Infinity`` tokens and numbers too
+            large for a float (``1e999``): ``"reject"`` (default) raises
+            ValueError; ``"null"`` reads them as None, as the ingestion function
+            does (files from the plan's original sketch, written with
+            ``json.dumps``' defaults, hold such tokens).
 
-    document = json.loads(data, parse_constant=_reject)
+    Example::
+
+        loads(b'{"epochs": [0], "loss": {"loss": [NaN]}}', non_finite="null")["loss"]   # {"loss": [None]}
+    """
+    if non_finite not in ("reject", "null"):
+        raise ValueError(f"Invalid value for argument `non_finite`. Received: non_finite={non_finite!r}. Expected 'reject' or 'null'.")
+
+    def _constant(token: str) -> None:
+        if non_finite == "reject":
+            raise ValueError(f"training_metrics.json contains the non-JSON token {token}")
+        # non_finite == "null": the token is read as None.
+
+    def _float(text: str) -> float | None:
+        number = float(text)
+        if math.isfinite(number):
+            return number
+        if non_finite == "reject":
+            raise ValueError(f"training_metrics.json contains the number {text}, too large for a float")
+        return None
+
+    document = json.loads(data, parse_constant=_constant, parse_float=_float)
     if not isinstance(document, dict):
         raise ValueError("training_metrics.json must hold a JSON object")
     return document

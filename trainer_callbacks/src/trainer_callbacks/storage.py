@@ -26,24 +26,51 @@ DEFAULT_FILENAME = "training_metrics.json"
 
 
 class MetricsUploadError(RuntimeError):
-    """Saving the document failed; a copy is at ``fallback_path`` (None if even that failed)."""
+    """Saving the document failed; a copy is at ``fallback_path`` (None if even that failed).
 
-    def __init__(self, message: str, *, uri: str, fallback_path: str | None) -> None:
+    ``generation`` is the object generation the failed upload created anyway, when
+    GCS said so (a checksum mismatch: the server's bytes are not the ones sent;
+    the client then tries to delete that version), so the next save may replace
+    exactly that generation. Otherwise None.
+    """
+
+    def __init__(self, message: str, *, uri: str, fallback_path: str | None, generation: int | None = None) -> None:
         super().__init__(message)
         self.uri = uri
         self.fallback_path = fallback_path
+        self.generation = generation
 
 
 @dataclasses.dataclass(frozen=True)
 class RetryPolicy:
     """Backoff for GCS uploads (google.api_core exponential backoff with jitter).
 
+    Transient errors (429, 5xx, connection errors and timeouts) are retried,
+    waiting ``initial`` seconds, then ``multiplier`` times longer each try (at
+    most ``maximum``), until ``deadline`` seconds have passed since the first
+    try; each request may take up to ``timeout`` seconds. Permanent errors (403,
+    412...) are not retried. A save that fails for good leaves the document on
+    local disk and raises :class:`MetricsUploadError`.
+
     Args:
-        initial: first wait in seconds (default 1.0).
-        maximum: longest single wait in seconds (default 32.0).
-        multiplier: growth of the wait per try (default 2.0).
-        deadline: give up after this many seconds in all (default 300.0).
-        timeout: per-request timeout in seconds (default 60.0).
+        initial: first wait in seconds (float, default 1.0).
+        maximum: longest single wait in seconds (float, default 32.0).
+        multiplier: growth of the wait per try (float, default 2.0).
+        deadline: give up after this many seconds in all (float, default 300.0).
+        timeout: per-request timeout in seconds (float, default 60.0).
+
+    Example::
+
+        from trainer_callbacks import MetricsCollector, RetryPolicy
+
+        # The final save tries for up to 10 minutes; periodic flushes (which run
+        # in the background) give up after 30 seconds and wait for the next one.
+        collector = MetricsCollector(
+            "gs://ml-artifacts/quick_tests/42",
+            flush_every=600,
+            retry=RetryPolicy(deadline=600),
+            flush_retry=RetryPolicy(maximum=8, deadline=30, timeout=20),
+        )
     """
 
     initial: float = 1.0
@@ -62,6 +89,7 @@ class RetryPolicy:
                 )
 
     def api_core_retry(self) -> Any:
+        """This policy as a ``google.api_core.retry.Retry`` (the storage client's default predicate)."""
         from google.cloud.storage.retry import DEFAULT_RETRY
 
         return DEFAULT_RETRY.with_delay(
@@ -159,11 +187,12 @@ class MetricsStore:
                 continue
         raise RuntimeError(f"{self.uri} kept changing while it was being read; is another job writing it?")
 
-    def write(self, data: bytes, *, if_generation_match: int | None = None) -> int | None:
+    def write(self, data: bytes, *, if_generation_match: int | None = None, retry: RetryPolicy | None = None) -> int | None:
         """Write the document; returns the new GCS generation (None locally).
 
         ``if_generation_match``: the generation we last wrote or read (0: the object
         must not exist yet; None: learn the live generation first, then write over it).
+        ``retry``: backoff for this write (default: the store's ``retry``).
 
         Raises:
             MetricsUploadError: the upload failed after retries (transient errors) or
@@ -174,28 +203,31 @@ class MetricsStore:
         if not self.is_gcs:
             atomic_write(self.uri, data)
             return None
-        from google.api_core import exceptions
-        from google.auth import exceptions as auth_exceptions
-
+        policy = retry or self.retry
         try:
             blob = self._blob()
             if if_generation_match is None:
-                if_generation_match = self._live_generation(blob)
-            return self._upload(blob, data, if_generation_match)
-        except (exceptions.GoogleAPICallError, exceptions.RetryError, auth_exceptions.GoogleAuthError, OSError) as error:
+                if_generation_match = self._live_generation(blob, policy)
+            return self._upload(blob, data, if_generation_match, policy)
+        except Exception as error:  # noqa: BLE001 - deliberate: see below; re-raised as MetricsUploadError
+            # Any failure, not only the API's own errors: a checksum mismatch
+            # (DataCorruption), a credentials refresh (RefreshError, TransportError),
+            # a connection error, or something no one foresaw. The promise is that
+            # the document survives on local disk whatever went wrong, so every
+            # exception ends in the fallback copy and MetricsUploadError (chained).
             self._fail(data, error)
         raise AssertionError("unreachable")  # _fail always raises
 
-    def _live_generation(self, blob: Any) -> int:
+    def _live_generation(self, blob: Any, policy: RetryPolicy) -> int:
         from google.api_core import exceptions
 
         try:
-            blob.reload(retry=self.retry.api_core_retry(), timeout=self.retry.timeout)
+            blob.reload(retry=policy.api_core_retry(), timeout=policy.timeout)
         except exceptions.NotFound:
             return 0
         return int(blob.generation)
 
-    def _upload(self, blob: Any, data: bytes, generation: int) -> int:
+    def _upload(self, blob: Any, data: bytes, generation: int, policy: RetryPolicy) -> int:
         from google.api_core import exceptions
 
         try:
@@ -203,20 +235,29 @@ class MetricsStore:
                 data,
                 content_type="application/json",
                 if_generation_match=generation,
-                retry=self.retry.api_core_retry(),
-                timeout=self.retry.timeout,
+                retry=policy.api_core_retry(),
+                timeout=policy.timeout,
             )
-        except exceptions.PreconditionFailed:
+        except exceptions.PreconditionFailed as refused:
+            live = self._blob()
+            try:
+                live.reload(retry=policy.api_core_retry(), timeout=policy.timeout)
+            except exceptions.NotFound:
+                # The object is gone: after a checksum mismatch the client deletes
+                # the version it just created, and the precondition still names it.
+                # Where nothing exists, writing clobbers no one's version.
+                if generation == 0:
+                    raise refused from None
+                return self._upload(self._blob(), data, 0, policy)
             # A request that succeeded but whose answer was lost is retried and then
             # refused: if the live object holds exactly our bytes, the save happened.
-            live = self._blob()
-            live.reload(retry=self.retry.api_core_retry(), timeout=self.retry.timeout)
             if live.md5_hash != base64.b64encode(hashlib.md5(data).digest()).decode():
                 raise
             return int(live.generation)
         return int(blob.generation)
 
     def _fail(self, data: bytes, error: BaseException) -> None:
+        generation = _created_generation(error)
         fallback = os.path.join(self.fallback_dir, self.bucket_name, self.object_name)
         try:
             atomic_write(fallback, data)
@@ -227,11 +268,13 @@ class MetricsStore:
                 f"could not be written either ({local_error})",
                 uri=self.uri,
                 fallback_path=None,
+                generation=generation,
             ) from error
         raise MetricsUploadError(
             f"could not upload {self.uri} ({_describe(error)}); the document was written to {fallback}",
             uri=self.uri,
             fallback_path=fallback,
+            generation=generation,
         ) from error
 
 
@@ -241,7 +284,38 @@ def _describe(error: BaseException) -> str:
     cause = getattr(error, "cause", None)  # RetryError wraps the last transient error
     if cause is not None:
         return f"{error.__class__.__name__}: gave up retrying; last error: {cause}"
+    if _is_response(getattr(error, "response", None)) and error.args and error.args[0] is error.response:
+        # DataCorruption / InvalidResponse carry (response, message, ...): name the message.
+        return f"{error.__class__.__name__}: {' '.join(str(a) for a in error.args[1:])}"
     return f"{error.__class__.__name__}: {error}"
+
+
+def _is_response(value: Any) -> bool:
+    return value is not None and hasattr(value, "status_code")
+
+
+def _created_generation(error: BaseException) -> int | None:
+    """The generation an upload created although it failed (a checksum mismatch).
+
+    GCS answered 200 with the new object's resource, and the client then found
+    that the server's checksum is not the one of the bytes it sent. The client
+    tries to delete that version; if the delete fails too, the bad version stays
+    live, and knowing its generation lets the next save replace it (a
+    precondition on the previous generation would be refused as another
+    writer's). If the delete succeeded, the next save finds no object and
+    creates it (see ``_upload``).
+    """
+    from google.cloud.storage.exceptions import DataCorruption
+
+    if not isinstance(error, DataCorruption):
+        return None
+    response = getattr(error, "response", None)
+    if not _is_response(response) or response.status_code != 200:
+        return None
+    try:
+        return int(response.json()["generation"])
+    except (ValueError, KeyError, TypeError):
+        return None
 
 
 def atomic_write(path: str, data: bytes) -> None:
