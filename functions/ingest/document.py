@@ -270,6 +270,16 @@ _NUMBER = frozenset({float, int})
 _INT = frozenset({int})
 _STR = frozenset({str})
 _LIST = frozenset({list})
+# Exact Python types per JSON type; "integer" leaves out 3.0, which then takes the generic check.
+_PY_TYPES: dict[str, frozenset[type]] = {
+    "string": _STR,
+    "number": _NUMBER,
+    "integer": _INT,
+    "boolean": frozenset({bool}),
+    "null": frozenset({type(None)}),
+    "array": _LIST,
+    "object": frozenset({dict}),
+}
 
 
 def _all_satisfy(sub: Mapping[str, Any]) -> Callable[[list[Any]], bool] | None:
@@ -292,6 +302,8 @@ def _all_satisfy(sub: Mapping[str, Any]) -> Callable[[list[Any]], bool] | None:
         if types == {"integer"}:
             low = -math.inf if minimum is None else minimum
             return lambda xs: typed(_INT)(xs) and (not xs or min(xs) >= low)
+        if minimum is None and types and types <= _PY_TYPES.keys():  # e.g. params: string/number/boolean/null
+            return typed(frozenset().union(*(_PY_TYPES[t] for t in types)))
         return None
     if types == {"string"} and keys <= {"type", "minLength", "maxLength"}:
         low, high = sub.get("minLength", 0), sub.get("maxLength", math.inf)
