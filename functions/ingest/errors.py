@@ -1,7 +1,9 @@
 """The product's errors, split by what the caller should do about them.
 
-* :class:`TransientError`: try again later (database unreachable, GCS 5xx or
-  timeout). The Cloud Function lets it propagate, so the event is redelivered.
+* :class:`TransientError`: try again later (database unreachable, GCS 5xx,
+  408, 429 or timeout, GCS 401/403 and credentials failures, which an operator
+  fixes: see :func:`ingest.gcs.classify_gcs_error`). The Cloud Function lets it
+  propagate, so the event is redelivered.
 * :class:`BadEvent`: the event itself is malformed; retrying cannot help.
 * :class:`Rejected`: the file is bad; recorded as outcome ``rejected`` and
   acknowledged, so a bad file never causes a retry storm.
