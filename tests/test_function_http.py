@@ -281,13 +281,13 @@ def _odd(resource: dict[str, Any], **changes: Any) -> dict[str, Any]:
     return {**resource, **changes}
 
 
+FINALIZED_TYPE = "google.cloud.storage.object.v1.finalized"
 ODD_EVENTS: list[tuple[str, str, dict[str, Any], str, str]] = [
     # (case, CloudEvent type, changes to the object resource, expected outcome, severity)
     ("metadata-updated", "google.cloud.storage.object.v1.metadataUpdated", {}, "ignored_event_type", "WARNING"),
     ("deleted", "google.cloud.storage.object.v1.deleted", {}, "ignored_event_type", "WARNING"),
     ("archived", "google.cloud.storage.object.v1.archived", {}, "ignored_event_type", "WARNING"),
-    ("generation-out-of-range", FINALIZED_TYPE := "google.cloud.storage.object.v1.finalized",
-     {"generation": str(2**70)}, "bad_event", "ERROR"),
+    ("generation-out-of-range", FINALIZED_TYPE, {"generation": str(2**70)}, "bad_event", "ERROR"),
     ("generation-5000-digits", FINALIZED_TYPE, {"generation": "9" * 5000}, "bad_event", "ERROR"),
     ("size-out-of-range", FINALIZED_TYPE, {"size": str(2**64)}, "bad_event", "ERROR"),
     ("missing-generation", FINALIZED_TYPE, {"generation": None}, "bad_event", "ERROR"),
