@@ -83,3 +83,26 @@ def test_params_values_take_the_fast_path_and_agree_with_jsonschema() -> None:
         if check(values):
             assert all(plain.is_valid(v) for v in values)
     assert check(["a", 1, 2.5, True, None]) and not check([[1]]) and not check([{"a": 1}])
+
+
+def test_memory_budget_grants_holds_in_arrival_order() -> None:
+    """A small hold that would fit does not overtake a large one already waiting (no starvation)."""
+    budget = MemoryBudget(100)
+    order: list[str] = []
+
+    def hold(name: str, weight: int) -> None:
+        with budget.hold(weight):
+            order.append(name)
+
+    with budget.hold(50):
+        large = threading.Thread(target=hold, args=("large", 100))
+        large.start()
+        large.join(0.2)
+        assert large.is_alive()  # 50 + 100 > 100: the large hold waits
+        small = threading.Thread(target=hold, args=("small", 10))
+        small.start()
+        small.join(0.3)
+        assert small.is_alive() and order == []  # 50 + 10 fits, but the large one is first in line
+    large.join(5)
+    small.join(5)
+    assert order == ["large", "small"] and budget.in_use == 0

@@ -15,6 +15,7 @@ Example::
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import threading
 from collections.abc import Iterator
@@ -33,7 +34,8 @@ BUDGET_FILES = 2
 class MemoryBudget:
     """A weighted semaphore: a hold of ``weight`` waits while the holds in flight
     would pass ``capacity``. A weight above the capacity is held as the whole
-    capacity (it runs alone rather than never).
+    capacity (it runs alone rather than never). Holds are granted in arrival
+    order, so a stream of small files cannot starve a large one.
 
     Example::
 
@@ -46,6 +48,7 @@ class MemoryBudget:
         self.capacity = capacity
         self.in_use = 0
         self._changed = threading.Condition()
+        self._queue: collections.deque[object] = collections.deque()
 
     @contextlib.contextmanager
     def hold(self, weight: int) -> Iterator[None]:
@@ -53,10 +56,14 @@ class MemoryBudget:
         if weight <= 0:
             yield
             return
+        ticket = object()
         with self._changed:
-            while self.in_use + weight > self.capacity:
+            self._queue.append(ticket)
+            while self._queue[0] is not ticket or self.in_use + weight > self.capacity:
                 self._changed.wait()
+            self._queue.popleft()
             self.in_use += weight
+            self._changed.notify_all()  # the next in line may fit as well
         try:
             yield
         finally:
