@@ -97,6 +97,15 @@ BROKEN: list[tuple[str, bytes, str]] = [
     ("invalid-utf8", b'{"epochs": [], "params": {"name": "caf\xe9"}}', "not valid UTF-8 (byte 38"),
     ("deep-nesting", b'{"epochs": [], "params": ' + b"[" * 100_000 + b"]" * 100_000 + b"}", "nested more than 64 levels"),
     ("huge-integer", b'{"epochs": [' + b"9" * 5000 + b"]}", "not usable JSON"),
+    (
+        "huge-int-bin-edge",
+        _bad({**v1_document(1), "weight_stats": {"q": {"histogram": {"bin_edges": [0, 10**400], "counts": [[1]]}}}}),
+        "weight_stats.q.histogram.bin_edges must be finite numbers",
+    ),
+    ("nul-in-name", b'{"epochs": [0], "loss": {"a\\u0000b": [1, 2]}}', "loss.a\\x00b has 2 values for 1 epochs"),
+    ("surrogate-in-name", b'{"epochs": [0], "loss": {"a\\ud800": [1, 2]}}', "loss.a\\ud800 has 2 values for 1 epochs"),
+    ("nul-in-path", b'{"epochs": [0], "metrics": {"m\\u0000": ["x"]}}', "at $.metrics.m\\x00[0]: expected number"),
+    ("long-name", b'{"epochs": [0], "loss": {"' + b"n" * 256 + b'": [1, 2]}}', "loss.nnnn"),
 ]
 
 
@@ -107,6 +116,8 @@ def test_broken_files_are_rejected_with_a_reason(case: str, raw: bytes, fragment
         document.load_document(raw)
     assert fragment in caught.value.reason, caught.value.reason
     assert len(caught.value.reason) <= 300
+    # Storable as PostgreSQL text and writable as UTF-8, whatever the file holds.
+    assert "\x00" not in caught.value.reason and caught.value.reason.encode("utf-8")
 
 
 def test_depth_guard_allows_ordinary_nesting_and_brackets_in_strings() -> None:

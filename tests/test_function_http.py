@@ -11,6 +11,7 @@ from cloudevents.conversion import to_binary, to_structured
 
 import functions_framework
 from ingest import store
+from ingest.errors import printable
 from metrics_ingest.gcs_emulator import Fault
 from tests.support.documents import dumps, v1_document
 from tests.support.function_server import ROOT, FunctionServer, finalize_event
@@ -218,3 +219,165 @@ def test_real_server_concurrent_deliveries_keep_the_newest(
     records = platform_db.ingestions("ml-artifacts", newest["name"])
     assert len(records) == 16
     assert [r["generation"] for r in records if r["outcome"] == "ingested"] == [int(newest["generation"])]
+
+
+def _hostile_files() -> list[tuple[str, bytes, str | None, str]]:
+    """test_pipeline's HOSTILE set plus names and values that once escaped as a 500 (case, data, encoding, outcome)."""
+    from tests.test_pipeline import HOSTILE
+
+    tower = {"mean": [0.0], "histogram": {"bin_edges": [0, 1], "counts": [[1]]}}
+    extra = [
+        ("nul-name", b'{"epochs": [0], "loss": {"a\\u0000b": [1, 2]}}', None, "rejected"),
+        ("surrogate-name", b'{"epochs": [0], "loss": {"a\\ud800": [1, 2]}}', None, "rejected"),
+        ("surrogate-name-valid-file", b'{"epochs": [0], "params": {"a\\ud800": 1}}', None, "rejected"),
+        ("nul-name-valid-file", b'{"epochs": [0], "params": {"a\\u0000": 1}}', None, "rejected"),
+        ("huge-int-bin-edge", dumps({"epochs": [0], "weight_stats": {"q": {**tower, "histogram": {
+            "bin_edges": [0, 10**400], "counts": [[1]]}}}}), None, "rejected"),
+        ("huge-int-series", dumps({"epochs": [0], "loss": {"loss": [10**400]}}), None, "ingested"),
+        ("stats-wrong-type", dumps({"epochs": [0], "weight_stats": {"q": {**tower, "mean": "x"}}}), None, "rejected"),
+        ("stats-not-object", dumps({"epochs": [0], "gradient_stats": {"q": [1]}}), None, "rejected"),
+        ("histogram-float-count", dumps({"epochs": [0], "weight_stats": {"q": {**tower, "histogram": {
+            "bin_edges": [0, 1], "counts": [[1.5]]}}}}), None, "rejected"),
+        ("histogram-string-edge", dumps({"epochs": [0], "weight_stats": {"q": {**tower, "histogram": {
+            "bin_edges": ["0", 1], "counts": [[1]]}}}}), None, "rejected"),
+        ("params-list", dumps({"epochs": [0], "params": {"layers": [1, 2]}}), None, "rejected"),
+        ("params-huge-int", dumps({"epochs": [0], "params": {"seed": 10**400}}), None, "ingested"),
+    ]
+    return [(case, data, encoding, "rejected") for case, data, encoding, _ in HOSTILE] + extra
+
+
+HOSTILE_FILES = _hostile_files()
+
+
+@pytest.mark.parametrize(("case", "data", "encoding", "outcome"), HOSTILE_FILES, ids=[h[0] for h in HOSTILE_FILES])
+def test_hostile_file_over_http_is_acknowledged_with_one_record_and_one_log_line(
+    client: Any,
+    platform_db: PlatformDb,
+    artifacts: Artifacts,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    case: str,
+    data: bytes,
+    encoding: str | None,
+    outcome: str,
+) -> None:
+    """A hostile file answers 2xx with exactly one ingestion record and one JSON log line naming it (never a retry)."""
+    monkeypatch.setenv("MAX_METRICS_BYTES", "100000")
+    row_id, folder = platform_db.new_quicktest()
+    resource = artifacts.upload(folder, data, content_encoding=encoding)
+    event_id = f"evt-hostile-{case}"
+    response = post(client, resource, event_id=event_id)
+    assert response.status_code == 200
+    [record] = platform_db.ingestions("ml-artifacts", resource["name"])
+    assert (record["outcome"], record["event_id"], record["quicktest_id"]) == (outcome, event_id, row_id)
+    [entry] = [e for e in _log_entries(capsys.readouterr().out) if e.get("event_id") == event_id]
+    assert entry["severity"] == ("ERROR" if outcome == "rejected" else "INFO")
+    assert (entry["object"], entry["generation"], entry["outcome"]) == (
+        f"gs://ml-artifacts/{resource['name']}", int(resource["generation"]), outcome)
+    assert entry["reason"] == record["reason"]
+
+
+def _odd(resource: dict[str, Any], **changes: Any) -> dict[str, Any]:
+    return {**resource, **changes}
+
+
+FINALIZED_TYPE = "google.cloud.storage.object.v1.finalized"
+ODD_EVENTS: list[tuple[str, str, dict[str, Any], str, str]] = [
+    # (case, CloudEvent type, changes to the object resource, expected outcome, severity)
+    ("metadata-updated", "google.cloud.storage.object.v1.metadataUpdated", {}, "ignored_event_type", "WARNING"),
+    ("deleted", "google.cloud.storage.object.v1.deleted", {}, "ignored_event_type", "WARNING"),
+    ("archived", "google.cloud.storage.object.v1.archived", {}, "ignored_event_type", "WARNING"),
+    ("generation-out-of-range", FINALIZED_TYPE, {"generation": str(2**70)}, "bad_event", "ERROR"),
+    ("generation-5000-digits", FINALIZED_TYPE, {"generation": "9" * 5000}, "bad_event", "ERROR"),
+    ("size-out-of-range", FINALIZED_TYPE, {"size": str(2**64)}, "bad_event", "ERROR"),
+    ("missing-generation", FINALIZED_TYPE, {"generation": None}, "bad_event", "ERROR"),
+    ("nul-in-name", FINALIZED_TYPE, {"name": "q/a\x00b/training_metrics.json"}, "bad_event", "ERROR"),
+    ("surrogate-in-name", FINALIZED_TYPE, {"name": "q/a\ud800b/training_metrics.json"}, "bad_event", "ERROR"),
+]
+
+
+@pytest.mark.parametrize(("case", "event_type", "changes", "outcome", "severity"), ODD_EVENTS,
+                         ids=[o[0] for o in ODD_EVENTS])
+def test_odd_event_is_acknowledged_with_one_log_line_and_no_ingestion(
+    client: Any,
+    platform_db: PlatformDb,
+    artifacts: Artifacts,
+    capsys: pytest.CaptureFixture[str],
+    case: str,
+    event_type: str,
+    changes: dict[str, Any],
+    outcome: str,
+    severity: str,
+) -> None:
+    """A non-finalize event or a malformed object resource answers 2xx, leaves the row alone, and logs one JSON line naming the object."""
+    row_id, folder = platform_db.new_quicktest()
+    resource = artifacts.upload(folder, dumps(v1_document(2)))
+    data = {k: v for k, v in _odd(resource, **changes).items() if v is not None}
+    event_id = f"evt-odd-{case}"
+    headers, body = to_structured(finalize_event(resource, event_id))
+    envelope = json.loads(body)
+    envelope["type"], envelope["data"] = event_type, data
+    response = client.post("/", headers=headers, data=json.dumps(envelope))
+    assert response.status_code == 200
+    assert platform_db.history(row_id) is None
+    assert platform_db.ingestions("ml-artifacts", resource["name"]) == []
+    [entry] = [e for e in _log_entries(capsys.readouterr().out) if e.get("event_id") == event_id]
+    assert (entry["severity"], entry["outcome"]) == (severity, outcome)
+    # The raw fields, escaped and clipped: the line says which object the event was about.
+    assert (entry["bucket"], entry["object"]) == ("ml-artifacts", f"gs://ml-artifacts/{printable(data['name'])}")
+    assert entry["generation"] == (printable(data["generation"]) if "generation" in data else None)
+
+
+def test_event_id_with_a_nul_is_recorded_escaped(
+    client: Any, platform_db: PlatformDb, artifacts: Artifacts, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A CloudEvent id holding a NUL (PostgreSQL text cannot) is recorded and logged escaped, 2xx."""
+    row_id, folder = platform_db.new_quicktest()
+    resource = artifacts.upload(folder, dumps(v1_document(2)))
+    headers, body = to_structured(finalize_event(resource))
+    envelope = json.loads(body)
+    envelope["id"] = "evt-\x00-nul"
+    assert client.post("/", headers=headers, data=json.dumps(envelope)).status_code == 200
+    [record] = platform_db.ingestions("ml-artifacts", resource["name"])
+    assert (record["outcome"], record["event_id"]) == ("ingested", "evt-\\x00-nul")
+    assert platform_db.history(row_id)["epochs"] == [0, 1]
+
+
+@pytest.mark.parametrize(
+    ("status", "http", "recorded", "fragment"),
+    [
+        (400, 200, "rejected", "HTTP 400"),
+        (416, 200, "rejected", "the file is empty"),
+        (403, 500, None, "storage.objects.get"),
+        (401, 500, None, "service account"),  # the client refreshes its token on a 401 first
+        (429, 500, None, "GCS read"),
+    ],
+    ids=["gcs-400", "gcs-416", "gcs-403", "gcs-401", "gcs-429"],
+)
+def test_gcs_4xx_is_rejected_or_retried_by_status(
+    client: Any,
+    platform_db: PlatformDb,
+    artifacts: Artifacts,
+    capsys: pytest.CaptureFixture[str],
+    status: int,
+    http: int,
+    recorded: str | None,
+    fragment: str,
+) -> None:
+    """GCS 400/416 are recorded as rejected (2xx, the status in the reason); 401/403/429 answer non-2xx so the event is retried."""
+    row_id, folder = platform_db.new_quicktest()
+    resource = artifacts.upload(folder, dumps(v1_document(2)))
+    fault = artifacts.emulator.inject(Fault("GET", folder, status=status, times=10_000))
+    event_id = f"evt-gcs-{status}"
+    assert post(client, resource, event_id=event_id).status_code == http
+    assert fault.hits >= 1
+    assert platform_db.history(row_id) is None
+    records = platform_db.ingestions("ml-artifacts", resource["name"])
+    [entry] = [e for e in _log_entries(capsys.readouterr().out) if e.get("event_id") == event_id]
+    if recorded is None:
+        assert records == [] and (entry["severity"], entry["outcome"]) == ("ERROR", "retry")
+        assert fragment in entry["message"], entry["message"]
+    else:
+        [record] = records
+        assert record["outcome"] == recorded and fragment in record["reason"], record["reason"]
+        assert (entry["severity"], entry["outcome"]) == ("ERROR", "rejected")

@@ -48,12 +48,24 @@ def test_resource_strings_become_integers() -> None:
         ({**RESOURCE, "generation": True}, "'generation' is not an integer"),
         ({**RESOURCE, "name": 5}, "'name' is not a string"),
         (["not", "a", "resource"], "not an object resource"),
+        ({**RESOURCE, "generation": str(2**70)}, "'generation' is out of the int64 range"),
+        ({**RESOURCE, "generation": str(2**63)}, "'generation' is out of the int64 range"),
+        ({**RESOURCE, "size": "9" * 5000}, "'size' is out of the int64 range"),
+        ({**RESOURCE, "generation": 2**70}, "'generation' is out of the int64 range"),
+        ({**RESOURCE, "name": "q/1/\x00/training_metrics.json"}, "'name' is not a UTF-8 string without NUL"),
+        ({**RESOURCE, "name": "q/\ud800/training_metrics.json"}, "'name' is not a UTF-8 string without NUL"),
+        ({**RESOURCE, "bucket": "b\x00"}, "'bucket' is not a UTF-8 string without NUL"),
     ],
 )
 def test_malformed_resource_is_a_bad_event(data: object, fragment: str) -> None:
     """A malformed object resource raises BadEvent naming the field."""
     with pytest.raises(BadEvent, match=fragment.replace("(", r"\(")):
         ObjectRef.from_resource(data)  # type: ignore[arg-type]
+
+
+def test_largest_int64_generation_is_accepted() -> None:
+    """The largest int64 generation is a valid one (the range check is not off by one)."""
+    assert ObjectRef.from_resource({**RESOURCE, "generation": str(2**63 - 1)}).generation == 2**63 - 1
 
 
 def test_name_filter_matches_the_base_name_only() -> None:
@@ -65,6 +77,7 @@ def test_name_filter_matches_the_base_name_only() -> None:
     assert not is_metrics_object("quick_tests/42/training_metrics.json.tmp", settings)
     assert not is_metrics_object("quick_tests/42/old_training_metrics.json", settings)
     assert is_metrics_object("a/m.json", Settings(metrics_filename="m.json"))
+    assert is_metrics_object("a/m.json", "m.json") and not is_metrics_object("a/training_metrics.json", "m.json")
 
 
 def test_settings_from_env_defaults_and_overrides() -> None:

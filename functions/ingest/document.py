@@ -80,7 +80,7 @@ def parse(data: bytes, *, max_depth: int = MAX_DEPTH) -> Any:
 
 def _parse(data: bytes, max_depth: int) -> tuple[str, Any, bool]:
     """(text, value, whether NaN/Infinity tokens were read as null)."""
-    if not data.strip():
+    if not data or data.isspace():  # not strip(): that copies a large file
         raise Rejected("the file is empty")
     try:
         text = data.decode("utf-8")
@@ -270,6 +270,16 @@ _NUMBER = frozenset({float, int})
 _INT = frozenset({int})
 _STR = frozenset({str})
 _LIST = frozenset({list})
+# Exact Python types per JSON type; "integer" leaves out 3.0, which then takes the generic check.
+_PY_TYPES: dict[str, frozenset[type]] = {
+    "string": _STR,
+    "number": _NUMBER,
+    "integer": _INT,
+    "boolean": frozenset({bool}),
+    "null": frozenset({type(None)}),
+    "array": _LIST,
+    "object": frozenset({dict}),
+}
 
 
 def _all_satisfy(sub: Mapping[str, Any]) -> Callable[[list[Any]], bool] | None:
@@ -292,6 +302,8 @@ def _all_satisfy(sub: Mapping[str, Any]) -> Callable[[list[Any]], bool] | None:
         if types == {"integer"}:
             low = -math.inf if minimum is None else minimum
             return lambda xs: typed(_INT)(xs) and (not xs or min(xs) >= low)
+        if minimum is None and types and types <= _PY_TYPES.keys():  # e.g. params: string/number/boolean/null
+            return typed(frozenset().union(*(_PY_TYPES[t] for t in types)))
         return None
     if types == {"string"} and keys <= {"type", "minLength", "maxLength"}:
         low, high = sub.get("minLength", 0), sub.get("maxLength", math.inf)
@@ -330,7 +342,11 @@ def _check_alignment(doc: dict[str, Any]) -> None:
                 continue
             where = f"{key}.{tower}.histogram"
             edges = histogram["bin_edges"]
-            if not all(math.isfinite(e) for e in edges):
+            try:
+                finite = all(math.isfinite(e) for e in edges)
+            except OverflowError:  # an integer beyond any float (10**400): no bin edge either
+                finite = False
+            if not finite:
                 raise Rejected(f"{where}.bin_edges must be finite numbers")
             for i in range(1, len(edges)):
                 if not edges[i] > edges[i - 1]:

@@ -18,7 +18,7 @@ import threading
 import zlib
 from typing import TYPE_CHECKING, Any
 
-from ingest.errors import Gone, Rejected, TransientError
+from ingest.errors import Gone, IngestError, Rejected, TransientError
 from ingest.objects import ObjectRef
 
 if TYPE_CHECKING:
@@ -90,10 +90,10 @@ class _CappedSink:
             raise _Corrupt("the gzip stream has trailing data after its end")
         return len(chunk)
 
-    def getvalue(self) -> bytes:
+    def getvalue(self) -> bytearray:
         if self.gzip and self._inflater is not None and not self._inflater.eof:
             raise _Corrupt("the gzip stream is truncated")
-        return bytes(self._buffer)
+        return self._buffer  # not copied: the parser reads a bytearray as well as bytes
 
     # download_to_file only writes; these keep file-like probes happy.
     def flush(self) -> None:
@@ -107,17 +107,18 @@ class _Corrupt(Exception):
     pass
 
 
-def download(ref: ObjectRef, settings: Settings, *, gcs: Any = None) -> bytes:
+def download(ref: ObjectRef, settings: Settings, *, gcs: Any = None) -> bytearray:
     """The content of ``ref``'s generation (inflated when gzip), at most ``max_metrics_bytes``.
 
     Raises:
-        Rejected: larger than the cap (raw or inflated), or a corrupt gzip stream.
+        Rejected: larger than the cap (raw or inflated), a corrupt gzip stream,
+            or a GCS 4xx that no retry can change (see :func:`classify_gcs_error`).
         Gone: that generation does not exist any more (replaced or deleted).
-        TransientError: GCS answered 5xx / 429 / an auth error, or timed out.
+        TransientError: GCS answered 5xx / 408 / 429 / 401 / 403, timed out,
+            the connection or the credentials' token fetch failed, or the
+            checksum did not match.
     """
-    from google.api_core import exceptions as gexc
     from google.cloud.storage.retry import DEFAULT_RETRY
-    from requests import exceptions as rexc
 
     gcs = gcs or client()
     blob = gcs.bucket(ref.bucket).blob(ref.name, generation=ref.generation)
@@ -143,7 +144,61 @@ def download(ref: ObjectRef, settings: Settings, *, gcs: Any = None) -> bytes:
         raise Rejected(str(exc)) from None
     except _Corrupt as exc:
         raise Rejected(str(exc)) from None
-    except gexc.NotFound:
-        raise Gone(f"generation {ref.generation} of gs://{ref.bucket}/{ref.name} no longer exists") from None
-    except (gexc.GoogleAPICallError, gexc.RetryError, rexc.RequestException, ConnectionError) as exc:
-        raise TransientError(f"GCS read of {ref.uri} failed: {type(exc).__name__}: {exc}") from exc
+    except Exception as exc:
+        error = classify_gcs_error(exc, ref)
+        if error is None:
+            raise  # not a GCS failure: ingest_object logs it and the event is retried
+        raise error from exc
+
+
+# Retrying cannot change these answers... except the two that an operator fixes
+# (the function's service account lacks storage.objects.get, or its token is
+# refused): retried until IAM is fixed, so no event is lost meanwhile.
+_TRANSIENT_STATUS = frozenset({401, 403, 408, 429})
+
+
+def classify_gcs_error(exc: BaseException, ref: ObjectRef) -> IngestError | None:
+    """What a failed read of ``ref`` means; None when ``exc`` is not a GCS/transport failure.
+
+    * 404: :class:`Gone` (the generation was replaced or deleted: recorded as superseded);
+    * 5xx, 408, 429, 401, 403, timeouts, connection failures, any credentials
+      error (token fetch from the metadata server failed or was refused), a
+      checksum mismatch: :class:`TransientError` (retried);
+    * 416 (a Range on an empty object): :class:`Rejected`, the file is empty;
+    * any other 4xx: :class:`Rejected`, with the status in the reason.
+
+    Example::
+
+        classify_gcs_error(google.api_core.exceptions.Forbidden("no"), ref)   # TransientError(...)
+    """
+    from google.api_core import exceptions as gexc
+    from google.auth import exceptions as auth_exc
+    from google.cloud.storage.exceptions import DataCorruption
+    from requests import exceptions as rexc
+
+    what = f"GCS read of {ref.uri} failed: {type(exc).__name__}: {exc}"
+    if isinstance(exc, gexc.NotFound):
+        return Gone(f"generation {ref.generation} of gs://{ref.bucket}/{ref.name} no longer exists")
+    if isinstance(exc, gexc.GoogleAPICallError):
+        code = exc.code
+        if code is None or code >= 500 or code in _TRANSIENT_STATUS:
+            if code in (401, 403):
+                what += " (check that the function's service account may read the bucket: storage.objects.get)"
+            return TransientError(what)
+        if code == 416:  # only a Range starting at byte 0 is sent: the object is empty
+            return Rejected(f"the file is empty (GCS answered HTTP 416 to a read from byte 0 of {ref.uri})")
+        return Rejected(f"GCS refused the read with HTTP {code}: {exc.message}")
+    if isinstance(exc, auth_exc.GoogleAuthError):
+        # The token fetch failed (metadata server unreachable: TransportError),
+        # or was refused, e.g. after a 401 (RefreshError): fixed by time or by an operator.
+        return TransientError(what + " (credentials: check the function's service account)")
+    transient = (
+        gexc.RetryError,  # the in-process retries ran out (5xx, 429, connection errors)
+        rexc.RequestException,
+        ConnectionError,
+        TimeoutError,
+        DataCorruption,  # checksum mismatch: a second read may well succeed
+    )
+    if isinstance(exc, transient):
+        return TransientError(what)
+    return None

@@ -29,7 +29,15 @@ class JsonFormatter(logging.Formatter):
         entry.update(getattr(record, "fields", None) or {})
         if record.exc_info and record.exc_info[0] is not None:
             entry["exception"] = self.formatException(record.exc_info)
-        return json.dumps(entry, default=str, ensure_ascii=False)
+        text = json.dumps(entry, default=str, ensure_ascii=False)
+        if not text.isascii():
+            try:
+                text.encode("utf-8")
+            except UnicodeEncodeError:
+                # A lone surrogate (a hostile event's field) has no UTF-8 form:
+                # escaped, the line is still one valid JSON object.
+                text = json.dumps(entry, default=str)
+        return text
 
 
 class _StdoutHandler(logging.StreamHandler):

@@ -14,7 +14,9 @@ import posixpath
 from collections.abc import Mapping
 from typing import Any
 
-from ingest.errors import BadEvent
+from ingest.errors import BadEvent, printable
+
+_INT64_MAX = 2**63 - 1  # generation and size are int64 in GCS and bigint in our table
 
 
 def _int_field(data: Mapping[str, Any], key: str, *, required: bool) -> int | None:
@@ -27,10 +29,14 @@ def _int_field(data: Mapping[str, Any], key: str, *, required: bool) -> int | No
     if isinstance(raw, bool) or not isinstance(raw, (str, int)):
         raise BadEvent(f"object resource field {key!r} is not an integer: {raw!r}")
     if isinstance(raw, str) and not (raw.isascii() and raw.isdigit()):
-        raise BadEvent(f"object resource field {key!r} is not an integer: {raw!r}")
-    value = int(raw)
+        raise BadEvent(f"object resource field {key!r} is not an integer: {printable(repr(raw), 80)}")
+    # GCS int64 fields, stored as bigint: a longer digit string is not a GCS
+    # value (and int() refuses more than 4300 digits).
+    value = int(raw) if isinstance(raw, int) or len(raw) <= 19 else _INT64_MAX + 1
     if value < 0:
         raise BadEvent(f"object resource field {key!r} is negative: {raw!r}")
+    if value > _INT64_MAX:
+        raise BadEvent(f"object resource field {key!r} is out of the int64 range: {printable(str(raw), 40)}")
     return value
 
 
@@ -39,8 +45,19 @@ def _str_field(data: Mapping[str, Any], key: str) -> str | None:
     if raw is None:
         return None
     if not isinstance(raw, str):
-        raise BadEvent(f"object resource field {key!r} is not a string: {raw!r}")
+        raise BadEvent(f"object resource field {key!r} is not a string: {printable(repr(raw), 80)}")
+    # GCS names are UTF-8 without NUL; anything else cannot be recorded (text column).
+    if "\x00" in raw or not _encodable(raw):
+        raise BadEvent(f"object resource field {key!r} is not a UTF-8 string without NUL: {printable(repr(raw), 80)}")
     return raw or None
+
+
+def _encodable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate, from a JSON "\ud800" escape
+        return False
+    return True
 
 
 @dataclasses.dataclass(frozen=True)
@@ -96,10 +113,6 @@ class ObjectRef:
         )
 
     @property
-    def basename(self) -> str:
-        return posixpath.basename(self.name)
-
-    @property
     def folder(self) -> str:
         """The object's folder inside the bucket (``quick_tests/42``; '' at the root)."""
         return posixpath.dirname(self.name)
@@ -113,6 +126,3 @@ class ObjectRef:
     @property
     def uri(self) -> str:
         return f"gs://{self.bucket}/{self.name}#{self.generation}"
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)

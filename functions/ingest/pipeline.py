@@ -20,11 +20,13 @@ import dataclasses
 import datetime as dt
 import posixpath
 import time
+import traceback
 from typing import Any
 
 from ingest import document, gcs, store
 from ingest.config import Settings
-from ingest.errors import Gone, Rejected, TransientError
+from ingest.errors import Gone, Rejected, TransientError, printable
+from ingest.memory import memory_budget, memory_weight
 from ingest.logs import log_event
 from ingest.objects import ObjectRef
 
@@ -72,9 +74,14 @@ class IngestResult:
         }
 
 
-def is_metrics_object(name: str, settings: Settings) -> bool:
-    """True when the object's base name is the metrics file name (nothing else is ingested)."""
-    return posixpath.basename(name) == settings.metrics_filename
+def is_metrics_object(name: str, settings: Settings | str) -> bool:
+    """True when the object's base name is the metrics file name (nothing else is ingested).
+
+    ``settings`` may be the file name itself: the function filters before it
+    reads the rest of its configuration.
+    """
+    filename = settings if isinstance(settings, str) else settings.metrics_filename
+    return posixpath.basename(name) == filename
 
 
 def ingest_object(
@@ -99,20 +106,39 @@ def ingest_object(
 
     Raises:
         TransientError: database unreachable, GCS 5xx or timeout: retry later.
+        Exception: anything unforeseen (a bug) is logged, then raised: the
+            event is retried rather than lost.
 
+    The caller is expected to pass only metrics files (:func:`is_metrics_object`).
     Thread-safe: connections come from a pool, the GCS client is shared.
     """
     settings = settings or Settings.from_env()
     started = time.perf_counter()
+    if event_id is not None and not event_id.isprintable():
+        event_id = printable(event_id, 200)  # the id is recorded: no NUL or lone surrogate
     fields = {"event_id": event_id, "object": f"gs://{ref.bucket}/{ref.name}", "generation": ref.generation}
     try:
-        result = _run(ref, settings, event_id, force, dry_run, client, started)
+        with memory_budget(settings).hold(memory_weight(ref, settings)):
+            result = _run(ref, settings, event_id, force, dry_run, client, started)
     except TransientError as exc:
         log_event(
             "ERROR",
             f"transient failure, the event will be retried: {exc}",
             **fields,
             outcome="retry",
+            duration_ms=_ms(started),
+        )
+        raise
+    except Exception as exc:
+        # Not a known outcome: log it in the same shape (the platform's own
+        # trace has no event id), then let the event be retried.
+        log_event(
+            "ERROR",
+            printable(f"unexpected failure, the event will be retried: {type(exc).__name__}: {exc}", 1000),
+            **fields,
+            outcome="error",
+            error=type(exc).__name__,
+            exception=traceback.format_exc(limit=20),
             duration_ms=_ms(started),
         )
         raise
@@ -154,10 +180,6 @@ def _run(
                 )
         return result
 
-    if not is_metrics_object(ref.name, settings):
-        # Not recorded: the bucket holds thousands of other objects per run.
-        return finish("rejected", f"not a metrics file (base name is not {settings.metrics_filename!r})", None)
-
     with store.connection(settings) as conn:
         state = store.read_state(conn, settings, ref)
     if ref.size is not None and ref.size > settings.max_metrics_bytes:
@@ -177,6 +199,7 @@ def _run(
         return settle("superseded", f"{exc} (replaced or deleted since the event)", state.quicktest_id)
     except Rejected as exc:
         return settle("rejected", exc.reason, state.quicktest_id)
+    del data  # the downloaded bytes: not kept alive through the write (memory per event)
 
     epochs = len(prepared.document["epochs"])
     if dry_run:
@@ -184,6 +207,8 @@ def _run(
     # The file's own text is stored when normalization only adds top-level
     # keys: PostgreSQL parses it once instead of this process re-serializing.
     history = dict(prepared.added) if prepared.text is not None else prepared.document
+    raw_text = prepared.text
+    del prepared  # with raw_text, the parsed document is freed before the write builds its query
     history["source"] = {
         "bucket": ref.bucket,
         "object": ref.name,
@@ -198,7 +223,7 @@ def _run(
                 settings,
                 ref,
                 history,
-                raw_text=prepared.text,
+                raw_text=raw_text,
                 event_id=event_id,
                 epochs=epochs,
                 duration_ms=_ms(started),

@@ -35,7 +35,6 @@ if TYPE_CHECKING:
     from ingest.config import Settings
 
 INGESTIONS_TABLE = "training_metrics_ingestions"
-OUTCOMES = ("ingested", "duplicate", "superseded", "no_matching_row", "rejected")
 
 _PROBE_AFTER_IDLE_S = 30.0
 _pools: dict[tuple[str | None, int, int], _BlockingPool] = {}
@@ -367,11 +366,3 @@ def _decide(generation: int, current: int | None, force: bool) -> tuple[str, str
 
 def _no_row(ref: ObjectRef) -> str:
     return f"no QuickTest row has gcs_artifacts_path {ref.folder_uri!r}"
-
-
-def _max(a: int | None, b: int | None) -> int | None:
-    if a is None:
-        return b
-    if b is None:
-        return a
-    return max(a, b)
