@@ -313,6 +313,8 @@ def _all_satisfy(sub: Mapping[str, Any]) -> Callable[[list[Any]], bool] | None:
         if types == {"integer"}:
             low = -math.inf if minimum is None else minimum
             return lambda xs: typed(_INT)(xs) and (not xs or min(xs) >= low)
+        if types == {"boolean"} and minimum is None:
+            return typed(_BOOL)
         return None
     if types == {"string"} and keys <= {"type", "minLength", "maxLength"}:
         low, high = sub.get("minLength", 0), sub.get("maxLength", math.inf)
@@ -324,8 +326,6 @@ def _all_satisfy(sub: Mapping[str, Any]) -> Callable[[list[Any]], bool] | None:
             return not lengths or (min(lengths) >= low and max(lengths) <= high)
 
         return strings
-    if types == {"boolean"} and keys == {"type"}:
-        return typed(_BOOL)
     if types == {"array"} and keys in ({"type", "items"}, {"type", "items", "minItems"}) and isinstance(sub["items"], dict):
         inner = _all_satisfy(sub["items"])
         if inner is None:
