@@ -16,6 +16,7 @@ Two GCS set-ups, each row labelled with its own:
   before answering each download, a MODELLED network latency (GCS is a
   remote service; this is not a measurement of GCS). PostgreSQL stays local
   (no modelled latency: Cloud SQL's would make parallelism pay more still).
+  Run for the small files (``--latency-large``: the 1 MB files too).
 
 Figures are printed as ratios to the 1-worker baseline of the same run and
 set-up, next to a download-only ceiling (the same files fetched from the
