@@ -186,6 +186,15 @@ class _Handler(_server.RequestHandler):
         self._route("DELETE")
 
 
+class _Server(ThreadingHTTPServer):
+    """http.server's listen backlog is 5: with more clients connecting at once
+    (``replay --workers 8``: the handler is HTTP/1.0, so every request is a new
+    connection), the kernel drops the overflow and each dropped connection
+    waits a SYN retransmission (about 1 s). GCS never refuses connections."""
+
+    request_queue_size = 128
+
+
 class GcsEmulator:
     """A GCS JSON API emulator on ``host:port`` (port 0 picks a free one).
 
@@ -225,7 +234,7 @@ class GcsEmulator:
         return f"http://{host}:{port}"
 
     def start(self) -> GcsEmulator:
-        self._httpd = ThreadingHTTPServer((self._host, self._port), partial(_Handler, self))
+        self._httpd = _Server((self._host, self._port), partial(_Handler, self))
         self._httpd.daemon_threads = True
         self._thread = threading.Thread(target=self._httpd.serve_forever, name="gcs-emulator", daemon=True)
         self._thread.start()

@@ -162,6 +162,36 @@ def test_fast_path_agrees_with_plain_jsonschema() -> None:
     document.validate(doc)
 
 
+
+@pytest.mark.parametrize(
+    ("path", "value"),
+    [
+        (("weight_stats", "query", "mean", 1), "x"),
+        (("gradient_stats", "candidate", "norm"), None),
+        (("weight_stats", "query", "histogram", "bin_edges"), [0.5]),
+        (("weight_stats", "query", "histogram", "counts", 0), None),
+        (("weight_stats", "query", "histogram", "counts", 1), "row"),
+        (("weight_stats", "query", "histogram", "counts", 1, 0), -1),
+        (("available",), "yes"),
+        (("available",), False),
+        (("epochs", 0), 0.5),
+        (("saved_at",), "x" * 65),
+    ],
+)
+def test_property_shortcuts_agree_with_plain_jsonschema(path: tuple, value: object) -> None:
+    """Declared properties skipped by a shortcut (tower series, bin_edges' minItems, null counts rows, booleans) are judged as plain jsonschema judges them, first error included."""
+    from ingest.document import _validator
+
+    doc = v1_document(3)
+    target = doc
+    for key in path[:-1]:
+        target = target[key]
+    target[path[-1]] = value
+    plain = [(e.message, list(e.absolute_path)) for e in Draft202012Validator(document.schema()).iter_errors(doc)]
+    fast = [(e.message, list(e.absolute_path)) for e in _validator().iter_errors(doc)]
+    assert bool(fast) == bool(plain)
+    assert fast[:1] == plain[:1]
+
 def test_prepare_keeps_the_file_text_when_only_top_level_keys_are_added() -> None:
     """The file's own text is stored (plus the missing top-level keys) unless a value had to change."""
     raw = dumps(appendix_document(2), indent=2)

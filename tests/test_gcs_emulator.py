@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import select
+import socket
+import threading
+import time
+from urllib.parse import urlsplit
+
 import pytest
 from google.api_core import exceptions as gexc
 from google.cloud import storage
@@ -65,3 +71,34 @@ def test_download_keeps_the_blob_generation(bucket: storage.Blob) -> None:
     generation = blob.generation
     assert blob.download_as_bytes() == b"{}"
     assert blob.generation == generation is not None
+
+
+def test_many_simultaneous_connections_are_all_queued() -> None:
+    """64 clients connecting at once all complete the handshake (no listen-backlog drop, which costs ~1 s each)."""
+    with GcsEmulator() as emulator:
+        address = urlsplit(emulator.url)
+        # Hold the accept loop, so that every connection has to wait in the backlog.
+        gate = threading.Event()
+        accept = emulator._httpd.get_request
+
+        def held_accept():  # noqa: ANN202
+            gate.wait(10)
+            return accept()
+
+        emulator._httpd.get_request = held_accept  # type: ignore[method-assign]
+        sockets = [socket.socket() for _ in range(64)]
+        try:
+            for sock in sockets:
+                sock.setblocking(False)
+                sock.connect_ex((address.hostname, address.port))
+            # A socket is writable once its handshake completed; a dropped SYN leaves it pending.
+            deadline = time.monotonic() + 2.0
+            pending = list(sockets)
+            while pending and time.monotonic() < deadline:
+                _, writable, _ = select.select([], pending, [], 0.1)
+                pending = [s for s in pending if s not in writable]
+            assert not pending, f"{len(pending)} of 64 connections were dropped"
+        finally:
+            gate.set()
+            for sock in sockets:
+                sock.close()

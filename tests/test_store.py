@@ -130,3 +130,21 @@ def test_pool_replaces_a_connection_the_server_dropped(platform_db: PlatformDb, 
     with store.connection(settings) as conn, conn, conn.cursor() as cur:
         cur.execute("SELECT pg_backend_pid()")
         assert cur.fetchone()[0] != old_pid
+
+
+def test_single_statement_reads_and_records_hand_back_a_transactional_connection(platform_db: PlatformDb) -> None:
+    """read_state and record run as single statements yet leave the pooled connection transactional (a failed block rolls back)."""
+    row_id, folder = platform_db.new_quicktest()
+    settings = platform_db.settings(db_pool_size=1)
+    ref = _ref(folder, 7)
+    with store.connection(settings) as conn:
+        assert store.read_state(conn, settings, ref) == store.RowState(row_id, None, False)
+        store.record(conn, store.Record(ref, "rejected", event_id="e1", quicktest_id=row_id, reason="bad"))
+        assert conn.autocommit is False
+    with pytest.raises(RuntimeError), store.connection(settings) as conn, conn, conn.cursor() as cur:
+        cur.execute(
+            "UPDATE ml_platform_quicktest SET training_history_json = '{\"x\": 1}' WHERE id = %s", (row_id,)
+        )
+        raise RuntimeError("the block fails after the update")
+    assert platform_db.history(row_id) is None
+    assert [r["outcome"] for r in platform_db.ingestions(BUCKET, ref.name)] == ["rejected"]

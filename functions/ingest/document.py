@@ -244,10 +244,28 @@ def _validator() -> Any:
         if check is None or not check(list(instance)):
             yield from base["propertyNames"](validator, sub, instance, where)
 
+    # jsonschema's own ``properties`` (descend into each declared property
+    # present), minus the descent for a value that passes its shortcut: a
+    # tower's mean/std/min/max/norm series, ``epochs``, ``saved_at``...
+    def properties(validator: Any, declared: Any, instance: Any, where: Any) -> Iterable[Any]:
+        if not validator.is_type(instance, "object"):
+            return
+        for name, sub in declared.items():
+            if name in instance:
+                check = shortcut(sub)
+                if check is not None and check([instance[name]]):
+                    continue
+                yield from validator.descend(instance[name], sub, path=name, schema_path=name)
+
     Draft202012Validator.check_schema(schema())
     cls = validators.extend(
         Draft202012Validator,
-        {"items": items, "additionalProperties": additional_properties, "propertyNames": property_names},
+        {
+            "items": items,
+            "additionalProperties": additional_properties,
+            "propertyNames": property_names,
+            "properties": properties,
+        },
     )
     # The format has no recursive references: inlining them once spares the
     # validator a reference lookup per series.
@@ -269,13 +287,15 @@ _NUMBER_OR_NULL = frozenset({float, int, type(None)})
 _NUMBER = frozenset({float, int})
 _INT = frozenset({int})
 _STR = frozenset({str})
+_BOOL = frozenset({bool})
 _LIST = frozenset({list})
+_LIST_OR_NULL = frozenset({list, type(None)})
 # Exact Python types per JSON type; "integer" leaves out 3.0, which then takes the generic check.
 _PY_TYPES: dict[str, frozenset[type]] = {
     "string": _STR,
     "number": _NUMBER,
     "integer": _INT,
-    "boolean": frozenset({bool}),
+    "boolean": _BOOL,
     "null": frozenset({type(None)}),
     "array": _LIST,
     "object": frozenset({dict}),
@@ -284,7 +304,8 @@ _PY_TYPES: dict[str, frozenset[type]] = {
 
 def _all_satisfy(sub: Mapping[str, Any]) -> Callable[[list[Any]], bool] | None:
     """A C-speed test that every item of a list satisfies ``sub``, for the simple
-    subschemas the format uses (a type, minimum, string lengths, arrays of those);
+    subschemas the format uses (a type, minimum, string lengths, arrays (or
+    null) of those, minItems);
     None for anything else. Exact type sets: bool is not a number, as in JSON Schema."""
     keys = set(sub)
     types = sub.get("type")
@@ -315,11 +336,17 @@ def _all_satisfy(sub: Mapping[str, Any]) -> Callable[[list[Any]], bool] | None:
             return not lengths or (min(lengths) >= low and max(lengths) <= high)
 
         return strings
-    if types == {"array"} and keys == {"type", "items"} and isinstance(sub["items"], dict):
+    if types == {"array"} and keys in ({"type", "items"}, {"type", "items", "minItems"}) and isinstance(sub["items"], dict):
         inner = _all_satisfy(sub["items"])
         if inner is None:
             return None
-        return lambda xs: typed(_LIST)(xs) and all(map(inner, xs))
+        shortest = sub.get("minItems", 0)
+        return lambda xs: typed(_LIST)(xs) and all(map(inner, xs)) and (not xs or min(map(len, xs)) >= shortest)
+    if types == {"array", "null"} and keys == {"type", "items"} and isinstance(sub["items"], dict):
+        inner = _all_satisfy(sub["items"])
+        if inner is None:
+            return None
+        return lambda xs: typed(_LIST_OR_NULL)(xs) and all(inner(x) for x in xs if x is not None)
     return None
 
 

@@ -160,6 +160,31 @@ class RowState:
     already_ingested: bool  # this very generation has an 'ingested' record
 
 
+@contextlib.contextmanager
+def _one_statement(conn: Any) -> Iterator[Any]:
+    """A cursor for one statement that is its own transaction (autocommit).
+
+    A single statement is atomic and sees one snapshot by itself; wrapping it
+    in BEGIN ... COMMIT only adds two round trips, which with Cloud SQL cost
+    more than the statement. The connection is handed back to the pool in
+    its usual (transactional) mode. Called inside a transaction the caller
+    opened, it runs in that transaction and commits it, as ``with conn`` does.
+    """
+    from psycopg2.extensions import TRANSACTION_STATUS_IDLE
+
+    if conn.autocommit or conn.info.transaction_status != TRANSACTION_STATUS_IDLE:
+        with conn, conn.cursor() as cur:
+            yield cur
+        return
+    conn.autocommit = True
+    try:
+        with conn.cursor() as cur:
+            yield cur
+    finally:
+        if not conn.closed:
+            conn.autocommit = False
+
+
 def _table(settings: Settings) -> Any:
     from psycopg2 import sql
 
@@ -181,53 +206,72 @@ def _source_generation(source: Any, ref: ObjectRef) -> int | None:
     return None
 
 
-def _recorded(cur: Any, ref: ObjectRef) -> tuple[int | None, bool]:
-    cur.execute(
-        f"SELECT max(generation), coalesce(bool_or(generation = %s), false) FROM {INGESTIONS_TABLE}"
-        " WHERE bucket = %s AND object_name = %s AND outcome = 'ingested'",
-        (ref.generation, ref.bucket, ref.name),
-    )
-    newest, this_one = cur.fetchone()
-    return newest, bool(this_one)
+# The newest ingested generation of the object and whether the event's own is
+# among them, from the log; the row's ``source`` only when the log knows
+# nothing of the object (a row filled before the log existed, or a wiped log):
+# reading into a large jsonb costs a decompression, and CASE evaluates the
+# subquery (an InitPlan) only when that branch is taken. One statement, one
+# round trip, where it used to take two for every first ingestion.
+_GENERATIONS = (
+    "SELECT r.newest, r.this_one,"
+    " CASE WHEN r.newest IS NULL THEN (SELECT q.training_history_json -> 'source' FROM {table} q WHERE q.id = %(id)s) END"
+    f" FROM (SELECT max(generation) AS newest, coalesce(bool_or(generation = %(generation)s), false) AS this_one"
+    f" FROM {INGESTIONS_TABLE}"
+    " WHERE bucket = %(bucket)s AND object_name = %(object_name)s AND outcome = 'ingested') r"
+)
+
+# read_state in one statement: the row (no lock) joined with the generations.
+_STATE = (
+    "SELECT q.id, r.newest, r.this_one, CASE WHEN r.newest IS NULL THEN q.training_history_json -> 'source' END"
+    " FROM (SELECT id, training_history_json FROM {table}"
+    " WHERE gcs_artifacts_path IN (%(path)s, %(path_slash)s) ORDER BY id DESC LIMIT 1) q"
+    f" CROSS JOIN (SELECT max(generation) AS newest, coalesce(bool_or(generation = %(generation)s), false) AS this_one"
+    f" FROM {INGESTIONS_TABLE}"
+    " WHERE bucket = %(bucket)s AND object_name = %(object_name)s AND outcome = 'ingested') r"
+)
+
+
+def _object_params(ref: ObjectRef) -> dict[str, Any]:
+    path, path_slash = _paths(ref)
+    return {
+        "bucket": ref.bucket,
+        "object_name": ref.name,
+        "generation": ref.generation,
+        "path": path,
+        "path_slash": path_slash,
+    }
+
+
+def _newest(ref: ObjectRef, newest: int | None, this_one: bool, source: Any) -> tuple[int | None, bool]:
+    """(newest generation of ``ref``'s object in the row, whether ``ref``'s own is done)."""
+    if newest is None:
+        newest = _source_generation(source, ref)
+    return newest, bool(this_one) or newest == ref.generation
 
 
 def read_state(conn: Any, settings: Settings, ref: ObjectRef) -> RowState:
-    """The matching row and the generations recorded for ``ref``'s object (no locks)."""
+    """The matching row and the generations recorded for ``ref``'s object (no locks; one statement)."""
     from psycopg2 import sql
 
-    with conn, conn.cursor() as cur:
-        cur.execute(
-            sql.SQL("SELECT id FROM {} WHERE gcs_artifacts_path IN (%s, %s) ORDER BY id DESC LIMIT 1").format(
-                _table(settings)
-            ),
-            _paths(ref),
-        )
+    with _one_statement(conn) as cur:
+        cur.execute(sql.SQL(_STATE).format(table=_table(settings)), _object_params(ref))
         row = cur.fetchone()
-        if row is None:
-            return RowState(None, None, False)
-        quicktest_id = int(row[0])
-        current, this_one = _current_generation(cur, settings, ref, quicktest_id)
-    return RowState(quicktest_id, current, this_one)
+    if row is None:
+        return RowState(None, None, False)
+    quicktest_id, newest, this_one, source = row
+    current, done = _newest(ref, newest, this_one, source)
+    return RowState(int(quicktest_id), current, done)
 
 
 def _current_generation(cur: Any, settings: Settings, ref: ObjectRef, quicktest_id: int) -> tuple[int | None, bool]:
-    """The newest generation of ``ref``'s object in the row, and whether ``ref``'s own is done.
-
-    The log says it; only when the log knows nothing of this object (a row
-    filled before the log existed, or a wiped log) is the row's ``source``
-    read, since reading into a large jsonb costs a decompression.
-    """
+    """The newest generation of ``ref``'s object in the row, and whether ``ref``'s own is done (one statement)."""
     from psycopg2 import sql
 
-    newest, this_one = _recorded(cur, ref)
-    if newest is None:
-        cur.execute(
-            sql.SQL("SELECT training_history_json -> 'source' FROM {} WHERE id = %s").format(_table(settings)),
-            (quicktest_id,),
-        )
-        found = cur.fetchone()
-        newest = _source_generation(found[0] if found else None, ref)
-    return newest, this_one or newest == ref.generation
+    cur.execute(
+        sql.SQL(_GENERATIONS).format(table=_table(settings)), {**_object_params(ref), "id": quicktest_id}
+    )
+    newest, this_one, source = cur.fetchone()
+    return _newest(ref, newest, this_one, source)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -269,8 +313,8 @@ def _params(record: Record) -> dict[str, Any]:
 
 
 def record(conn: Any, rec: Record) -> None:
-    """Record an outcome decided without writing the row (its own transaction)."""
-    with conn, conn.cursor() as cur:
+    """Record an outcome decided without writing the row (one statement, its own transaction)."""
+    with _one_statement(conn) as cur:
         cur.execute(_INSERT, _params(rec))
 
 
@@ -299,9 +343,12 @@ def write(
     already validated), ``raw_text::jsonb || history`` (``history`` then holds
     only the top-level keys to add or replace).
 
-    One transaction: lock the row, compare generations under the lock, insert
+    One transaction, three statements: lock the row; compare generations
+    under the lock (a statement of its own, so that its snapshot is taken
+    after the lock is granted and sees every earlier writer's commit); insert
     the record (``ON CONFLICT DO NOTHING`` against the unique index on
-    ingested generations), update the row only when the record went in.
+    ingested generations) and, in the same statement, update the row only
+    when the record went in.
     """
     from psycopg2 import sql
 
@@ -327,21 +374,22 @@ def write(
             cur.execute(_INSERT, _params(dataclasses.replace(base, outcome=outcome, reason=reason)))
             return WriteResult(outcome, quicktest_id, reason)
         forced = current == ref.generation
+        payload = json.dumps(history, allow_nan=False, separators=(",", ":"))
+        value = "%(raw_text)s::jsonb || %(payload)s::jsonb" if raw_text is not None else "%(payload)s::jsonb"
+        # The record and the row in one statement (one round trip): the row is
+        # updated only when the record went in.
         cur.execute(
-            _INSERT + " ON CONFLICT DO NOTHING RETURNING id", _params(dataclasses.replace(base, forced=forced))
+            sql.SQL(
+                "WITH rec AS (" + _INSERT + " ON CONFLICT DO NOTHING RETURNING id)"
+                " UPDATE {table} SET training_history_json = " + value + ""
+                " WHERE id = %(quicktest_id)s AND EXISTS (SELECT 1 FROM rec) RETURNING id"
+            ).format(table=_table(settings)),
+            {**_params(dataclasses.replace(base, forced=forced)), "raw_text": raw_text, "payload": payload},
         )
         if cur.fetchone() is None:  # the schema's guarantee, should the row's source lie
             reason = f"generation {ref.generation} was already ingested"
             cur.execute(_INSERT, _params(dataclasses.replace(base, outcome="duplicate", reason=reason)))
             return WriteResult("duplicate", quicktest_id, reason)
-        payload = json.dumps(history, allow_nan=False, separators=(",", ":"))
-        if raw_text is None:
-            update = sql.SQL("UPDATE {} SET training_history_json = %s::jsonb WHERE id = %s")
-            params: tuple[Any, ...] = (payload, quicktest_id)
-        else:
-            update = sql.SQL("UPDATE {} SET training_history_json = %s::jsonb || %s::jsonb WHERE id = %s")
-            params = (raw_text, payload, quicktest_id)
-        cur.execute(update.format(_table(settings)), params)
         return WriteResult("ingested", quicktest_id, "re-ingested (--force)" if forced else None)
 
 
