@@ -271,6 +271,7 @@ class LocalStack:
         self.bridge: EventBridge | None = None
         self.function: subprocess.Popen[bytes] | None = None
         self._log_file: Any = None
+        self._wrote_stack_file = False
 
     # -- lifecycle
 
@@ -290,6 +291,18 @@ class LocalStack:
 
     def _start(self) -> None:
         self.state_dir.mkdir(parents=True, exist_ok=True)
+        running = running_stack(self.state_dir)
+        if running is not None:
+            # Two stacks on one folder would share pgdata and overwrite each other's env.sh.
+            raise StackError(
+                f"a stack is already running in {self.state_dir} (pid {running['pid']}, function "
+                f"{running.get('function_url')}); stop it with Ctrl-C in its terminal, or use another --state-dir"
+            )
+        # Ports first: a taken port is the likeliest mistake and costs nothing to find.
+        port = self._function_port or free_port(self.host)
+        _check_port_free(self.host, port, "--function-port")
+        if self._emulator_port:
+            _check_port_free(self.host, self._emulator_port, "--emulator-port")
         if self._given_database_url is None:
             with self._steps(f"starting PostgreSQL (pgserver, data in {self.state_dir / 'pgdata'})"):
                 with warnings.catch_warnings():
@@ -304,16 +317,12 @@ class LocalStack:
         with self._steps("applying migrations and the dev platform table"):
             prepare_database(self.database_url)
 
-        port = self._function_port or free_port(self.host)
-        _check_port_free(self.host, port, "--function-port")
         self.function_url = f"http://{self.host}:{port}/"
         self.bridge = EventBridge(self.function_url)
         with self._steps("starting the GCS emulator"):
             data_dir = self.state_dir / "gcs" if self.persist_objects else None
             if data_dir is not None:
                 data_dir.mkdir(exist_ok=True)
-            if self._emulator_port:
-                _check_port_free(self.host, self._emulator_port, "--emulator-port")
             self.emulator = GcsEmulator(
                 self.host, self._emulator_port, None if data_dir is None else str(data_dir), on_finalize=self.bridge.submit
             ).start()
@@ -379,8 +388,11 @@ class LocalStack:
         if self.pg_server is not None:
             self.pg_server.cleanup()
             self.pg_server = None
-        with contextlib.suppress(FileNotFoundError):
-            (self.state_dir / "stack.json").unlink()  # nothing to find any more
+        if self._wrote_stack_file:
+            # Ours only: a stack refused for a busy folder must not hide the running one.
+            with contextlib.suppress(FileNotFoundError):
+                (self.state_dir / "stack.json").unlink()  # nothing to find any more
+            self._wrote_stack_file = False
 
     # -- what to export
 
@@ -412,6 +424,7 @@ class LocalStack:
         (self.state_dir / "stack.json").write_text(
             json.dumps({**env, "function_url": self.function_url, "pid": os.getpid()}, indent=2) + "\n"
         )
+        self._wrote_stack_file = True
 
     # -- conveniences over the stack's database
 
@@ -445,4 +458,22 @@ def read_stack_file(state_dir: str | os.PathLike[str] = DEFAULT_STATE_DIR) -> di
     path = Path(state_dir) / "stack.json"
     if not path.exists():
         return None
-    return json.loads(path.read_text())
+    try:
+        return json.loads(path.read_text())
+    except ValueError:  # cut short by a crash: as good as absent
+        return None
+
+
+def running_stack(state_dir: str | os.PathLike[str] = DEFAULT_STATE_DIR) -> dict[str, Any] | None:
+    """``stack.json`` of a stack whose process is still alive (None if none: a
+    file left by a killed stack does not count)."""
+    stack = read_stack_file(state_dir)
+    if stack is None or not isinstance(stack.get("pid"), int):
+        return None
+    try:
+        os.kill(stack["pid"], 0)
+    except ProcessLookupError:
+        return None
+    except PermissionError:  # alive, another user's
+        return stack
+    return stack

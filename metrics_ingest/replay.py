@@ -58,6 +58,27 @@ class UsageError(ValueError):
     """A bad command line value (exit status 2)."""
 
 
+class SetupError(RuntimeError):
+    """Replay cannot start: no credentials, database unreachable or not migrated.
+
+    ``exit_status`` is 2 when the command line or environment must change
+    (nothing configured, a malformed value, migrations not applied) and 1 when
+    what is configured is unreachable (rerunning later may work).
+
+    Example::
+
+        try:
+            check_database(settings)
+        except SetupError as exc:
+            print(exc, file=sys.stderr)
+            raise SystemExit(exc.exit_status)
+    """
+
+    def __init__(self, message: str, exit_status: int = 1) -> None:
+        super().__init__(message)
+        self.exit_status = exit_status
+
+
 @dataclasses.dataclass(frozen=True)
 class GcsTarget:
     """A bucket and an optional object-name prefix (``gs://bucket/prefix``).
@@ -86,6 +107,12 @@ def parse_gs_uri(uri: str) -> GcsTarget:
     bucket, _, prefix = uri[len("gs://") :].partition("/")
     if not _BUCKET_NAME.match(bucket):
         raise UsageError(f"invalid bucket name {bucket!r} in {uri!r}")
+    if "*" in prefix or "?" in prefix:
+        # A shell-style pattern would silently match nothing: GCS lists by plain prefix.
+        raise UsageError(
+            f"{uri!r}: the prefix is a plain name prefix, not a pattern; drop the wildcard "
+            f"(e.g. gs://{bucket}/{prefix.split('*')[0].split('?')[0]})"
+        )
     return GcsTarget(bucket=bucket, prefix=prefix)
 
 
@@ -220,9 +247,18 @@ def list_metrics_objects(
     Returns (objects listed, metrics objects as ObjectRefs in name order);
     stops early, with what it has, once ``stop()`` is true.
     """
+    from google.api_core.retry import Retry
+    from google.cloud.storage.retry import DEFAULT_RETRY
+
     listed = 0
     refs: list[ObjectRef] = []
-    for blob in client.list_blobs(target.bucket, prefix=target.prefix or None):
+    # The client's default retry budget is 120 s per page: an unreachable
+    # endpoint would look like a hang. Bound it by GCS_TIMEOUT_SECONDS instead.
+    retry: Retry = DEFAULT_RETRY.with_timeout(settings.gcs_timeout)
+    pages = client.list_blobs(
+        target.bucket, prefix=target.prefix or None, timeout=settings.gcs_timeout, retry=retry
+    )
+    for blob in pages:
         if stop():
             break
         listed += 1
@@ -369,11 +405,35 @@ def _ingest_one(ref: ObjectRef, options: ReplayOptions, settings: Settings, clie
     return ObjectOutcome(ref, result.outcome, result.reason, result)
 
 
+CREDENTIALS_HELP = (
+    "no Google Cloud credentials found. Provide them with one of:\n"
+    "  gcloud auth application-default login                       # your own account\n"
+    "  export GOOGLE_APPLICATION_CREDENTIALS=/path/to/key.json     # a service account key\n"
+    "  export STORAGE_EMULATOR_HOST=http://127.0.0.1:9023          # a local emulator (`metrics-ingest dev` prints it)"
+)
+
+
 def make_storage_client(workers: int = 4) -> Any:
-    """A storage client whose HTTP connection pool fits ``workers`` threads."""
+    """A storage client whose HTTP connection pool fits ``workers`` threads.
+
+    Raises UsageError when ``STORAGE_EMULATOR_HOST`` is not a URL or when no
+    credentials are found (the message says how to provide them).
+    """
+    import os
+
+    import google.auth.exceptions
     from google.cloud import storage
 
-    client = storage.Client()
+    emulator = os.environ.get("STORAGE_EMULATOR_HOST")
+    if emulator and not re.match(r"^https?://[^/]+", emulator):
+        # The client would fail on every request with "No connection adapters".
+        raise UsageError(
+            f"STORAGE_EMULATOR_HOST must be a URL with its scheme, e.g. http://{emulator}; got {emulator!r}"
+        )
+    try:
+        client = storage.Client()
+    except google.auth.exceptions.DefaultCredentialsError:
+        raise UsageError(CREDENTIALS_HELP) from None
     try:
         import requests.adapters
 
@@ -385,6 +445,53 @@ def make_storage_client(workers: int = 4) -> Any:
     except AttributeError:  # a client without a requests session: keep its defaults
         pass
     return client
+
+
+def check_database(settings: Settings) -> None:
+    """Connect once and check that the migrations ran and the platform table exists.
+
+    Done before listing, so a wrong or missing DATABASE_URL is one clear
+    message instead of every object failing three times. Raises SetupError.
+    """
+    import psycopg2
+    from psycopg2 import sql
+
+    where = "DATABASE_URL" if settings.database_url else "DATABASE_URL is not set, so libpq's defaults"
+    hint = "set DATABASE_URL or pass --database-url"
+    try:
+        conn = psycopg2.connect(settings.database_url or "", connect_timeout=settings.db_connect_timeout)
+    except psycopg2.ProgrammingError as exc:  # a malformed DSN
+        raise SetupError(f"DATABASE_URL is not a valid connection string: {_first_line(exc)}", 2) from None
+    except psycopg2.Error as exc:
+        raise SetupError(
+            f"cannot connect to the database ({where}): {_first_line(exc)}; {hint}",
+            1 if settings.database_url else 2,
+        ) from None
+    try:
+        with conn, conn.cursor() as cur:
+            table = sql.Identifier(settings.quicktest_table).as_string(conn)
+            cur.execute("SELECT to_regclass('training_metrics_ingestions'), to_regclass(%s)", (table,))
+            ingestions, quicktest = cur.fetchone()
+    except psycopg2.Error as exc:
+        raise SetupError(f"cannot read the database ({where}): {_first_line(exc)}") from None
+    finally:
+        conn.close()
+    if ingestions is None:
+        raise SetupError(
+            "this database has no training_metrics_ingestions table: run `metrics-ingest migrate` first "
+            f"(database: {where})",
+            2,
+        )
+    if quicktest is None:
+        raise SetupError(
+            f"this database has no table {settings.quicktest_table!r} (QUICKTEST_TABLE names the platform's "
+            f"QuickTest table; database: {where})",
+            2,
+        )
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
 
 
 # ---------------------------------------------------------------- output
@@ -492,7 +599,9 @@ __all__ = [
     "Progress",
     "ReplayOptions",
     "ReplayReport",
+    "SetupError",
     "UsageError",
+    "check_database",
     "format_summary",
     "list_metrics_objects",
     "make_storage_client",
