@@ -166,10 +166,18 @@ class ObjectOutcome:
         return f"gs://{self.ref.bucket}/{self.ref.name}#{self.ref.generation}"
 
     def to_dict(self) -> dict[str, Any]:
+        # The same keys for every object, a failed one included (None where
+        # nothing is known), so a consumer can index without checking.
+        data: dict[str, Any] = {
+            "object": self.ref.name,
+            "quicktest_id": None,
+            "epochs": None,
+            "size": self.ref.size,
+            "duration_ms": None,
+            "dry_run": None,
+        }
         if self.result is not None:
-            data = dict(self.result.to_dict())
-        else:
-            data = {"outcome": self.outcome, "reason": self.reason}
+            data.update(self.result.to_dict())
         data.update(
             {
                 "uri": self.uri,

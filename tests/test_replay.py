@@ -151,7 +151,8 @@ def test_prefix_limits_the_replay(replay_env: Any, platform_db: Any, capsys: pyt
 def test_transient_faults_are_retried_then_reported_failed(
     replay_env: Any, platform_db: Any, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A GCS 503 is retried; one that persists is reported as failed (status 1), the row untouched."""
+    """A GCS 503 is retried; one that persists is reported as failed (status 1, the same JSON keys
+    as any object), the row untouched."""
     monkeypatch.setenv("GCS_TIMEOUT_SECONDS", "1")  # the client's own retry budget per try
     bucket = fill_bucket(replay_env, platform_db.url, valid=2)
     first, second = sorted(bucket.valid)
@@ -162,6 +163,7 @@ def test_transient_faults_are_retried_then_reported_failed(
     assert code == 1
     assert outcomes[first]["outcome"] == "ingested"
     assert outcomes[second]["outcome"] == "failed" and "transient" in outcomes[second]["reason"]
+    assert set(outcomes[second]) == set(outcomes[first])  # --json: the same keys for every object
     assert histories(platform_db.url, [bucket.valid[second]])[bucket.valid[second]] is None
 
 
