@@ -23,6 +23,7 @@ Example::
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import shlex
@@ -96,7 +97,11 @@ def _check_port_free(host: str, port: int, option: str) -> None:
     with socket.socket() as sock:
         try:
             sock.bind((host, port))
+        except socket.gaierror as exc:
+            raise StackError(f"--host {host!r} is not a known address ({exc.strerror})") from None
         except OSError as exc:
+            if exc.errno == errno.EADDRNOTAVAIL:
+                raise StackError(f"--host {host} is not an address of this machine ({exc.strerror})") from None
             raise StackError(f"{host}:{port} is not free ({exc.strerror}); choose another with {option} (0: any)") from None
 
 
@@ -299,8 +304,8 @@ class LocalStack:
                 f"{running.get('function_url')}); stop it with Ctrl-C in its terminal, or use another --state-dir"
             )
         # Ports first: a taken port is the likeliest mistake and costs nothing to find.
+        _check_port_free(self.host, self._function_port, "--function-port")  # port 0: checks --host
         port = self._function_port or free_port(self.host)
-        _check_port_free(self.host, port, "--function-port")
         if self._emulator_port:
             _check_port_free(self.host, self._emulator_port, "--emulator-port")
         if self._given_database_url is None:
@@ -315,7 +320,11 @@ class LocalStack:
         else:
             self.database_url = self._given_database_url
         with self._steps("applying migrations and the dev platform table"):
-            prepare_database(self.database_url)
+            try:
+                prepare_database(self.database_url)
+            except psycopg2.Error as exc:  # a wrong --database-url is a message, not a traceback
+                first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+                raise StackError(f"cannot prepare the database: {first}") from None
 
         self.function_url = f"http://{self.host}:{port}/"
         self.bridge = EventBridge(self.function_url)

@@ -214,3 +214,36 @@ def test_help_lists_every_command_quickly() -> None:
     assert proc.returncode == 0
     assert all(name in proc.stdout for name in ("migrate", "replay", "dev", "demo"))
     assert time.monotonic() - started < 5
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["dev", "--function-port", "70000"], "argument --function-port: must be 0..65535"),
+        (["dev", "--emulator-port", "x"], "argument --emulator-port: expected a port number"),
+        (["dev", "--bucket", "Bad_Bucket"], "argument --bucket: 'Bad_Bucket' is not a valid bucket name"),
+        (["demo", "--epochs", "0"], "argument --epochs: must be >= 1"),
+        (["demo", "--timeout", "-1"], "argument --timeout: must be > 0"),
+    ],
+)
+def test_dev_and_demo_values_are_checked_by_the_parser(
+    argv: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An out-of-range port, a bad bucket name, zero epochs or a negative timeout is a usage error
+    (status 2) before anything starts."""
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    assert exc.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_bad_host_or_database_is_a_stack_error(tmp_path: Path) -> None:
+    """--host that is not this machine's, and a --database-url that cannot be used, each stop the
+    stack with a StackError (a one-line message from the command) instead of a traceback."""
+    with pytest.raises(StackError, match=r"--host 192\.0\.2\.1 is not an address of this machine"):
+        LocalStack(tmp_path / "a", host="192.0.2.1").start()
+    with pytest.raises(StackError, match=r"cannot prepare the database: invalid dsn"):
+        LocalStack(tmp_path / "b", database_url="not a dsn").start()
+    unreachable = f"postgresql://nobody@127.0.0.1:{_closed_port()}/x"
+    with pytest.raises(StackError, match=r"cannot prepare the database: .*Connection refused"):
+        LocalStack(tmp_path / "c", database_url=unreachable).start()

@@ -23,7 +23,7 @@ import signal
 import sys
 import threading
 
-from metrics_ingest.commands import describe
+from metrics_ingest.commands import bucket_name, describe, port
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -34,10 +34,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--state-dir", default=".metrics-ingest", help="the stack's folder (default .metrics-ingest)")
-    parser.add_argument("--bucket", default="ml-artifacts", help="emulator bucket to create (default ml-artifacts)")
+    parser.add_argument("--bucket", type=bucket_name, default="ml-artifacts", help="emulator bucket to create (default ml-artifacts)")
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
-    parser.add_argument("--emulator-port", type=int, default=9023, help="GCS emulator port (default 9023; 0: any)")
-    parser.add_argument("--function-port", type=int, default=8080, help="function port (default 8080; 0: any)")
+    parser.add_argument("--emulator-port", type=port, default=9023, help="GCS emulator port (default 9023; 0: any)")
+    parser.add_argument("--function-port", type=port, default=8080, help="function port (default 8080; 0: any)")
     parser.add_argument(
         "--database-url", default=None, help="use this PostgreSQL database instead of starting one with pgserver"
     )
