@@ -247,13 +247,22 @@ class ReplayReport:
         }
 
 
+LISTING_REPORT_EVERY = 1000  # objects between two on_listing calls (one listing page)
+
+
 def list_metrics_objects(
-    client: Any, target: GcsTarget, settings: Settings, stop: Callable[[], bool] = lambda: False
+    client: Any,
+    target: GcsTarget,
+    settings: Settings,
+    stop: Callable[[], bool] = lambda: False,
+    on_listing: Callable[[int, int], None] | None = None,
 ) -> tuple[int, list[ObjectRef]]:
     """List the prefix (the client pages through it) and keep the metrics files.
 
     Returns (objects listed, metrics objects as ObjectRefs in name order);
-    stops early, with what it has, once ``stop()`` is true.
+    stops early, with what it has, once ``stop()`` is true. ``on_listing``
+    gets (listed, matched) every LISTING_REPORT_EVERY objects: listing a big
+    bucket takes a while and should not look like a hang.
     """
     from google.api_core.retry import Retry
     from google.cloud.storage.retry import DEFAULT_RETRY
@@ -273,6 +282,8 @@ def list_metrics_objects(
         if is_metrics_object(blob.name, settings):
             # The listing gives the same object resource the finalize event carries.
             refs.append(ObjectRef.from_resource(blob._properties))
+        if on_listing is not None and listed % LISTING_REPORT_EVERY == 0:
+            on_listing(listed, len(refs))
     return listed, refs
 
 
@@ -308,6 +319,7 @@ def run_replay(
     on_outcome: Callable[[ObjectOutcome], None] | None = None,
     on_listed: Callable[[int, int], None] | None = None,
     stop: threading.Event | None = None,
+    on_listing: Callable[[int, int], None] | None = None,
 ) -> ReplayReport:
     """Replay ``options.target``; returns the report (see ``exit_status``).
 
@@ -317,6 +329,7 @@ def run_replay(
             ``STORAGE_EMULATOR_HOST``). It is shared by the worker threads.
         on_outcome: called in the calling thread after each object.
         on_listed: called once with (objects listed, metrics objects).
+        on_listing: called with (listed so far, metrics objects so far) while listing.
         stop: set it to stop submitting (Ctrl-C sets an internal one too).
     """
     settings = options.settings or Settings.from_env()
@@ -337,7 +350,7 @@ def run_replay(
     with _Interrupt() as interrupt:
         stop_events = [interrupt.event] + ([stop] if stop is not None else [])
         listed, refs = list_metrics_objects(
-            client, options.target, settings, stop=lambda: any(e.is_set() for e in stop_events)
+            client, options.target, settings, stop=lambda: any(e.is_set() for e in stop_events), on_listing=on_listing
         )
         report.listed, report.matched = listed, len(refs)
         stopped_while_listing = any(e.is_set() for e in stop_events)
@@ -568,8 +581,16 @@ class Progress:
         self.tty = stream.isatty() if tty is None else tty
         self._bar: Any = None
 
+    def listing(self, listed: int, matched: int) -> None:
+        """While listing: one line rewritten in place on a terminal, a line per 10,000 otherwise."""
+        if self.tty:
+            print(f"\rlisting: {listed} objects, {matched} metrics files so far", end="", file=self.stream, flush=True)
+        elif listed % 10_000 == 0:
+            print(f"listing: {listed} objects, {matched} metrics files so far", file=self.stream, flush=True)
+
     def listed(self, listed: int, matched: int) -> None:
         if self.tty:
+            print("\r\033[K", end="", file=self.stream, flush=True)  # clear the listing line
             from tqdm import tqdm
 
             self._bar = tqdm(total=matched, file=self.stream, unit="file", dynamic_ncols=True)

@@ -247,3 +247,14 @@ def test_bad_host_or_database_is_a_stack_error(tmp_path: Path) -> None:
     unreachable = f"postgresql://nobody@127.0.0.1:{_closed_port()}/x"
     with pytest.raises(StackError, match=r"cannot prepare the database: .*Connection refused"):
         LocalStack(tmp_path / "c", database_url=unreachable).start()
+
+
+def test_migrate_without_database_url_says_what_it_tried(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`migrate` with DATABASE_URL unset and nothing at libpq's defaults fails (status 1) saying that
+    DATABASE_URL is not set and how to give it."""
+    monkeypatch.setenv("PGHOST", "/nonexistent")
+    assert main(["migrate"]) == 1
+    err = capsys.readouterr().err
+    assert "DATABASE_URL is not set" in err and "--database-url" in err

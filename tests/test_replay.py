@@ -208,3 +208,31 @@ def test_interrupted_replay_leaves_no_partly_written_row(replay_env: Any, platfo
         assert history["loss"] == original["loss"] and history["weight_stats"] == original["weight_stats"]
         assert str(ingested[name]["generation"]) == str(history["source"]["generation"])
         assert ingested[name]["quicktest_id"] == qt
+
+
+def test_listing_reports_progress_before_the_first_file(
+    replay_env: Any, platform_db: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A long listing is not silent: on_listing gets the running counts every page-sized step, and
+    on a terminal the progress shows them on one line rewritten in place."""
+    import metrics_ingest.replay as replay
+
+    bucket = fill_bucket(replay_env, platform_db.url, valid=3, other=9)
+    monkeypatch.setattr(replay, "LISTING_REPORT_EVERY", 4)
+    calls: list[tuple[int, int]] = []
+    stream = io.StringIO()
+    progress = Progress(stream, dry_run=True, tty=True)
+
+    def on_listing(listed: int, matched: int) -> None:
+        calls.append((listed, matched))
+        progress.listing(listed, matched)
+
+    report = replay.run_replay(
+        replay.ReplayOptions(parse_gs_uri(bucket.uri), dry_run=True),
+        on_listing=on_listing,
+        on_listed=progress.listed,
+        on_outcome=progress.update,
+    )
+    progress.close()
+    assert report.listed == 12 and [n for n, _ in calls] == [4, 8, 12] and calls[-1][1] == 3
+    assert "\rlisting: 8 objects" in stream.getvalue() and "3/3" in stream.getvalue()

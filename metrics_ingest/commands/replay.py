@@ -107,7 +107,13 @@ def run(args: argparse.Namespace) -> int:
     print(f"listing {target} ...", file=sys.stderr, flush=True)
     try:
         with _pipeline_logs(args.verbose):
-            report = run_replay(options, client=client, on_outcome=progress.update, on_listed=progress.listed)
+            report = run_replay(
+                options,
+                client=client,
+                on_outcome=progress.update,
+                on_listed=progress.listed,
+                on_listing=progress.listing,
+            )
     except gcs_errors.NotFound:
         # Only the listing can raise this: ingest_object records a missing object as an outcome.
         return fail(f"no such bucket: gs://{options.target.bucket}", 2)
