@@ -11,8 +11,13 @@ Example::
     $ metrics-ingest replay gs://ml-artifacts/quick_tests --workers 8
     $ metrics-ingest replay gs://ml-artifacts/quick_tests/42 --force --json > replay.json
 
-Exit status: 0 when nothing was rejected or failed, 1 otherwise, 2 for a
-usage error, 130 when interrupted (Ctrl-C; the summary covers what was done).
+Before listing, the credentials and the database (reachable, migrated) are
+checked once; a problem there is one line on stderr.
+
+Exit status: 0 when nothing was rejected or failed, 1 otherwise (GCS or the
+database unreachable included), 2 for a usage error (bad URI or option, no
+such bucket, no credentials, DATABASE_URL unset or malformed, migrations not
+applied), 130 when interrupted (Ctrl-C; the summary covers what was done).
 """
 
 from __future__ import annotations
