@@ -23,6 +23,7 @@ Example::
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import shlex
@@ -96,7 +97,11 @@ def _check_port_free(host: str, port: int, option: str) -> None:
     with socket.socket() as sock:
         try:
             sock.bind((host, port))
+        except socket.gaierror as exc:
+            raise StackError(f"--host {host!r} is not a known address ({exc.strerror})") from None
         except OSError as exc:
+            if exc.errno == errno.EADDRNOTAVAIL:
+                raise StackError(f"--host {host} is not an address of this machine ({exc.strerror})") from None
             raise StackError(f"{host}:{port} is not free ({exc.strerror}); choose another with {option} (0: any)") from None
 
 
@@ -271,6 +276,7 @@ class LocalStack:
         self.bridge: EventBridge | None = None
         self.function: subprocess.Popen[bytes] | None = None
         self._log_file: Any = None
+        self._wrote_stack_file = False
 
     # -- lifecycle
 
@@ -290,6 +296,18 @@ class LocalStack:
 
     def _start(self) -> None:
         self.state_dir.mkdir(parents=True, exist_ok=True)
+        running = running_stack(self.state_dir)
+        if running is not None:
+            # Two stacks on one folder would share pgdata and overwrite each other's env.sh.
+            raise StackError(
+                f"a stack is already running in {self.state_dir} (pid {running['pid']}, function "
+                f"{running.get('function_url')}); stop it with Ctrl-C in its terminal, or use another --state-dir"
+            )
+        # Ports first: a taken port is the likeliest mistake and costs nothing to find.
+        _check_port_free(self.host, self._function_port, "--function-port")  # port 0: checks --host
+        port = self._function_port or free_port(self.host)
+        if self._emulator_port:
+            _check_port_free(self.host, self._emulator_port, "--emulator-port")
         if self._given_database_url is None:
             with self._steps(f"starting PostgreSQL (pgserver, data in {self.state_dir / 'pgdata'})"):
                 with warnings.catch_warnings():
@@ -302,18 +320,18 @@ class LocalStack:
         else:
             self.database_url = self._given_database_url
         with self._steps("applying migrations and the dev platform table"):
-            prepare_database(self.database_url)
+            try:
+                prepare_database(self.database_url)
+            except psycopg2.Error as exc:  # a wrong --database-url is a message, not a traceback
+                first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+                raise StackError(f"cannot prepare the database: {first}") from None
 
-        port = self._function_port or free_port(self.host)
-        _check_port_free(self.host, port, "--function-port")
         self.function_url = f"http://{self.host}:{port}/"
         self.bridge = EventBridge(self.function_url)
         with self._steps("starting the GCS emulator"):
             data_dir = self.state_dir / "gcs" if self.persist_objects else None
             if data_dir is not None:
                 data_dir.mkdir(exist_ok=True)
-            if self._emulator_port:
-                _check_port_free(self.host, self._emulator_port, "--emulator-port")
             self.emulator = GcsEmulator(
                 self.host, self._emulator_port, None if data_dir is None else str(data_dir), on_finalize=self.bridge.submit
             ).start()
@@ -379,8 +397,11 @@ class LocalStack:
         if self.pg_server is not None:
             self.pg_server.cleanup()
             self.pg_server = None
-        with contextlib.suppress(FileNotFoundError):
-            (self.state_dir / "stack.json").unlink()  # nothing to find any more
+        if self._wrote_stack_file:
+            # Ours only: a stack refused for a busy folder must not hide the running one.
+            with contextlib.suppress(FileNotFoundError):
+                (self.state_dir / "stack.json").unlink()  # nothing to find any more
+            self._wrote_stack_file = False
 
     # -- what to export
 
@@ -412,6 +433,7 @@ class LocalStack:
         (self.state_dir / "stack.json").write_text(
             json.dumps({**env, "function_url": self.function_url, "pid": os.getpid()}, indent=2) + "\n"
         )
+        self._wrote_stack_file = True
 
     # -- conveniences over the stack's database
 
@@ -445,4 +467,22 @@ def read_stack_file(state_dir: str | os.PathLike[str] = DEFAULT_STATE_DIR) -> di
     path = Path(state_dir) / "stack.json"
     if not path.exists():
         return None
-    return json.loads(path.read_text())
+    try:
+        return json.loads(path.read_text())
+    except ValueError:  # cut short by a crash: as good as absent
+        return None
+
+
+def running_stack(state_dir: str | os.PathLike[str] = DEFAULT_STATE_DIR) -> dict[str, Any] | None:
+    """``stack.json`` of a stack whose process is still alive (None if none: a
+    file left by a killed stack does not count)."""
+    stack = read_stack_file(state_dir)
+    if stack is None or not isinstance(stack.get("pid"), int):
+        return None
+    try:
+        os.kill(stack["pid"], 0)
+    except ProcessLookupError:
+        return None
+    except PermissionError:  # alive, another user's
+        return stack
+    return stack

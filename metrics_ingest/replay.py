@@ -58,6 +58,27 @@ class UsageError(ValueError):
     """A bad command line value (exit status 2)."""
 
 
+class SetupError(RuntimeError):
+    """Replay cannot start: no credentials, database unreachable or not migrated.
+
+    ``exit_status`` is 2 when the command line or environment must change
+    (nothing configured, a malformed value, migrations not applied) and 1 when
+    what is configured is unreachable (rerunning later may work).
+
+    Example::
+
+        try:
+            check_database(settings)
+        except SetupError as exc:
+            print(exc, file=sys.stderr)
+            raise SystemExit(exc.exit_status)
+    """
+
+    def __init__(self, message: str, exit_status: int = 1) -> None:
+        super().__init__(message)
+        self.exit_status = exit_status
+
+
 @dataclasses.dataclass(frozen=True)
 class GcsTarget:
     """A bucket and an optional object-name prefix (``gs://bucket/prefix``).
@@ -86,6 +107,12 @@ def parse_gs_uri(uri: str) -> GcsTarget:
     bucket, _, prefix = uri[len("gs://") :].partition("/")
     if not _BUCKET_NAME.match(bucket):
         raise UsageError(f"invalid bucket name {bucket!r} in {uri!r}")
+    if "*" in prefix or "?" in prefix:
+        # A shell-style pattern would silently match nothing: GCS lists by plain prefix.
+        raise UsageError(
+            f"{uri!r}: the prefix is a plain name prefix, not a pattern; drop the wildcard "
+            f"(e.g. gs://{bucket}/{prefix.split('*')[0].split('?')[0]})"
+        )
     return GcsTarget(bucket=bucket, prefix=prefix)
 
 
@@ -139,10 +166,18 @@ class ObjectOutcome:
         return f"gs://{self.ref.bucket}/{self.ref.name}#{self.ref.generation}"
 
     def to_dict(self) -> dict[str, Any]:
+        # The same keys for every object, a failed one included (None where
+        # nothing is known), so a consumer can index without checking.
+        data: dict[str, Any] = {
+            "object": self.ref.name,
+            "quicktest_id": None,
+            "epochs": None,
+            "size": self.ref.size,
+            "duration_ms": None,
+            "dry_run": None,
+        }
         if self.result is not None:
-            data = dict(self.result.to_dict())
-        else:
-            data = {"outcome": self.outcome, "reason": self.reason}
+            data.update(self.result.to_dict())
         data.update(
             {
                 "uri": self.uri,
@@ -212,23 +247,43 @@ class ReplayReport:
         }
 
 
+LISTING_REPORT_EVERY = 1000  # objects between two on_listing calls (one listing page)
+
+
 def list_metrics_objects(
-    client: Any, target: GcsTarget, settings: Settings, stop: Callable[[], bool] = lambda: False
+    client: Any,
+    target: GcsTarget,
+    settings: Settings,
+    stop: Callable[[], bool] = lambda: False,
+    on_listing: Callable[[int, int], None] | None = None,
 ) -> tuple[int, list[ObjectRef]]:
     """List the prefix (the client pages through it) and keep the metrics files.
 
     Returns (objects listed, metrics objects as ObjectRefs in name order);
-    stops early, with what it has, once ``stop()`` is true.
+    stops early, with what it has, once ``stop()`` is true. ``on_listing``
+    gets (listed, matched) every LISTING_REPORT_EVERY objects: listing a big
+    bucket takes a while and should not look like a hang.
     """
+    from google.api_core.retry import Retry
+    from google.cloud.storage.retry import DEFAULT_RETRY
+
     listed = 0
     refs: list[ObjectRef] = []
-    for blob in client.list_blobs(target.bucket, prefix=target.prefix or None):
+    # The client's default retry budget is 120 s per page: an unreachable
+    # endpoint would look like a hang. Bound it by GCS_TIMEOUT_SECONDS instead.
+    retry: Retry = DEFAULT_RETRY.with_timeout(settings.gcs_timeout)
+    pages = client.list_blobs(
+        target.bucket, prefix=target.prefix or None, timeout=settings.gcs_timeout, retry=retry
+    )
+    for blob in pages:
         if stop():
             break
         listed += 1
         if is_metrics_object(blob.name, settings):
             # The listing gives the same object resource the finalize event carries.
             refs.append(ObjectRef.from_resource(blob._properties))
+        if on_listing is not None and listed % LISTING_REPORT_EVERY == 0:
+            on_listing(listed, len(refs))
     return listed, refs
 
 
@@ -264,6 +319,7 @@ def run_replay(
     on_outcome: Callable[[ObjectOutcome], None] | None = None,
     on_listed: Callable[[int, int], None] | None = None,
     stop: threading.Event | None = None,
+    on_listing: Callable[[int, int], None] | None = None,
 ) -> ReplayReport:
     """Replay ``options.target``; returns the report (see ``exit_status``).
 
@@ -273,6 +329,7 @@ def run_replay(
             ``STORAGE_EMULATOR_HOST``). It is shared by the worker threads.
         on_outcome: called in the calling thread after each object.
         on_listed: called once with (objects listed, metrics objects).
+        on_listing: called with (listed so far, metrics objects so far) while listing.
         stop: set it to stop submitting (Ctrl-C sets an internal one too).
     """
     settings = options.settings or Settings.from_env()
@@ -293,7 +350,7 @@ def run_replay(
     with _Interrupt() as interrupt:
         stop_events = [interrupt.event] + ([stop] if stop is not None else [])
         listed, refs = list_metrics_objects(
-            client, options.target, settings, stop=lambda: any(e.is_set() for e in stop_events)
+            client, options.target, settings, stop=lambda: any(e.is_set() for e in stop_events), on_listing=on_listing
         )
         report.listed, report.matched = listed, len(refs)
         stopped_while_listing = any(e.is_set() for e in stop_events)
@@ -369,11 +426,35 @@ def _ingest_one(ref: ObjectRef, options: ReplayOptions, settings: Settings, clie
     return ObjectOutcome(ref, result.outcome, result.reason, result)
 
 
+CREDENTIALS_HELP = (
+    "no Google Cloud credentials found. Provide them with one of:\n"
+    "  gcloud auth application-default login                       # your own account\n"
+    "  export GOOGLE_APPLICATION_CREDENTIALS=/path/to/key.json     # a service account key\n"
+    "  export STORAGE_EMULATOR_HOST=http://127.0.0.1:9023          # a local emulator (`metrics-ingest dev` prints it)"
+)
+
+
 def make_storage_client(workers: int = 4) -> Any:
-    """A storage client whose HTTP connection pool fits ``workers`` threads."""
+    """A storage client whose HTTP connection pool fits ``workers`` threads.
+
+    Raises UsageError when ``STORAGE_EMULATOR_HOST`` is not a URL or when no
+    credentials are found (the message says how to provide them).
+    """
+    import os
+
+    import google.auth.exceptions
     from google.cloud import storage
 
-    client = storage.Client()
+    emulator = os.environ.get("STORAGE_EMULATOR_HOST")
+    if emulator and not re.match(r"^https?://[^/]+", emulator):
+        # The client would fail on every request with "No connection adapters".
+        raise UsageError(
+            f"STORAGE_EMULATOR_HOST must be a URL with its scheme, e.g. http://{emulator}; got {emulator!r}"
+        )
+    try:
+        client = storage.Client()
+    except google.auth.exceptions.DefaultCredentialsError:
+        raise UsageError(CREDENTIALS_HELP) from None
     try:
         import requests.adapters
 
@@ -385,6 +466,53 @@ def make_storage_client(workers: int = 4) -> Any:
     except AttributeError:  # a client without a requests session: keep its defaults
         pass
     return client
+
+
+def check_database(settings: Settings) -> None:
+    """Connect once and check that the migrations ran and the platform table exists.
+
+    Done before listing, so a wrong or missing DATABASE_URL is one clear
+    message instead of every object failing three times. Raises SetupError.
+    """
+    import psycopg2
+    from psycopg2 import sql
+
+    where = "DATABASE_URL" if settings.database_url else "DATABASE_URL is not set, so libpq's defaults"
+    hint = "set DATABASE_URL or pass --database-url"
+    try:
+        conn = psycopg2.connect(settings.database_url or "", connect_timeout=settings.db_connect_timeout)
+    except psycopg2.ProgrammingError as exc:  # a malformed DSN
+        raise SetupError(f"DATABASE_URL is not a valid connection string: {_first_line(exc)}", 2) from None
+    except psycopg2.Error as exc:
+        raise SetupError(
+            f"cannot connect to the database ({where}): {_first_line(exc)}; {hint}",
+            1 if settings.database_url else 2,
+        ) from None
+    try:
+        with conn, conn.cursor() as cur:
+            table = sql.Identifier(settings.quicktest_table).as_string(conn)
+            cur.execute("SELECT to_regclass('training_metrics_ingestions'), to_regclass(%s)", (table,))
+            ingestions, quicktest = cur.fetchone()
+    except psycopg2.Error as exc:
+        raise SetupError(f"cannot read the database ({where}): {_first_line(exc)}") from None
+    finally:
+        conn.close()
+    if ingestions is None:
+        raise SetupError(
+            "this database has no training_metrics_ingestions table: run `metrics-ingest migrate` first "
+            f"(database: {where})",
+            2,
+        )
+    if quicktest is None:
+        raise SetupError(
+            f"this database has no table {settings.quicktest_table!r} (QUICKTEST_TABLE names the platform's "
+            f"QuickTest table; database: {where})",
+            2,
+        )
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
 
 
 # ---------------------------------------------------------------- output
@@ -453,8 +581,16 @@ class Progress:
         self.tty = stream.isatty() if tty is None else tty
         self._bar: Any = None
 
+    def listing(self, listed: int, matched: int) -> None:
+        """While listing: one line rewritten in place on a terminal, a line per 10,000 otherwise."""
+        if self.tty:
+            print(f"\rlisting: {listed} objects, {matched} metrics files so far", end="", file=self.stream, flush=True)
+        elif listed % 10_000 == 0:
+            print(f"listing: {listed} objects, {matched} metrics files so far", file=self.stream, flush=True)
+
     def listed(self, listed: int, matched: int) -> None:
         if self.tty:
+            print("\r\033[K", end="", file=self.stream, flush=True)  # clear the listing line
             from tqdm import tqdm
 
             self._bar = tqdm(total=matched, file=self.stream, unit="file", dynamic_ncols=True)
@@ -492,7 +628,9 @@ __all__ = [
     "Progress",
     "ReplayOptions",
     "ReplayReport",
+    "SetupError",
     "UsageError",
+    "check_database",
     "format_summary",
     "list_metrics_objects",
     "make_storage_client",

@@ -70,8 +70,10 @@ def test_usage_errors_exit_2(replay_env: Any, capsys: pytest.CaptureFixture[str]
     """A bad URI, a bad --workers or a missing argument exits with status 2 and says why."""
     assert main(["replay", "s3://bucket/prefix"]) == 2
     assert "gs://BUCKET" in capsys.readouterr().err
-    assert main(["replay", "gs://ml-artifacts", "--workers", "0"]) == 2
-    assert "workers" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exc:
+        main(["replay", "gs://ml-artifacts", "--workers", "0"])
+    assert exc.value.code == 2
+    assert "--workers" in capsys.readouterr().err
     assert main(["replay", "gs://no-such-bucket-here"]) == 2
     assert "no-such-bucket-here" in capsys.readouterr().err
     with pytest.raises(SystemExit) as exc:
@@ -149,7 +151,8 @@ def test_prefix_limits_the_replay(replay_env: Any, platform_db: Any, capsys: pyt
 def test_transient_faults_are_retried_then_reported_failed(
     replay_env: Any, platform_db: Any, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A GCS 503 is retried; one that persists is reported as failed (status 1), the row untouched."""
+    """A GCS 503 is retried; one that persists is reported as failed (status 1, the same JSON keys
+    as any object), the row untouched."""
     monkeypatch.setenv("GCS_TIMEOUT_SECONDS", "1")  # the client's own retry budget per try
     bucket = fill_bucket(replay_env, platform_db.url, valid=2)
     first, second = sorted(bucket.valid)
@@ -160,6 +163,7 @@ def test_transient_faults_are_retried_then_reported_failed(
     assert code == 1
     assert outcomes[first]["outcome"] == "ingested"
     assert outcomes[second]["outcome"] == "failed" and "transient" in outcomes[second]["reason"]
+    assert set(outcomes[second]) == set(outcomes[first])  # --json: the same keys for every object
     assert histories(platform_db.url, [bucket.valid[second]])[bucket.valid[second]] is None
 
 
@@ -204,3 +208,31 @@ def test_interrupted_replay_leaves_no_partly_written_row(replay_env: Any, platfo
         assert history["loss"] == original["loss"] and history["weight_stats"] == original["weight_stats"]
         assert str(ingested[name]["generation"]) == str(history["source"]["generation"])
         assert ingested[name]["quicktest_id"] == qt
+
+
+def test_listing_reports_progress_before_the_first_file(
+    replay_env: Any, platform_db: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A long listing is not silent: on_listing gets the running counts every page-sized step, and
+    on a terminal the progress shows them on one line rewritten in place."""
+    import metrics_ingest.replay as replay
+
+    bucket = fill_bucket(replay_env, platform_db.url, valid=3, other=9)
+    monkeypatch.setattr(replay, "LISTING_REPORT_EVERY", 4)
+    calls: list[tuple[int, int]] = []
+    stream = io.StringIO()
+    progress = Progress(stream, dry_run=True, tty=True)
+
+    def on_listing(listed: int, matched: int) -> None:
+        calls.append((listed, matched))
+        progress.listing(listed, matched)
+
+    report = replay.run_replay(
+        replay.ReplayOptions(parse_gs_uri(bucket.uri), dry_run=True),
+        on_listing=on_listing,
+        on_listed=progress.listed,
+        on_outcome=progress.update,
+    )
+    progress.close()
+    assert report.listed == 12 and [n for n, _ in calls] == [4, 8, 12] and calls[-1][1] == 3
+    assert "\rlisting: 8 objects" in stream.getvalue() and "3/3" in stream.getvalue()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import re
 
 
@@ -10,3 +11,47 @@ def describe(docstring: str | None) -> str:
     ``Example::`` markers become plain text."""
     text = (docstring or "").replace("``", "")
     return re.sub(r"::$", ":", text, flags=re.M)
+
+
+def positive_int(text: str) -> int:
+    """argparse ``type=`` for counts that must be at least 1 (a bad value exits 2 with the usage)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def port(text: str) -> int:
+    """argparse ``type=`` for a TCP port, 0 meaning any free one."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a port number, got {text!r}") from None
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"must be 0..65535 (0: any free port), got {value}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    """argparse ``type=`` for a duration in seconds that must be more than 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+    return value
+
+
+def bucket_name(text: str) -> str:
+    """argparse ``type=`` for a GCS bucket name (lowercase letters, digits, -, _ and .)."""
+    from metrics_ingest.replay import _BUCKET_NAME
+
+    if not _BUCKET_NAME.match(text):
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a valid bucket name (3-222 lowercase letters, digits, '-', '_' or '.')"
+        )
+    return text

@@ -23,7 +23,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from metrics_ingest.commands import describe
+from metrics_ingest.commands import bucket_name, describe, positive_float, positive_int
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -34,10 +34,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--state-dir", default=".metrics-ingest", help="the stack's folder (default .metrics-ingest)")
-    parser.add_argument("--bucket", default="ml-artifacts", help="emulator bucket (default ml-artifacts)")
-    parser.add_argument("--epochs", type=int, default=8, help="training epochs (default 8)")
+    parser.add_argument("--bucket", type=bucket_name, default="ml-artifacts", help="emulator bucket (default ml-artifacts)")
+    parser.add_argument("--epochs", type=positive_int, default=8, help="training epochs (default 8)")
     parser.add_argument(
-        "--timeout", type=float, default=60.0, help="seconds to wait for the function to fill the row (default 60)"
+        "--timeout", type=positive_float, default=60.0, help="seconds to wait for the function to fill the row (default 60)"
     )
     parser.add_argument(
         "--database-url", default=None, help="use this PostgreSQL database instead of starting one with pgserver"
@@ -73,9 +73,6 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    if args.epochs < 1:
-        print(f"metrics-ingest demo: error: --epochs must be >= 1, got {args.epochs}", file=sys.stderr)
-        return 2
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     from metrics_ingest.localstack import LocalStack, Steps, fetch_ingestions
     from metrics_ingest.render import render_history

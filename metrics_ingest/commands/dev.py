@@ -23,7 +23,7 @@ import signal
 import sys
 import threading
 
-from metrics_ingest.commands import describe
+from metrics_ingest.commands import bucket_name, describe, port
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -34,10 +34,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--state-dir", default=".metrics-ingest", help="the stack's folder (default .metrics-ingest)")
-    parser.add_argument("--bucket", default="ml-artifacts", help="emulator bucket to create (default ml-artifacts)")
+    parser.add_argument("--bucket", type=bucket_name, default="ml-artifacts", help="emulator bucket to create (default ml-artifacts)")
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
-    parser.add_argument("--emulator-port", type=int, default=9023, help="GCS emulator port (default 9023; 0: any)")
-    parser.add_argument("--function-port", type=int, default=8080, help="function port (default 8080; 0: any)")
+    parser.add_argument("--emulator-port", type=port, default=9023, help="GCS emulator port (default 9023; 0: any)")
+    parser.add_argument("--function-port", type=port, default=8080, help="function port (default 8080; 0: any)")
     parser.add_argument(
         "--database-url", default=None, help="use this PostgreSQL database instead of starting one with pgserver"
     )
@@ -114,13 +114,15 @@ The function's log lines follow. Ctrl-C stops everything.
 
 
 def _add_row(args: argparse.Namespace) -> int:
-    from metrics_ingest.localstack import create_quicktest, read_stack_file
+    import psycopg2
+
+    from metrics_ingest.localstack import create_quicktest, running_stack
     from metrics_ingest.replay import UsageError, parse_gs_uri
 
     database_url = args.database_url or os.environ.get("DATABASE_URL")
     bucket = args.bucket
     if not database_url:
-        stack = read_stack_file(args.state_dir)
+        stack = running_stack(args.state_dir)
         if stack is None:
             print(
                 f"metrics-ingest dev: error: no DATABASE_URL and no running stack in {args.state_dir}; "
@@ -138,7 +140,12 @@ def _add_row(args: argparse.Namespace) -> int:
             return 2
         folder, bucket = target.uri, target.bucket
     table = os.environ.get("QUICKTEST_TABLE") or "ml_platform_quicktest"
-    quicktest_id, folder = create_quicktest(database_url, bucket, folder, table=table)
+    try:
+        quicktest_id, folder = create_quicktest(database_url, bucket, folder, table=table)
+    except psycopg2.Error as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        print(f"metrics-ingest dev: error: cannot create the QuickTest row in table {table!r}: {first}", file=sys.stderr)
+        return 1
     print(f"QuickTest {quicktest_id}: upload to {folder}/training_metrics.json")
     return 0
 

@@ -20,6 +20,8 @@ import os
 import sys
 from typing import Any
 
+import psycopg2
+
 from ingest.config import Settings
 from metrics_ingest.db_role import RoleMigrationError, add_function_role_option, apply_function_role_option
 from metrics_ingest.migrations import apply_migrations, rollback_migrations
@@ -50,7 +52,6 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     database_url = args.database_url or os.environ.get("DATABASE_URL") or None
-    import psycopg2
 
     if args.rollback:
         if args.function_role:
@@ -59,7 +60,7 @@ def run(args: argparse.Namespace) -> int:
         try:
             rolled_back = rollback_migrations(database_url)
         except psycopg2.Error as exc:
-            print(f"migrate --rollback failed: {str(exc).strip()}", file=sys.stderr)
+            print(f"migrate --rollback failed: {str(exc).strip()}{_unset_hint(database_url, exc)}", file=sys.stderr)
             return 1
         print("\n".join(f"rolled back {m}" for m in rolled_back) if rolled_back else "nothing to roll back")
         return 0
@@ -67,9 +68,20 @@ def run(args: argparse.Namespace) -> int:
         applied = apply_migrations(database_url)
         role = apply_function_role_option(args, database_url, quicktest_table=Settings.from_env().quicktest_table)
     except (psycopg2.Error, RoleMigrationError) as exc:  # unreachable server, bad credentials, missing table
-        print(f"migrate failed: {str(exc).strip()}", file=sys.stderr)
+        print(f"migrate failed: {str(exc).strip()}{_unset_hint(database_url, exc)}", file=sys.stderr)
         return 1
     print("\n".join(f"applied {m}" for m in applied) if applied else "up to date")
     if role:
         print(f"function role {role}: privileges granted")
     return 0
+
+
+def _unset_hint(database_url: str | None, exc: BaseException) -> str:
+    """Without DATABASE_URL libpq tried its defaults (a local socket): say so,
+    or the error reads as if the configured server were down."""
+    if database_url or not isinstance(exc, psycopg2.OperationalError):
+        return ""
+    return (
+        "\n(DATABASE_URL is not set, so libpq's defaults were used (PG* variables, else the local socket): "
+        "set DATABASE_URL or pass --database-url)"
+    )

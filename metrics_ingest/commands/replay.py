@@ -11,8 +11,13 @@ Example::
     $ metrics-ingest replay gs://ml-artifacts/quick_tests --workers 8
     $ metrics-ingest replay gs://ml-artifacts/quick_tests/42 --force --json > replay.json
 
-Exit status: 0 when nothing was rejected or failed, 1 otherwise, 2 for a
-usage error, 130 when interrupted (Ctrl-C; the summary covers what was done).
+Before listing, the credentials and the database (reachable, migrated) are
+checked once; a problem there is one line on stderr.
+
+Exit status: 0 when nothing was rejected or failed, 1 otherwise (GCS or the
+database unreachable included), 2 for a usage error (bad URI or option, no
+such bucket, no credentials, DATABASE_URL unset or malformed, migrations not
+applied), 130 when interrupted (Ctrl-C; the summary covers what was done).
 """
 
 from __future__ import annotations
@@ -21,10 +26,11 @@ import argparse
 import contextlib
 import dataclasses
 import json
+import os
 import sys
 from collections.abc import Iterator
 
-from metrics_ingest.commands import describe
+from metrics_ingest.commands import describe, positive_int
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -35,7 +41,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("uri", metavar="gs://BUCKET[/PREFIX]", help="bucket and optional object-name prefix")
-    parser.add_argument("--workers", type=int, default=4, help="objects ingested in parallel (default 4)")
+    parser.add_argument(
+        "--workers",
+        type=positive_int,
+        default=4,
+        help="objects ingested in parallel, one database connection each (default 4)",
+    )
     parser.add_argument(
         "--dry-run", action="store_true", help="say what would happen to each object, write nothing"
     )
@@ -56,7 +67,21 @@ def run(args: argparse.Namespace) -> int:
     # Imported here so that `metrics-ingest --help` stays instant.
     from ingest.config import Settings
 
-    from metrics_ingest.replay import Progress, ReplayOptions, UsageError, format_summary, parse_gs_uri, run_replay
+    from metrics_ingest.replay import (
+        Progress,
+        ReplayOptions,
+        SetupError,
+        UsageError,
+        check_database,
+        format_summary,
+        make_storage_client,
+        parse_gs_uri,
+        run_replay,
+    )
+
+    def fail(message: str, status: int) -> int:
+        print(f"metrics-ingest replay: error: {message}", file=sys.stderr)
+        return status
 
     try:
         settings = Settings.from_env()
@@ -69,26 +94,54 @@ def run(args: argparse.Namespace) -> int:
             force=args.force,
             settings=settings,
         )
+        # Both checked before listing: one clear message, not one failure per object.
+        client = make_storage_client(options.workers)
+        check_database(settings)
     except (UsageError, ValueError) as exc:
-        print(f"metrics-ingest replay: error: {exc}", file=sys.stderr)
-        return 2
+        return fail(str(exc), 2)
+    except SetupError as exc:
+        return fail(str(exc), exc.exit_status)
 
     # Progress always goes to stderr, so stdout carries only the summary (or JSON).
     progress = Progress(sys.stderr, dry_run=args.dry_run)
+    import google.auth.exceptions
+    import requests
     from google.api_core import exceptions as gcs_errors
 
+    target = options.target.uri
+    print(f"listing {target} ...", file=sys.stderr, flush=True)
     try:
         with _pipeline_logs(args.verbose):
-            report = run_replay(options, on_outcome=progress.update, on_listed=progress.listed)
-    except gcs_errors.NotFound as exc:
+            report = run_replay(
+                options,
+                client=client,
+                on_outcome=progress.update,
+                on_listed=progress.listed,
+                on_listing=progress.listing,
+            )
+    except gcs_errors.NotFound:
         # Only the listing can raise this: ingest_object records a missing object as an outcome.
-        print(f"metrics-ingest replay: error: no such bucket: {options.target.bucket} ({exc.message})", file=sys.stderr)
-        return 2
+        return fail(f"no such bucket: gs://{options.target.bucket}", 2)
+    except gcs_errors.Forbidden as exc:
+        return fail(f"not allowed to list {target} (the account needs storage.objects.list): {exc.message}", 2)
     except gcs_errors.GoogleAPICallError as exc:
-        print(f"metrics-ingest replay: error: cannot list {options.target.uri}: {exc}", file=sys.stderr)
-        return 1
+        return fail(f"cannot list {target}: {exc}", 1)
+    except google.auth.exceptions.GoogleAuthError as exc:  # expired or revoked credentials
+        return fail(f"the Google Cloud credentials were refused ({exc}); renew them, e.g. "
+                    "`gcloud auth application-default login`", 2)
+    except (gcs_errors.RetryError, requests.RequestException) as exc:
+        where = os.environ.get("STORAGE_EMULATOR_HOST") or "storage.googleapis.com"
+        cause = getattr(exc, "cause", None) or exc
+        return fail(f"cannot reach GCS at {where} to list {target} "
+                    f"(gave up after {settings.gcs_timeout:.0f} s, GCS_TIMEOUT_SECONDS): {cause}", 1)
     finally:
         progress.close()
+    if report.matched == 0 and not report.interrupted:
+        print(
+            f"note: no {settings.metrics_filename} under {target} ({report.listed} objects listed); "
+            "check the bucket and prefix",
+            file=sys.stderr,
+        )
     if args.json:
         json.dump(report.to_dict(), sys.stdout, indent=2)
         sys.stdout.write("\n")
