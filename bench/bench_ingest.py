@@ -84,6 +84,24 @@ def postgres(url: str | None) -> Iterator[str]:
 
 
 @contextlib.contextmanager
+def scratch_database(admin_url: str, purpose: str) -> Iterator[str]:
+    """A fresh database on the bench's server for one part of the run (dropped after)."""
+    from psycopg2.extensions import make_dsn, parse_dsn
+
+    admin = psycopg2.connect(admin_url)
+    admin.autocommit = True
+    name = f"bench_{purpose}_{os.getpid()}"
+    with admin.cursor() as cur:
+        cur.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    try:
+        yield make_dsn(**{**parse_dsn(admin_url), "dbname": name})
+    finally:
+        with admin.cursor() as cur:
+            cur.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+        admin.close()
+
+
+@contextlib.contextmanager
 def function_server(source: Path, target: str, env: dict[str, str], log: Path) -> Iterator[str]:
     port = free_port()
     command = [
@@ -294,15 +312,7 @@ def bench_cold_start(runs: int) -> None:
 
 
 def bench_lookup(admin_url: str, rows: int, repeats: int = 300) -> None:
-    from psycopg2.extensions import make_dsn, parse_dsn
-
-    admin = psycopg2.connect(admin_url)
-    admin.autocommit = True
-    name = f"bench_lookup_{os.getpid()}"
-    with admin.cursor() as cur:
-        cur.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    url = make_dsn(**{**parse_dsn(admin_url), "dbname": name})
-    try:
+    with scratch_database(admin_url, "lookup") as url:
         create_dev_platform_table(url)
         conn = psycopg2.connect(url)
         t = time.perf_counter()
@@ -340,10 +350,6 @@ def bench_lookup(admin_url: str, rows: int, repeats: int = 300) -> None:
             plan = [r[0] for r in cur.fetchall()]
         pk, path = timed(by_id, (target,)), timed(lookup, params)
         conn.close()
-    finally:
-        with admin.cursor() as cur:
-            cur.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
-        admin.close()
     print(f"\n4. Row lookup by gcs_artifacts_path, {rows:,} rows (filled in {fill:.1f} s, migrate/index {migrate:.1f} s)")
     for row in plan:
         print(f"     {row}")
@@ -369,15 +375,7 @@ def main(argv: list[str] | None = None) -> int:
     bench_cold_start(args.cold_runs)
     with postgres(args.database_url) as admin_url, GcsEmulator() as emulator, tempfile.TemporaryDirectory() as tmp:
         bench_lookup(admin_url, args.rows)
-        from psycopg2.extensions import make_dsn, parse_dsn
-
-        admin = psycopg2.connect(admin_url)
-        admin.autocommit = True
-        name = f"bench_ingest_{os.getpid()}"
-        with admin.cursor() as cur:
-            cur.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-        db_url = make_dsn(**{**parse_dsn(admin_url), "dbname": name})
-        try:
+        with scratch_database(admin_url, "ingest") as db_url:
             create_dev_platform_table(db_url)
             apply_migrations(db_url)
             emulator.create_bucket(BUCKET)
@@ -393,10 +391,6 @@ def main(argv: list[str] | None = None) -> int:
             ):
                 bench_nonmatching(ours, empty, args.events)
                 bench_matching(ours, db_url, args.files, Path(tmp) / "ours.log", args.metrics)
-        finally:
-            with admin.cursor() as cur:
-                cur.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
-            admin.close()
     print(f"\ntotal {time.perf_counter() - started:.0f} s")
     return 0
 
