@@ -45,7 +45,7 @@ from cloudevents.http import CloudEvent  # noqa: E402
 from google.cloud import storage  # noqa: E402
 from psycopg2 import sql  # noqa: E402
 
-from metrics_ingest.gcs_emulator import GcsEmulator  # noqa: E402
+from metrics_ingest.localstack.emulator import GcsEmulator  # noqa: E402
 from metrics_ingest.migrations import apply_migrations, create_dev_platform_table  # noqa: E402
 from tests.support.documents import megabyte_document  # noqa: E402
 

@@ -62,13 +62,13 @@ from ingest import document as document_module  # noqa: E402
 from ingest import gcs as gcs_module  # noqa: E402
 from ingest import store  # noqa: E402
 from ingest.config import Settings  # noqa: E402
-from metrics_ingest.localstack import ensure_database, prepare_database  # noqa: E402
+from metrics_ingest.localstack.stack import ensure_database, prepare_database  # noqa: E402
 from metrics_ingest.replay import GcsTarget, ReplayOptions, make_storage_client, run_replay  # noqa: E402
 from tests.support.documents import dumps, v1_document  # noqa: E402
 
 EMULATOR_SCRIPT = """
 import sys, time
-from metrics_ingest.gcs_emulator import Fault, GcsEmulator
+from metrics_ingest.localstack.emulator import Fault, GcsEmulator
 emulator = GcsEmulator().start()
 latency = float(sys.argv[1])
 if latency:

@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 
 from metrics_ingest.cli import main
-from metrics_ingest.gcs_emulator import GcsEmulator
-from metrics_ingest.localstack import LocalStack, StackError
+from metrics_ingest.localstack.emulator import GcsEmulator
+from metrics_ingest.localstack.stack import LocalStack, StackError
 from tests.support.localstack import REPO_ROOT, cli_command, cli_env, fill_bucket
 
 

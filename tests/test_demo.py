@@ -11,7 +11,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from metrics_ingest.render import render_history, sparkline
+from metrics_ingest.localstack.render import render_history, sparkline
 from tests.support.documents import v1_document
 from tests.support.localstack import REPO_ROOT, cli_command, cli_env
 

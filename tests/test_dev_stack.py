@@ -16,9 +16,9 @@ import psutil
 import pytest
 from google.cloud import storage
 
-from metrics_ingest.bridge import FINALIZED, EventBridge
+from metrics_ingest.localstack.bridge import FINALIZED, EventBridge
 from metrics_ingest.cli import main
-from metrics_ingest.localstack import LocalStack, fetch_ingestions
+from metrics_ingest.localstack.stack import LocalStack, fetch_ingestions
 from tests.support.documents import dumps, v1_document
 from tests.support.localstack import REPO_ROOT, cli_command, cli_env
 

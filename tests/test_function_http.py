@@ -12,7 +12,7 @@ from cloudevents.conversion import to_binary, to_structured
 import functions_framework
 from ingest import store
 from ingest.errors import printable
-from metrics_ingest.gcs_emulator import Fault
+from metrics_ingest.localstack.emulator import Fault
 from tests.support.documents import dumps, v1_document
 from tests.support.function_server import ROOT, FunctionServer, finalize_event
 from tests.support.network import unreachable_database_url

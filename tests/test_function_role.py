@@ -24,7 +24,7 @@ from metrics_ingest.db_role import (
 from ingest.config import Settings
 from ingest.objects import ObjectRef
 from ingest.pipeline import ingest_object
-from metrics_ingest.gcs_emulator import GcsEmulator
+from metrics_ingest.localstack.emulator import GcsEmulator
 from metrics_ingest.migrations import apply_migrations
 from tests.support.documents import v1_document
 from tests.support.scratch_db import REPO, create_dev_platform_table, psql_path, with_params

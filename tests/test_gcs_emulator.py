@@ -12,7 +12,7 @@ import pytest
 from google.api_core import exceptions as gexc
 from google.cloud import storage
 
-from metrics_ingest.gcs_emulator import Fault, GcsEmulator
+from metrics_ingest.localstack.emulator import Fault, GcsEmulator
 
 
 @pytest.fixture

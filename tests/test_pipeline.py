@@ -14,7 +14,7 @@ from psycopg2 import sql
 from ingest.errors import TransientError
 from ingest.objects import ObjectRef
 from ingest.pipeline import IngestResult, ingest_object
-from metrics_ingest.gcs_emulator import Fault
+from metrics_ingest.localstack.emulator import Fault
 from metrics_ingest.migrations import create_dev_platform_table
 from tests.support.documents import appendix_document, dumps, v1_document
 from tests.support.platform_db import Artifacts, PlatformDb

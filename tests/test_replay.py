@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from metrics_ingest.cli import main
-from metrics_ingest.gcs_emulator import Fault
+from metrics_ingest.localstack.emulator import Fault
 from ingest.objects import ObjectRef
 from metrics_ingest.replay import GcsTarget, ObjectOutcome, Progress, UsageError, parse_gs_uri
 from tests.support.localstack import (

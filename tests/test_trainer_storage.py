@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from google.cloud import storage
 
-from metrics_ingest.gcs_emulator import Fault, GcsEmulator
+from metrics_ingest.localstack.emulator import Fault, GcsEmulator
 from tests.support.format_checks import check_document, check_strict_json
 from trainer_callbacks import MetricsCollector, MetricsUploadError, RetryPolicy
 

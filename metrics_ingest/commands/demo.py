@@ -63,7 +63,7 @@ def _stderr_to(path: Path) -> Iterator[None]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from metrics_ingest.localstack import StackError
+    from metrics_ingest.localstack.stack import StackError
 
     try:
         return _run(args)
@@ -74,8 +74,8 @@ def run(args: argparse.Namespace) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    from metrics_ingest.localstack import LocalStack, Steps, fetch_ingestions
-    from metrics_ingest.render import render_history
+    from metrics_ingest.localstack.stack import LocalStack, Steps, fetch_ingestions
+    from metrics_ingest.localstack.render import render_history
 
     out = sys.stdout
     steps = Steps(out)
@@ -95,7 +95,7 @@ def _run(args: argparse.Namespace) -> int:
         with steps("importing TensorFlow"), _stderr_to(stack.state_dir / "tensorflow.log"):
             import keras
 
-            from metrics_ingest import demo_model
+            from metrics_ingest.localstack import demo_model
             from trainer_callbacks import (
                 GradientStatsCallback,
                 MetricsCallback,

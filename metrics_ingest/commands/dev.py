@@ -59,7 +59,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     if args.add_row is not None:
         return _add_row(args)
-    from metrics_ingest.localstack import LocalStack, StackError, Steps
+    from metrics_ingest.localstack.stack import LocalStack, StackError, Steps
 
     stop = threading.Event()
     # SIGTERM (e.g. from a supervisor) stops as cleanly as Ctrl-C.
@@ -116,7 +116,7 @@ The function's log lines follow. Ctrl-C stops everything.
 def _add_row(args: argparse.Namespace) -> int:
     import psycopg2
 
-    from metrics_ingest.localstack import create_quicktest, running_stack
+    from metrics_ingest.localstack.stack import create_quicktest, running_stack
     from metrics_ingest.replay import UsageError, parse_gs_uri
 
     database_url = args.database_url or os.environ.get("DATABASE_URL")

@@ -15,7 +15,7 @@ import pytest
 import requests
 from cloudevents.http import CloudEvent
 
-from metrics_ingest.gcs_emulator import GcsEmulator
+from metrics_ingest.localstack.emulator import GcsEmulator
 from tests.support.network import closed_port
 from tests.support.platform_db import PlatformDb
 

@@ -6,7 +6,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from metrics_ingest.gcs_emulator import GcsEmulator
+from metrics_ingest.localstack.emulator import GcsEmulator
 
 
 @pytest.fixture(scope="session")

@@ -24,8 +24,8 @@ import pytest
 from google.cloud import storage
 from psycopg2 import sql
 
-from metrics_ingest.gcs_emulator import GcsEmulator
-from metrics_ingest.localstack import LocalStack
+from metrics_ingest.localstack.emulator import GcsEmulator
+from metrics_ingest.localstack.stack import LocalStack
 from tests.support.documents import dumps, v1_document
 
 REPO_ROOT = Path(__file__).resolve().parents[2]

@@ -22,8 +22,8 @@ from psycopg2 import sql
 
 from ingest import store
 from ingest.config import Settings
-from metrics_ingest.gcs_emulator import GcsEmulator
-from metrics_ingest.localstack import fetch_ingestions
+from metrics_ingest.localstack.emulator import GcsEmulator
+from metrics_ingest.localstack.stack import fetch_ingestions
 from metrics_ingest.migrations import apply_migrations, create_dev_platform_table
 
 BUCKET = "ml-artifacts"

@@ -43,10 +43,10 @@ import requests
 from psycopg2 import sql
 from psycopg2.extensions import make_dsn, parse_dsn
 
-from metrics_ingest.bridge import EventBridge
-from metrics_ingest.gcs_emulator import GcsEmulator
+from metrics_ingest.localstack.bridge import EventBridge
+from metrics_ingest.localstack.emulator import GcsEmulator
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]
 FUNCTION_SOURCE = REPO_ROOT / "functions" / "main.py"
 DEFAULT_STATE_DIR = ".metrics-ingest"
 DEFAULT_BUCKET = "ml-artifacts"
