@@ -103,7 +103,7 @@ def test_bad_values_are_refused_with_the_name(tmp_path: Path) -> None:
 
 
 def test_histogram_edges_are_fixed_for_the_run(tmp_path: Path) -> None:
-    """Counts are stored per epoch under one set of edges; different edges later are refused."""
+    """Counts are stored per epoch under one set of edges; different edges later are refused, and the refused call adds nothing."""
     c = MetricsCollector(tmp_path)
     c.log_weight_stats("query", {"mean": 0.0, "std": 1.0, "min": -1.0, "max": 1.0}, {"bin_edges": [-1, 0, 1], "counts": [3, 4]}, step=0)
     c.log_weight_stats("query", {"mean": 0.1}, {"bin_edges": [-1, 0, 1], "counts": [2, 5]}, step=1)
@@ -111,9 +111,10 @@ def test_histogram_edges_are_fixed_for_the_run(tmp_path: Path) -> None:
         c.log_weight_stats("query", {}, {"bin_edges": [-2, 0, 2], "counts": [2, 5]}, step=2)
     c.log_gradient_stats("query", {"norm": 0.5}, step=1)
     doc = c.to_dict()
-    assert doc["weight_stats"]["query"]["histogram"] == {"bin_edges": [-1, 0, 1], "counts": [[3, 4], [2, 5], None]}
-    assert doc["weight_stats"]["query"]["std"] == [1.0, None, None]
-    assert doc["gradient_stats"]["query"]["norm"] == [None, 0.5, None]
+    assert doc["epochs"] == [0, 1]  # the refused epoch 2 left no row behind
+    assert doc["weight_stats"]["query"]["histogram"] == {"bin_edges": [-1, 0, 1], "counts": [[3, 4], [2, 5]]}
+    assert doc["weight_stats"]["query"]["std"] == [1.0, None]
+    assert doc["gradient_stats"]["query"]["norm"] == [None, 0.5]
     check_document(doc)
 
 
@@ -146,7 +147,7 @@ def test_context_manager_saves_completed_or_failed_and_reraises(tmp_path: Path) 
 
 
 def test_resume_continues_the_existing_file(tmp_path: Path) -> None:
-    """resume=True keeps the earlier epochs, params and histogram edges; a re-logged epoch is not repeated."""
+    """resume=True keeps the earlier epochs, params and histogram edges; a re-logged epoch replaces its whole row, never repeated."""
     first = MetricsCollector(tmp_path)
     first.log_params({"epochs": 4})
     for epoch in range(2):
@@ -164,7 +165,8 @@ def test_resume_continues_the_existing_file(tmp_path: Path) -> None:
     assert doc["epochs"] == [0, 1, 2]
     assert doc["loss"]["loss"] == [0.0, 10.0, 2.0]
     assert doc["params"] == {"epochs": 4} and doc["status"] == "completed" and "error" not in doc
-    assert doc["weight_stats"]["query"]["histogram"]["counts"] == [[1, 1], [1, 1], None]
+    # Epoch 1 was run again: the earlier attempt's histogram for it is gone with its row.
+    assert doc["weight_stats"]["query"]["histogram"]["counts"] == [[1, 1], None, None]
     check_document(doc)
 
 
