@@ -254,6 +254,8 @@ class MetricsCollector:
     @staticmethod
     def _check_step(step: Any, argument: str = "step") -> int:
         """``step`` as an int epoch index, or ValueError naming ``argument``."""
+        if type(step) is int:  # what Keras passes: no conversion needed
+            return limits.check_epoch(step, argument=argument)
         expected = "an integer epoch index >= 0"
         if isinstance(step, bool | np.bool_):
             raise limits.invalid(argument, step, expected, "a bool")
@@ -473,7 +475,9 @@ class MetricsCollector:
         """``(bin_edges, counts)`` as the format and the ingestion function take them, or ValueError."""
         if not isinstance(histogram, Mapping) or "bin_edges" not in histogram or "counts" not in histogram:
             raise limits.invalid("histogram", histogram, '{"bin_edges": [B+1 numbers], "counts": [B whole numbers]}')
-        edges = [self._number(e, "histogram['bin_edges']") for e in histogram["bin_edges"]]
+        raw_edges, raw_counts = histogram["bin_edges"], histogram["counts"]
+        raw_edges, raw_counts = _plain(raw_edges), _plain(raw_counts)
+        edges = [self._number(e, "histogram['bin_edges']") for e in raw_edges]
         expected = f"at least {limits.MIN_BIN_EDGES} finite, strictly increasing numbers"
         if len(edges) < limits.MIN_BIN_EDGES or None in edges:
             raise limits.invalid("histogram['bin_edges']", histogram["bin_edges"], expected)
@@ -481,7 +485,7 @@ class MetricsCollector:
             raise limits.invalid("histogram['bin_edges']", histogram["bin_edges"], expected, "not strictly increasing")
         counts = []
         expected = f"{len(edges) - 1} whole numbers" + (f" >= {limits.MIN_COUNT}" if limits.MIN_COUNT is not None else "")
-        for raw in histogram["counts"]:
+        for raw in raw_counts:
             count = self._number(raw, "histogram['counts']")
             if count is None or (isinstance(count, float) and not count.is_integer()):
                 raise limits.invalid("histogram['counts']", histogram["counts"], expected, f"{raw!r} is not a whole number")
@@ -662,6 +666,14 @@ class MetricsCollector:
             if hasattr(exc, "add_note"):  # Python 3.11+
                 exc.add_note(f"trainer_callbacks: saving the metrics also failed: {save_error}")
         # Returning None re-raises the original exception.
+
+
+def _plain(values: Any) -> Any:
+    """A NumPy array of integers or float64 as Python numbers in one call, not one conversion per bin
+    (float32 keeps going through ``to_number``, for its shortest spelling)."""
+    if isinstance(values, np.ndarray) and (values.dtype.kind in "iub" or values.dtype == np.float64):
+        return values.tolist()
+    return values
 
 
 def _describe_exception(error: BaseException) -> str:

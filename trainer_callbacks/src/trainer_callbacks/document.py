@@ -50,6 +50,11 @@ def to_number(value: Any) -> float | int | None:
         to_number(np.float32(0.1))   # 0.1
         to_number(float("nan"))      # None
     """
+    kind = type(value)
+    if kind is float:  # the common cases first: this runs for every value logged
+        return value if math.isfinite(value) else None
+    if kind is int and fits_a_json_number(value):
+        return value
     if value is None:
         return None
     if hasattr(value, "numpy") and not isinstance(value, np.ndarray):
