@@ -347,3 +347,16 @@ def test_a_file_that_cannot_be_continued_stops_training_and_is_kept(tmp_path: Pa
     kept = check_strict_json(Path(saved.value.fallback_path).read_bytes())
     assert str(saved.value.fallback_path) in str(saved.value)
     assert kept["params"] == {"batch_size": 32} and kept["status"] == "failed"
+
+
+def test_epochs_an_earlier_attempt_never_saved_are_reported(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Training restored at epoch 4 over a file with epochs 0-1 (the attempt was killed before saving 2-3) warns, naming the missing epochs."""
+    earlier_attempt(tmp_path, epochs=2)
+    with caplog.at_level("WARNING", logger="trainer_callbacks"):
+        MetricsCollector(tmp_path).training_started(4)
+        MetricsCollector(tmp_path / "none").training_started(2)
+        MetricsCollector(tmp_path).training_started(2)  # nothing missing: no warning
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 2
+    assert "no record of 2 earlier epoch(s) (2, 3)" in warnings[0] and "flush_every" in warnings[0]
+    assert "no record of 2 earlier epoch(s) (0, 1)" in warnings[1]

@@ -187,6 +187,8 @@ class MetricsCollector:
                     if hasattr(error, "add_note"):  # Python 3.11+
                         error.add_note(f"trainer_callbacks: {why}, so {self.store.uri} must be read to be continued")
                     raise
+            if epoch > 0 and self.resume is not False:
+                self._warn_missing(f"training starts at epoch {epoch}", epoch)
             self._start_seen = True
 
     def _ensure_loaded(self) -> None:
@@ -231,6 +233,28 @@ class MetricsCollector:
                     logger.warning("%s: a value logged before training started does not fit the file and is dropped: %s", why, error)
             logger.info("%s: continuing %s (%d epochs kept)", why, self.store.uri, len(loaded["epochs"]))
         self._state = _READY
+
+    def _warn_missing(self, why: str, first_epoch: int) -> None:
+        """Warn about epochs before ``first_epoch`` that the continued file does not have.
+
+        They were trained by an earlier attempt that ended without saving them: a
+        process killed outright (SIGKILL, or SIGTERM with Python's default
+        handler) runs no ``with`` block, so only periodic flushes reach storage.
+        """
+        present = {e for e in self._doc["epochs"] if e < first_epoch}
+        if len(present) == first_epoch:
+            return
+        missing, epoch = [], 0
+        while len(missing) < 5 and epoch < first_epoch:  # bounded: at most len(present) + 5 steps
+            if epoch not in present:
+                missing.append(epoch)
+            epoch += 1
+        logger.warning(
+            "%s, but %s has no record of %d earlier epoch(s) (%s%s): the attempt that trained them ended "
+            "without saving them. Use flush_every=SECONDS to keep epochs through a preemption.",
+            why, self.store.uri, first_epoch - len(present), ", ".join(map(str, missing)),
+            "..." if first_epoch - len(present) > len(missing) else "",
+        )
 
     def _record(self, operation: Callable[..., None], *args: Any) -> None:
         """Apply a checked change to the document (journaled while undecided); the caller holds ``_lock``."""
