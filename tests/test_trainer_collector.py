@@ -360,3 +360,15 @@ def test_epochs_an_earlier_attempt_never_saved_are_reported(tmp_path: Path, capl
     assert len(warnings) == 2
     assert "no record of 2 earlier epoch(s) (2, 3)" in warnings[0] and "flush_every" in warnings[0]
     assert "no record of 2 earlier epoch(s) (0, 1)" in warnings[1]
+
+
+def test_a_failed_read_keeps_what_was_logged_for_the_next_try(tmp_path: Path) -> None:
+    """When reading the file to continue fails and a later try succeeds, what was logged before training is still applied on top."""
+    (tmp_path / FILE).write_text('{"epochs": [0, 1], "loss": {"loss": [1.0]}}')
+    c = MetricsCollector(tmp_path)
+    c.log_param("batch_size", 32)
+    with pytest.raises(ValueError, match="entries for 2 epochs"):
+        c.training_started(2)
+    (tmp_path / FILE).write_text('{"epochs": [0, 1], "loss": {"loss": [1.0, 0.9]}}')  # repaired
+    c.training_started(2)
+    assert c.to_dict()["params"] == {"batch_size": 32} and c.epochs == [0, 1]

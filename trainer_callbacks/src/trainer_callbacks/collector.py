@@ -171,15 +171,12 @@ class MetricsCollector:
         with self._lock:
             if self._start_seen:
                 return
+            why = f"training starts at epoch {epoch}" if self.resume is None else "resume=True"
             if self._state == _UNDECIDED:
                 if epoch > 0:
                     self._state = _TO_READ
-                    why = f"training starts at epoch {epoch}"
                 else:
-                    self._start_new("training starts at epoch 0")
-                    why = ""
-            else:
-                why = "resume=True"
+                    self._start_new(why)
             if self._state == _TO_READ:
                 try:
                     self._continue_file(why)
@@ -212,8 +209,8 @@ class MetricsCollector:
         save replaces a file that could not be read.
         """
         existing = self.store.read()
-        journal, self._journal = self._journal, []
         if existing is None:
+            self._journal = []
             self._generation = 0
             logger.info("%s: no %s to continue; starting a new one", why, self.store.uri)
         else:
@@ -221,6 +218,7 @@ class MetricsCollector:
             # The plan's sketch wrote json.dumps' NaN/Infinity tokens: read them
             # as null, as the ingestion function does.
             loaded = document.normalize(document.loads(data, non_finite="null"))
+            journal, self._journal = self._journal, []  # only now: a file refused above leaves it for the next try
             loaded.pop("error", None)
             loaded["status"] = "running"
             self._doc = loaded
