@@ -11,9 +11,11 @@ from typing import Any
 import numpy as np
 import pytest
 
-from tests.support.format_checks import SCHEMA_PATH, check_document, check_strict_json
+from tests.support.format_checks import check_document, check_strict_json
 from trainer_callbacks import MetricsCollector, limits
 
+ROOT = Path(__file__).resolve().parents[1]
+SCHEMA_PATH = ROOT / "functions" / "ingest" / "schema" / "training_metrics.v1.schema.json"
 SHIPPED = Path(limits.__file__).parent / "schema" / limits.SCHEMA_FILE
 LONGEST = limits.MAX_NAME_LENGTH
 
@@ -21,22 +23,35 @@ LONGEST = limits.MAX_NAME_LENGTH
 def test_the_shipped_schema_is_the_functions_schema() -> None:
     """The schema copy inside the trainer package is byte-identical to functions/ingest/schema's (the one definition)."""
     assert SHIPPED.read_bytes() == SCHEMA_PATH.read_bytes(), (
-        f"the trainer's copy of the schema is out of date: cp {SCHEMA_PATH.relative_to(SCHEMA_PATH.parents[3])} "
-        f"{SHIPPED.relative_to(SCHEMA_PATH.parents[3])}"
+        f"the trainer's copy of the schema is out of date: cp {SCHEMA_PATH.relative_to(ROOT)} {SHIPPED.relative_to(ROOT)}"
     )
 
 
 def test_the_limits_are_the_schemas() -> None:
     """Each limit the collector applies is the value the schema states, and the schema uses no keyword the checks would ignore."""
     schema = json.loads(SCHEMA_PATH.read_text())
-    defs = schema["$defs"]
-    assert (limits.MIN_NAME_LENGTH, limits.MAX_NAME_LENGTH) == (defs["name"]["minLength"], defs["name"]["maxLength"])
-    assert limits.MIN_EPOCH == schema["properties"]["epochs"]["items"].get("minimum", 0)
-    assert limits.MAX_EPOCH == schema["properties"]["epochs"]["items"].get("maximum")
-    assert limits.STAT_NAMES == tuple(k for k in defs["towerStats"]["properties"] if k != "histogram")
-    assert limits.MAX_ERROR_LENGTH == schema["properties"]["error"].get("maxLength")
+
+    def at(*path: str) -> dict:
+        """The subschema at ``path``, following local $refs."""
+        node = schema
+        for key in path:
+            node = node[key]
+            while "$ref" in node:
+                node = {**schema["$defs"][node["$ref"].rsplit("/", 1)[1]], **{k: v for k, v in node.items() if k != "$ref"}}
+        return node
+
+    name = at("properties", "loss", "propertyNames")
+    assert (limits.MIN_NAME_LENGTH, limits.MAX_NAME_LENGTH) == (name.get("minLength", 0), name.get("maxLength"))
+    assert limits.MIN_EPOCH == at("properties", "epochs", "items").get("minimum", 0)
+    assert limits.MAX_EPOCH == at("properties", "epochs", "items").get("maximum")
+    tower = at("properties", "weight_stats", "additionalProperties")
+    assert limits.STAT_NAMES == tuple(k for k in tower["properties"] if k != "histogram")
+    assert limits.MIN_COUNT == at("properties", "weight_stats", "additionalProperties", "properties", "histogram", "properties",
+                                  "counts", "items", "items").get("minimum")
+    assert limits.MAX_ERROR_LENGTH == at("properties", "error").get("maxLength")
     for section in ("loss", "metrics", "gradient", "weight_stats", "gradient_stats", "final_metrics", "params"):
         assert set(limits.name_schema(section)) <= limits.STRING_KEYWORDS, section
+        assert limits.name_schema(section) == at("properties", section, "propertyNames"), section
     assert set(limits.epoch_schema()) <= limits.INTEGER_KEYWORDS
     assert set(limits.count_schema()) <= limits.INTEGER_KEYWORDS
 
