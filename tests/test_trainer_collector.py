@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from tests.support.format_checks import check_document, check_strict_json
-from trainer_callbacks import MetricsCollector
+from trainer_callbacks import MetricsCollector, MetricsSaveError
 from trainer_callbacks.document import dumps, to_number
 
 FILE = "training_metrics.json"
@@ -103,7 +103,7 @@ def test_bad_values_are_refused_with_the_name(tmp_path: Path) -> None:
 
 
 def test_histogram_edges_are_fixed_for_the_run(tmp_path: Path) -> None:
-    """Counts are stored per epoch under one set of edges; different edges later are refused."""
+    """Counts are stored per epoch under one set of edges; different edges later are refused, and the refused call adds nothing."""
     c = MetricsCollector(tmp_path)
     c.log_weight_stats("query", {"mean": 0.0, "std": 1.0, "min": -1.0, "max": 1.0}, {"bin_edges": [-1, 0, 1], "counts": [3, 4]}, step=0)
     c.log_weight_stats("query", {"mean": 0.1}, {"bin_edges": [-1, 0, 1], "counts": [2, 5]}, step=1)
@@ -111,9 +111,10 @@ def test_histogram_edges_are_fixed_for_the_run(tmp_path: Path) -> None:
         c.log_weight_stats("query", {}, {"bin_edges": [-2, 0, 2], "counts": [2, 5]}, step=2)
     c.log_gradient_stats("query", {"norm": 0.5}, step=1)
     doc = c.to_dict()
-    assert doc["weight_stats"]["query"]["histogram"] == {"bin_edges": [-1, 0, 1], "counts": [[3, 4], [2, 5], None]}
-    assert doc["weight_stats"]["query"]["std"] == [1.0, None, None]
-    assert doc["gradient_stats"]["query"]["norm"] == [None, 0.5, None]
+    assert doc["epochs"] == [0, 1]  # the refused epoch 2 left no row behind
+    assert doc["weight_stats"]["query"]["histogram"] == {"bin_edges": [-1, 0, 1], "counts": [[3, 4], [2, 5]]}
+    assert doc["weight_stats"]["query"]["std"] == [1.0, None]
+    assert doc["gradient_stats"]["query"]["norm"] == [None, 0.5]
     check_document(doc)
 
 
@@ -146,7 +147,7 @@ def test_context_manager_saves_completed_or_failed_and_reraises(tmp_path: Path) 
 
 
 def test_resume_continues_the_existing_file(tmp_path: Path) -> None:
-    """resume=True keeps the earlier epochs, params and histogram edges; a re-logged epoch is not repeated."""
+    """resume=True keeps the earlier epochs, params and histogram edges; a re-logged epoch replaces its whole row, never repeated."""
     first = MetricsCollector(tmp_path)
     first.log_params({"epochs": 4})
     for epoch in range(2):
@@ -164,7 +165,8 @@ def test_resume_continues_the_existing_file(tmp_path: Path) -> None:
     assert doc["epochs"] == [0, 1, 2]
     assert doc["loss"]["loss"] == [0.0, 10.0, 2.0]
     assert doc["params"] == {"epochs": 4} and doc["status"] == "completed" and "error" not in doc
-    assert doc["weight_stats"]["query"]["histogram"]["counts"] == [[1, 1], [1, 1], None]
+    # Epoch 1 was run again: the earlier attempt's histogram for it is gone with its row.
+    assert doc["weight_stats"]["query"]["histogram"]["counts"] == [[1, 1], None, None]
     check_document(doc)
 
 
@@ -261,3 +263,112 @@ def test_the_package_stays_inside_its_boundaries() -> None:
     env = {**os.environ, "PYTHONPATH": str(root / "trainer_callbacks" / "src"), "TF_CPP_MIN_LOG_LEVEL": "3"}
     result = subprocess.run([sys.executable, "-c", script], env=env, cwd="/", capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
+
+
+def earlier_attempt(folder: Path, epochs: int = 3) -> None:
+    """What a preempted first attempt left: ``epochs`` epochs, a histogram, params, status failed."""
+    first = MetricsCollector(folder)
+    first.log_params({"epochs": 10})
+    for epoch in range(epochs):
+        first.log_metric("loss", float(epoch), step=epoch)
+        first.log_weight_stats("query", {"mean": 0.0}, {"bin_edges": [-1, 0, 1], "counts": [1, 1]}, step=epoch)
+    first.save(status="failed", error="preempted")
+
+
+def test_training_past_epoch_0_continues_the_file_by_default(tmp_path: Path) -> None:
+    """With the default constructor, training that starts at epoch 2 reads the file once, keeps its epochs, re-applies what was logged before, and replaces the re-run epoch's row."""
+    c = MetricsCollector(tmp_path)  # constructed before the file exists: nothing is read until training starts
+    earlier_attempt(tmp_path)
+    with c:
+        c.log_params({"batch_size": 32})  # before fit(): kept on top of the continued file
+        c.training_started(2)  # what the callbacks report when BackupAndRestore restored epoch 2
+        (tmp_path / FILE).write_text(json.dumps({"epochs": [7], "loss": {"loss": [7.0]}}))
+        c.training_started(5)  # a second fit() in the same run: the file is not read again
+        c.log_metric("loss", 20.0, step=2)
+        c.log_metric("loss", 30.0, step=3)
+    doc = read(tmp_path)
+    assert doc["epochs"] == [0, 1, 2, 3] and doc["loss"]["loss"] == [0.0, 1.0, 20.0, 30.0]
+    assert doc["params"] == {"epochs": 10, "batch_size": 32}
+    assert doc["weight_stats"]["query"]["histogram"]["counts"] == [[1, 1], [1, 1], None, None]  # row 2 replaced whole
+    assert doc["status"] == "completed" and "error" not in doc
+    check_document(doc)
+
+
+def test_training_from_epoch_0_replaces_the_file_by_default(tmp_path: Path) -> None:
+    """With the default constructor, training from epoch 0 is a new run: the earlier attempt's file is replaced, not read."""
+    earlier_attempt(tmp_path, epochs=5)
+    with MetricsCollector(tmp_path) as c:
+        c.training_started(0)
+        c.log_metric("loss", 9.0, step=0)
+    doc = read(tmp_path)
+    assert doc["epochs"] == [0] and doc["loss"]["loss"] == [9.0]
+    assert doc["params"] == {} and doc["weight_stats"] == {}
+
+
+def test_resume_false_and_true_still_force_either_way(tmp_path: Path) -> None:
+    """resume=False never reads (even past epoch 0, even a corrupt file); resume=True continues even from epoch 0."""
+    (tmp_path / FILE).write_text('{"epochs": [0, 1], "loss": {"loss": [1.0]}}')  # cannot be continued
+    with MetricsCollector(tmp_path, resume=False) as c:
+        c.training_started(4)
+        c.log_metric("loss", 4.0, step=4)
+    assert read(tmp_path)["epochs"] == [4]
+    with MetricsCollector(tmp_path, resume=True) as c:
+        c.training_started(0)
+        c.log_metric("loss", 0.5, step=0)
+    assert read(tmp_path)["epochs"] == [0, 4]
+    with pytest.raises(ValueError, match="resume='auto'"):
+        MetricsCollector(tmp_path, resume="auto")
+
+
+def test_a_failure_before_training_keeps_the_earlier_attempts_epochs(tmp_path: Path) -> None:
+    """A restarted job that dies before fit() (data not found) saves 'failed' on top of the earlier attempt's file, not over it."""
+    earlier_attempt(tmp_path)
+    with pytest.raises(FileNotFoundError), MetricsCollector(tmp_path) as c:
+        c.log_param("batch_size", 32)
+        raise FileNotFoundError("gs://data/train-*.tfrecord")
+    doc = read(tmp_path)
+    assert doc["epochs"] == [0, 1, 2] and doc["params"] == {"epochs": 10, "batch_size": 32}
+    assert doc["status"] == "failed" and "train-" in doc["error"]
+    check_document(doc)
+
+
+def test_a_file_that_cannot_be_continued_stops_training_and_is_kept(tmp_path: Path) -> None:
+    """Past epoch 0 with a file that cannot be continued: training_started raises; the save leaves the file as it was and this run's data in the fallback copy."""
+    original = '{"epochs": [0, 1], "loss": {"loss": [1.0]}}'
+    (tmp_path / FILE).write_text(original)
+    c = MetricsCollector(tmp_path, fallback_dir=tmp_path / "fallback")
+    c.log_param("batch_size", 32)
+    with pytest.raises(ValueError, match="'loss.loss' has 1 entries for 2 epochs") as caught:
+        c.training_started(2)
+    assert any("must be read to be continued" in note for note in caught.value.__notes__)
+    with pytest.raises(MetricsSaveError, match="could not read .* to continue it") as saved:
+        c.save(status="failed", error=caught.value)
+    assert (tmp_path / FILE).read_text() == original
+    kept = check_strict_json(Path(saved.value.fallback_path).read_bytes())
+    assert str(saved.value.fallback_path) in str(saved.value)
+    assert kept["params"] == {"batch_size": 32} and kept["status"] == "failed"
+
+
+def test_epochs_an_earlier_attempt_never_saved_are_reported(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Training restored at epoch 4 over a file with epochs 0-1 (the attempt was killed before saving 2-3) warns, naming the missing epochs."""
+    earlier_attempt(tmp_path, epochs=2)
+    with caplog.at_level("WARNING", logger="trainer_callbacks"):
+        MetricsCollector(tmp_path).training_started(4)
+        MetricsCollector(tmp_path / "none").training_started(2)
+        MetricsCollector(tmp_path).training_started(2)  # nothing missing: no warning
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 2
+    assert "no record of 2 earlier epoch(s) (2, 3)" in warnings[0] and "flush_every" in warnings[0]
+    assert "no record of 2 earlier epoch(s) (0, 1)" in warnings[1]
+
+
+def test_a_failed_read_keeps_what_was_logged_for_the_next_try(tmp_path: Path) -> None:
+    """When reading the file to continue fails and a later try succeeds, what was logged before training is still applied on top."""
+    (tmp_path / FILE).write_text('{"epochs": [0, 1], "loss": {"loss": [1.0]}}')
+    c = MetricsCollector(tmp_path)
+    c.log_param("batch_size", 32)
+    with pytest.raises(ValueError, match="entries for 2 epochs"):
+        c.training_started(2)
+    (tmp_path / FILE).write_text('{"epochs": [0, 1], "loss": {"loss": [1.0, 0.9]}}')  # repaired
+    c.training_started(2)
+    assert c.to_dict()["params"] == {"batch_size": 32} and c.epochs == [0, 1]

@@ -126,9 +126,9 @@ def test_another_writer_is_not_clobbered(gcs: GcsEmulator, folder: str, tmp_path
 
 
 def test_a_new_run_replaces_an_earlier_file_and_resume_continues_it(gcs: GcsEmulator, folder: str, tmp_path: Path) -> None:
-    """Without resume the first save replaces an old object; with resume the old epochs are kept."""
+    """With resume=False the first save replaces an old object; with resume=True the old epochs are kept."""
     blob(folder).upload_from_string(json.dumps({"epochs": [0], "loss": {"loss": [9.0]}}))
-    fresh = collector(folder, tmp_path)
+    fresh = collector(folder, tmp_path, resume=False)
     fresh.log_metric("loss", 1.0, step=0)
     fresh.save(status="failed", error="preempted")
     assert json.loads(blob(folder).download_as_bytes())["loss"]["loss"] == [1.0]
@@ -193,6 +193,25 @@ def test_resume_reads_gcs_on_entering_the_block_not_in_init(gcs: GcsEmulator, fo
         assert c.epochs == [0]
         c.log_metric("loss", 0.5, step=1)
     assert json.loads(blob(folder).download_as_bytes())["loss"]["loss"] == [9.0, 0.5]
+
+
+def test_by_default_nothing_is_read_until_training_starts_past_epoch_0(gcs: GcsEmulator, folder: str, tmp_path: Path) -> None:
+    """The default collector sends no request on entering or logging; training that starts at epoch 3 reads the object once and continues it."""
+    blob(folder).upload_from_string(json.dumps({"epochs": [0, 1, 2], "loss": {"loss": [0.9, 0.8, 0.7]}}))
+    watch = gcs.inject(Fault(path=rf"{folder}", status=None, times=10**6))  # passes requests through, counting them
+    with collector(folder, tmp_path) as c:
+        c.log_param("batch_size", 32)
+        assert watch.hits == 0
+        c.training_started(3)
+        reads = watch.hits
+        assert reads >= 1
+        for epoch in (3, 4):
+            c.training_started(epoch)  # every epoch begin reports it; only the first counts
+            c.log_metric("loss", epoch / 10, step=epoch)
+        assert watch.hits == reads
+    doc = json.loads(blob(folder).download_as_bytes())
+    assert doc["epochs"] == [0, 1, 2, 3, 4] and doc["loss"]["loss"] == [0.9, 0.8, 0.7, 0.3, 0.4]
+    assert doc["params"] == {"batch_size": 32}
 
 
 @contextmanager

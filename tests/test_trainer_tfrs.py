@@ -77,3 +77,12 @@ def test_tfrs_failure_keeps_the_epochs_so_far(tfrs_run: Path) -> None:
     assert json.loads((tfrs_run / "facts.json").read_text())["raised"] == "worker lost at epoch 2"
     assert doc["status"] == "failed" and doc["epochs"] == [0, 1]
     assert doc["error"] == "RuntimeError: worker lost at epoch 2"
+
+
+def test_tfrs_backup_and_restore_restart_keeps_every_epoch_once(tfrs_run: Path) -> None:
+    """Under tf-keras, a run failed at epoch 2 and restarted by BackupAndRestore with the plain constructor ends with epochs 0-3 once each."""
+    doc = read(tfrs_run / "restarted")
+    assert doc["status"] == "completed" and doc["epochs"] == [0, 1, 2, 3]
+    assert doc["metrics"]["attempt"] == [1, 1, 2, 2]  # the second attempt started at epoch 2
+    assert None not in doc["loss"]["loss"]
+    assert doc["params"]["attempt"] == 2  # the second attempt's params, on top of the continued file

@@ -21,12 +21,13 @@ import importlib
 from typing import Any
 
 from trainer_callbacks.collector import MetricsCollector
-from trainer_callbacks.storage import MetricsUploadError, RetryPolicy
+from trainer_callbacks.storage import MetricsSaveError, MetricsUploadError, RetryPolicy
 
 __all__ = [
     "GradientStatsCallback",
     "MetricsCallback",
     "MetricsCollector",
+    "MetricsSaveError",
     "MetricsUploadError",
     "RetryPolicy",
     "WeightNormCallback",

@@ -17,6 +17,8 @@ from typing import Any
 
 import numpy as np
 
+from trainer_callbacks.limits import fits_a_json_number
+
 SCHEMA_VERSION = 1
 STATUSES = ("running", "completed", "failed")
 TOP_LEVEL_SERIES = ("loss", "metrics", "gradient")
@@ -27,17 +29,32 @@ class NotAScalar(TypeError):
     """A logged value that is not one number (an array, a string...)."""
 
 
+class NotAJsonNumber(ValueError):
+    """An integer too large for a JSON number (beyond an IEEE 754 double: ``10**400``)."""
+
+
 def to_number(value: Any) -> float | int | None:
     """Convert a scalar from Python, NumPy or TensorFlow to a JSON number.
 
     Non-finite values become ``None`` (JSON ``null``); float32 values keep their
     shortest float32 spelling so the file does not carry 17 noise digits.
 
+    Raises:
+        NotAScalar: not one number (an array of several, a string...).
+        NotAJsonNumber: an integer beyond what a JSON reader takes (see
+            ``limits.fits_a_json_number``); it would be read as infinity, or
+            (``10**5000``) could not be written at all.
+
     Example::
 
         to_number(np.float32(0.1))   # 0.1
         to_number(float("nan"))      # None
     """
+    kind = type(value)
+    if kind is float:  # the common cases first: this runs for every value logged
+        return value if math.isfinite(value) else None
+    if kind is int and fits_a_json_number(value):
+        return value
     if value is None:
         return None
     if hasattr(value, "numpy") and not isinstance(value, np.ndarray):
@@ -49,14 +66,27 @@ def to_number(value: Any) -> float | int | None:
     if isinstance(value, bool | np.bool_):
         return int(bool(value))
     if isinstance(value, numbers.Integral):
-        return int(value)
+        number = int(value)
+        if not fits_a_json_number(number):
+            raise NotAJsonNumber(f"{_size(number)} is too large for a JSON number (beyond a 64-bit float)")
+        return number
     if isinstance(value, np.floating) and value.dtype.itemsize < 8:
         # str() of a float32 is its shortest round-trip spelling.
         return float(str(value)) if np.isfinite(value) else None
     if isinstance(value, numbers.Real):
-        number = float(value)
+        try:
+            number = float(value)
+        except OverflowError:  # a Fraction or Decimal beyond a float
+            raise NotAJsonNumber(f"{_size(value)} is too large for a JSON number (beyond a 64-bit float)") from None
         return number if math.isfinite(number) else None
     raise NotAScalar(f"expected a number, got {type(value).__name__}")
+
+
+def _size(number: Any) -> str:
+    """A huge number described by its size (str() of an integer over 4300 digits raises)."""
+    if isinstance(number, int):
+        return f"an integer of {number.bit_length()} bits"
+    return f"a {type(number).__name__}"
 
 
 def to_param(value: Any) -> str | float | int | bool | None:
@@ -79,6 +109,47 @@ def utc_now() -> str:
 def dumps(document: Mapping[str, Any]) -> bytes:
     """Strict JSON bytes (``allow_nan=False``: a NaN that slipped through is a bug, not a token)."""
     return json.dumps(document, allow_nan=False, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+
+
+def salvage(document: Any) -> bytes:
+    """JSON bytes of everything in ``document`` that can be kept, for the local fallback copy
+    when :func:`dumps` fails.
+
+    A string UTF-8 cannot encode (a lone surrogate) is written as its ``\\u`` escape
+    (``json.loads`` gives back the very same string); a number no JSON can carry
+    (a non-finite float, an integer ``json`` refuses to write) becomes null; any
+    other object its ``str()``. The result is always valid JSON.
+
+    Example::
+
+        salvage({"params": {"a\\ud800": 10**5000}})   # b'{"params":{"a\\\\ud800":null}}'
+    """
+    return json.dumps(_keepable(document), allow_nan=False, separators=(",", ":"), ensure_ascii=True).encode("ascii")
+
+
+def _keepable(value: Any) -> Any:
+    if value is None or isinstance(value, bool | str):
+        return value
+    if isinstance(value, Mapping):
+        return {key if isinstance(key, str) else _text(key): _keepable(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_keepable(item) for item in value]
+    if isinstance(value, int):
+        try:
+            str(value)  # over sys.get_int_max_str_digits() digits, json cannot write it
+        except ValueError:
+            return None
+        return int(value)
+    if isinstance(value, float):
+        return float(value) if math.isfinite(value) else None
+    return _text(value)
+
+
+def _text(value: Any) -> str | None:
+    try:
+        return str(value)
+    except Exception:  # noqa: BLE001 - a broken __str__ must not cost the fallback copy; the value is dropped (null)
+        return None
 
 
 def loads(data: bytes | str, *, non_finite: str = "reject") -> dict[str, Any]:

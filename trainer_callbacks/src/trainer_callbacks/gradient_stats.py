@@ -11,7 +11,7 @@ import numpy as np
 import tensorflow as tf
 
 from trainer_callbacks.collector import MetricsCollector
-from trainer_callbacks.keras_compat import Callback, guarded
+from trainer_callbacks.keras_compat import CollectorCallback, guarded
 from trainer_callbacks.stats import TowerStatsProgram, dense_gradient
 from trainer_callbacks.towers import TowerSpec, resolve_towers
 from trainer_callbacks.weight_stats import validate_histogram_args
@@ -66,7 +66,7 @@ def default_loss_fn(model: Any) -> Callable[[Any], tf.Tensor]:
     return keras_loss
 
 
-class GradientStatsCallback(Callback):
+class GradientStatsCallback(CollectorCallback):
     """Records each tower's gradient mean, std, min, max, norm and histogram at every epoch end.
 
     Gradients of the model's own loss on one fixed probe batch are taken with
@@ -111,15 +111,10 @@ class GradientStatsCallback(Callback):
         margin: float = 2.0,
         loss_fn: Callable[[Any], Any] | None = None,
     ) -> None:
-        super().__init__()
-        if not isinstance(collector, MetricsCollector):
-            raise ValueError(
-                f"Invalid value for argument `collector`. Received: collector={collector!r}. Expected a MetricsCollector."
-            )
+        super().__init__(collector)
         if probe_batch is None:
             raise ValueError("Invalid value for argument `probe_batch`. Received: probe_batch=None. Expected one training batch.")
         validate_histogram_args(bins, margin)
-        self.collector = collector
         self.probe_batch = probe_batch
         self.towers = towers
         self.bins = bins

@@ -21,6 +21,33 @@ Callback = tf.keras.callbacks.Callback
 F = TypeVar("F", bound=Callable[..., Any])
 
 
+class CollectorCallback(Callback):
+    """A callback that writes into a MetricsCollector and tells it where training starts.
+
+    At each epoch begin it calls ``collector.training_started(epoch)`` (only the
+    first call of a run does anything): training restored past epoch 0 by
+    ``BackupAndRestore`` continues the existing file. This hook is deliberately
+    not :func:`guarded`: if the file to continue cannot be read, training stops
+    rather than go on towards a save that would replace epochs it never read.
+
+    Args:
+        collector: the MetricsCollector to write into.
+    """
+
+    def __init__(self, collector: Any) -> None:
+        super().__init__()
+        from trainer_callbacks.collector import MetricsCollector
+
+        if not isinstance(collector, MetricsCollector):
+            raise ValueError(
+                f"Invalid value for argument `collector`. Received: collector={collector!r}. Expected a MetricsCollector."
+            )
+        self.collector = collector
+
+    def on_epoch_begin(self, epoch: int, logs: Any = None) -> None:
+        self.collector.training_started(epoch)
+
+
 def guarded(hook: F) -> F:
     """Run a callback hook so that a failure in it cannot end the training run.
 

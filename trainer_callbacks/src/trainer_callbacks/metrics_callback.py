@@ -8,7 +8,7 @@ from typing import Any
 
 from trainer_callbacks.collector import MetricsCollector
 from trainer_callbacks.document import NotAScalar, to_number
-from trainer_callbacks.keras_compat import Callback, guarded
+from trainer_callbacks.keras_compat import CollectorCallback, guarded
 
 logger = logging.getLogger("trainer_callbacks")
 
@@ -23,7 +23,7 @@ def _learning_rate(optimizer: Any) -> Any:
     return to_number(rate)
 
 
-class MetricsCallback(Callback):
+class MetricsCallback(CollectorCallback):
     """Logs every metric Keras reports at each epoch end into a MetricsCollector.
 
     All keys of the epoch logs are kept (``val_*`` only appear on validation
@@ -50,12 +50,7 @@ class MetricsCallback(Callback):
     """
 
     def __init__(self, collector: MetricsCollector, params: Mapping[str, Any] | None = None) -> None:
-        super().__init__()
-        if not isinstance(collector, MetricsCollector):
-            raise ValueError(
-                f"Invalid value for argument `collector`. Received: collector={collector!r}. Expected a MetricsCollector."
-            )
-        self.collector = collector
+        super().__init__(collector)
         self.extra_params = dict(params or {})
         self._names: set[str] = set()
         self._in_fit = False
@@ -91,8 +86,14 @@ class MetricsCallback(Callback):
         for name, value in logs.items():
             self._log(name, value, epoch)
 
-    @guarded
     def on_epoch_begin(self, epoch: int, logs: Mapping[str, Any] | None = None) -> None:
+        # First where training starts (a restored run continues the file; not
+        # guarded, see CollectorCallback), then the flush.
+        super().on_epoch_begin(epoch, logs)
+        self._flush(epoch)
+
+    @guarded
+    def _flush(self, epoch: int) -> None:
         # Flushing here rather than at the previous epoch's end means the other
         # callbacks (which may come after this one in the list) have logged it too.
         self.collector.maybe_flush()

@@ -6,8 +6,8 @@ upload of one object with an ``if_generation_match`` precondition: GCS then
 refuses to overwrite a version written by someone else since our last save, and
 the client's retry (exponential backoff on 429/5xx/connection errors) is safe to
 apply because a repeated request cannot clobber anything. When the last try
-fails, the bytes go to a local fallback file and :class:`MetricsUploadError`
-names it.
+fails (or a local write does), the bytes go to a local fallback file and
+:class:`MetricsSaveError` (:class:`MetricsUploadError` for an upload) names it.
 """
 
 from __future__ import annotations
@@ -18,20 +18,32 @@ import hashlib
 import logging
 import os
 import tempfile
-from typing import Any
+from typing import Any, NoReturn
 
 logger = logging.getLogger("trainer_callbacks")
 
 DEFAULT_FILENAME = "training_metrics.json"
 
 
-class MetricsUploadError(RuntimeError):
-    """Saving the document failed; a copy is at ``fallback_path`` (None if even that failed).
+class MetricsSaveError(RuntimeError):
+    """Saving the document failed; what could be kept is at ``fallback_path`` (None if even that failed).
 
-    ``generation`` is the object generation the failed upload created anyway, when
+    Raised whatever went wrong: the upload (:class:`MetricsUploadError`), the
+    local write, turning the document into JSON, or reading the file a resumed
+    run continues. The message names the local copy; the original error is the
+    ``__cause__``.
+
+    ``generation`` is the object generation a failed upload created anyway, when
     GCS said so (a checksum mismatch: the server's bytes are not the ones sent;
     the client then tries to delete that version), so the next save may replace
     exactly that generation. Otherwise None.
+
+    Example::
+
+        try:
+            collector.save()
+        except MetricsSaveError as error:
+            print("metrics kept at", error.fallback_path)
     """
 
     def __init__(self, message: str, *, uri: str, fallback_path: str | None, generation: int | None = None) -> None:
@@ -39,6 +51,10 @@ class MetricsUploadError(RuntimeError):
         self.uri = uri
         self.fallback_path = fallback_path
         self.generation = generation
+
+
+class MetricsUploadError(MetricsSaveError):
+    """The upload to GCS failed (after retries, or at once for a permanent error); see :class:`MetricsSaveError`."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -198,10 +214,13 @@ class MetricsStore:
             MetricsUploadError: the upload failed after retries (transient errors) or
                 at once (permanent ones, including another writer's newer version);
                 the message names the local copy.
-            OSError: a local write failed.
+            MetricsSaveError: a local write failed; the message names the fallback copy.
         """
         if not self.is_gcs:
-            atomic_write(self.uri, data)
+            try:
+                atomic_write(self.uri, data)
+            except OSError as error:
+                self.keep_locally(data, error, f"could not write {self.uri}")
             return None
         policy = retry or self.retry
         try:
@@ -215,8 +234,7 @@ class MetricsStore:
             # a connection error, or something no one foresaw. The promise is that
             # the document survives on local disk whatever went wrong, so every
             # exception ends in the fallback copy and MetricsUploadError (chained).
-            self._fail(data, error)
-        raise AssertionError("unreachable")  # _fail always raises
+            self.keep_locally(data, error, f"could not upload {self.uri}", _created_generation(error), MetricsUploadError)
 
     def _live_generation(self, blob: Any, policy: RetryPolicy) -> int:
         from google.api_core import exceptions
@@ -256,22 +274,42 @@ class MetricsStore:
             return int(live.generation)
         return int(blob.generation)
 
-    def _fail(self, data: bytes, error: BaseException) -> None:
-        generation = _created_generation(error)
-        fallback = os.path.join(self.fallback_dir, self.bucket_name, self.object_name)
+    @property
+    def fallback_path(self) -> str:
+        """Where the document goes when it cannot be saved where it belongs."""
+        if self.is_gcs:
+            return os.path.join(self.fallback_dir, self.bucket_name, self.object_name)
+        # A local target that cannot be written: mirror its absolute path.
+        return os.path.join(self.fallback_dir, "local", os.path.abspath(self.uri).lstrip(os.sep))
+
+    def keep_locally(
+        self,
+        data: bytes,
+        error: BaseException,
+        what: str,
+        generation: int | None = None,
+        kind: type[MetricsSaveError] = MetricsSaveError,
+    ) -> NoReturn:
+        """Write ``data`` to :attr:`fallback_path` and raise ``kind`` naming it (chained to ``error``).
+
+        ``what`` says what failed (``could not upload gs://...``). If the
+        fallback copy cannot be written either, the message says so and
+        ``fallback_path`` is None.
+        """
+        fallback = self.fallback_path
         try:
             atomic_write(fallback, data)
         except OSError as local_error:
             logger.error("could not write the local fallback copy %s: %s", fallback, local_error)
-            raise MetricsUploadError(
-                f"could not upload {self.uri} ({_describe(error)}), and the local fallback copy {fallback} "
+            raise kind(
+                f"{what} ({_describe(error)}), and the local fallback copy {fallback} "
                 f"could not be written either ({local_error})",
                 uri=self.uri,
                 fallback_path=None,
                 generation=generation,
             ) from error
-        raise MetricsUploadError(
-            f"could not upload {self.uri} ({_describe(error)}); the document was written to {fallback}",
+        raise kind(
+            f"{what} ({_describe(error)}); the document was written to {fallback}",
             uri=self.uri,
             fallback_path=fallback,
             generation=generation,

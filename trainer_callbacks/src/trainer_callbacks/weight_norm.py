@@ -9,12 +9,12 @@ from typing import Any
 import tensorflow as tf
 
 from trainer_callbacks.collector import MetricsCollector
-from trainer_callbacks.keras_compat import Callback, guarded
+from trainer_callbacks.keras_compat import CollectorCallback, guarded
 from trainer_callbacks.towers import TowerSpec, resolve_towers, unique
 from trainer_callbacks.weight_summary import WeightSummary, shared_key
 
 
-class WeightNormCallback(Callback):
+class WeightNormCallback(CollectorCallback):
     """Records the L2 norm of all trainable weights and of each tower's at every epoch end.
 
     The norms land in the document's ``gradient`` section (``total`` plus one
@@ -39,12 +39,7 @@ class WeightNormCallback(Callback):
     """
 
     def __init__(self, collector: MetricsCollector, towers: Mapping[str, TowerSpec] | None = None) -> None:
-        super().__init__()
-        if not isinstance(collector, MetricsCollector):
-            raise ValueError(
-                f"Invalid value for argument `collector`. Received: collector={collector!r}. Expected a MetricsCollector."
-            )
-        self.collector = collector
+        super().__init__(collector)
         self.towers = towers
         self._norms: Any = None
         self._names: list[str] = []

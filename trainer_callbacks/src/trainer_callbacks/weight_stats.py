@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from trainer_callbacks.collector import MetricsCollector
-from trainer_callbacks.keras_compat import Callback, guarded
+from trainer_callbacks.keras_compat import CollectorCallback, guarded
 from trainer_callbacks.towers import TowerSpec
 from trainer_callbacks.weight_summary import WeightSummary, shared_key
 
@@ -18,7 +18,7 @@ def validate_histogram_args(bins: int, margin: float) -> None:
         raise ValueError(f"Invalid value for argument `margin`. Received: margin={margin!r}. Expected a number >= 1.")
 
 
-class WeightStatsCallback(Callback):
+class WeightStatsCallback(CollectorCallback):
     """Records each tower's weight mean, std, min, max and histogram at every epoch end.
 
     The statistics run as TensorFlow ops where the weights live (one compiled
@@ -53,13 +53,8 @@ class WeightStatsCallback(Callback):
         bins: int = 50,
         margin: float = 2.0,
     ) -> None:
-        super().__init__()
-        if not isinstance(collector, MetricsCollector):
-            raise ValueError(
-                f"Invalid value for argument `collector`. Received: collector={collector!r}. Expected a MetricsCollector."
-            )
+        super().__init__(collector)
         validate_histogram_args(bins, margin)
-        self.collector = collector
         self.towers = towers
         self.bins = bins
         self.margin = margin
