@@ -2,9 +2,9 @@
 
 The one definition of training_metrics.json is the JSON Schema
 ``functions/ingest/schema/training_metrics.v1.schema.json``. The trainer package
-must not import the function's code, so it carries a byte-identical copy as
-package data (``trainer_callbacks/schema/``; a test fails when the two differ)
-and reads its limits from it here: name lengths (and a ``pattern``, should the
+must not import the function's code, so its package data holds that very file
+(``trainer_callbacks/schema/`` is a symbolic link to it in the repository; a built
+wheel carries its content) and reads its limits from it here: name lengths (and a ``pattern``, should the
 schema gain one), the epoch range, the histogram's shape, the statistics a tower
 may have, the longest ``error``. Nothing here repeats a number the schema holds.
 
