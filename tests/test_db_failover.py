@@ -135,9 +135,11 @@ def test_function_survives_a_database_restart_without_a_failed_delivery(
     assert _backends(db) == 0
 
     rows, burst = batch(2 * POOL)
+    invalidations = store.pool(settings).invalidations
     statuses = _deliver_concurrently(app, burst)
     failed = sum(1 for s in statuses if not 200 <= s < 300)
     assert failed == 0, f"{failed} of {len(burst)} deliveries failed after the restart: {statuses}"
+    assert store.pool(settings).invalidations == invalidations + 1  # the first dead connection, not each one
     for row_id in warm_rows + rows:
         assert db.history(row_id)["epochs"] == [0, 1]
 
