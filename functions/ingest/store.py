@@ -67,7 +67,7 @@ def _one_statement(conn: Any) -> Iterator[Any]:
 def _table(settings: Settings) -> Any:
     from psycopg2 import sql
 
-    return sql.Identifier(settings.quicktest_table)
+    return sql.Identifier(*settings.quicktest_table_name)  # "table" or "schema"."table"
 
 
 def _paths(ref: ObjectRef) -> tuple[str, str]:
