@@ -10,7 +10,7 @@ import requests
 from cloudevents.conversion import to_binary, to_structured
 
 import functions_framework
-from ingest import db, store
+from ingest import db
 from ingest.errors import printable
 from metrics_ingest.localstack.emulator import Fault
 from tests.support.documents import dumps, v1_document

@@ -126,7 +126,8 @@ def check_database_url(url: str | None, setting: str = "DATABASE_URL") -> None:
     problem = database_url_problem(url)
     if problem:
         raise ValueError(
-            f"Invalid value for {setting}: {problem}. The value is not shown (it may hold a password)."
+            f"Invalid value for {setting}: not a valid connection string: {problem}. "
+            "The value is not shown (it may hold a password)."
         )
 
 
