@@ -161,7 +161,8 @@ class Settings:
             identifier, never formatted into SQL.
         metrics_filename: the base name that is ingested (``METRICS_FILENAME``).
         max_metrics_bytes: larger objects are rejected (``MAX_METRICS_BYTES``),
-            default 64 MiB; also caps the decompressed size of gzip objects.
+            default 16 MiB; also caps the decompressed size of gzip objects.
+            Above ~25 MiB a single dense file may exceed a 1 GiB instance.
         gcs_timeout: seconds to wait for GCS to connect / send data
             (``GCS_TIMEOUT_SECONDS``, default 30).
         db_connect_timeout: seconds to wait for a database connection
@@ -177,7 +178,9 @@ class Settings:
     database_url: str | None = None
     quicktest_table: str = "ml_platform_quicktest"
     metrics_filename: str = METRICS_FILENAME
-    max_metrics_bytes: int = 64 * 1024 * 1024
+    # 16 MiB: ~50x a real file (50 epochs x 140 metrics is ~0.3 MB), and one file
+    # this size, however dense, fits the memory budget alone (ingest.memory).
+    max_metrics_bytes: int = 16 * 1024 * 1024
     gcs_timeout: float = 30.0
     db_connect_timeout: int = 10
     db_pool_size: int = 8
