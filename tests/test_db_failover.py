@@ -3,6 +3,7 @@ against a real server of their own, restarted between two bursts of events."""
 
 from __future__ import annotations
 
+import json
 import shutil
 import tempfile
 import threading
@@ -109,7 +110,10 @@ def _deliver_concurrently(app: Any, resources: list[dict[str, Any]]) -> list[int
 
 
 def test_function_survives_a_database_restart_without_a_failed_delivery(
-    restartable_db: tuple[RestartablePostgres, PlatformDb], artifacts: Artifacts, monkeypatch: pytest.MonkeyPatch
+    restartable_db: tuple[RestartablePostgres, PlatformDb],
+    artifacts: Artifacts,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     """Pool warmed by concurrent events, PostgreSQL restarted, then a burst of events: every one is 2xx and ingested."""
     pg, db = restartable_db
@@ -136,10 +140,14 @@ def test_function_survives_a_database_restart_without_a_failed_delivery(
 
     rows, burst = batch(2 * POOL)
     invalidations = store.pool(settings).invalidations
+    capsys.readouterr()
     statuses = _deliver_concurrently(app, burst)
+    outcomes = [json.loads(line).get("outcome") for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
     failed = sum(1 for s in statuses if not 200 <= s < 300)
     assert failed == 0, f"{failed} of {len(burst)} deliveries failed after the restart: {statuses}"
     assert store.pool(settings).invalidations == invalidations + 1  # the first dead connection, not each one
+    assert 1 <= outcomes.count("reconnect") <= POOL and "retry" not in outcomes  # WARNING lines, no failed event
+    assert outcomes.count("ingested") == len(burst)
     for row_id in warm_rows + rows:
         assert db.history(row_id)["epochs"] == [0, 1]
 

@@ -230,7 +230,13 @@ def run(settings: Settings, step: Callable[[Any], T]) -> T:
     try:
         with connection(settings) as conn:
             return step(conn)
-    except ConnectionLost:
+    except ConnectionLost as exc:
+        from ingest.logs import log_event
+
+        # Not an event's outcome (the step is retried now): a line for the
+        # operator, who may want to know the database restarted.
+        log_event("WARNING", f"pooled database connection lost, retrying on a fresh one: {exc}",
+                  outcome="reconnect")
         with connection(settings) as conn:
             return step(conn)
 

@@ -179,6 +179,8 @@ def _run(
 
     # Each database step runs once more on a fresh connection if its pooled
     # one died (restart, failover): reads, and writes guarded by generation.
+    # (A record whose commit was acknowledged to no one may be written twice:
+    # the log gains a line, the row never changes twice.)
     state = store.run(settings, lambda conn: store.read_state(conn, settings, ref))
     if ref.size is not None and ref.size > settings.max_metrics_bytes:
         return settle(
