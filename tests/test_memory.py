@@ -19,7 +19,15 @@ MIB = 2**20
 # Peak RSS above the baseline while ingest.document.prepare parses a dense file
 # of ``size`` bytes (the file's own bytes counted, as after a download).
 _CHILD = r"""
-import json, os, resource, sys
+import json, os, sys
+
+
+def peak_rss():
+    # VmHWM: this process's own peak (ru_maxrss would include the forking parent's RSS).
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmHWM:"))
+
+
 sys.path[:0] = [sys.argv[1] + "/functions", sys.argv[1]]
 from ingest import document
 from ingest.errors import Rejected
@@ -32,7 +40,7 @@ try:
     document.prepare(data)
 except Rejected:
     pass
-peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+peak = peak_rss()
 print(json.dumps({"size": len(data), "cost": peak - base}))
 """
 
