@@ -15,14 +15,13 @@ Example (local)::
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Mapping
 
 import functions_framework
 from cloudevents.http.event import CloudEvent
 
-from ingest.config import METRICS_FILENAME, Settings
+from ingest.config import Settings, check_metrics_filename
 from ingest.errors import BadEvent, printable
 from ingest.logs import configure, log_event
 from ingest.objects import ObjectRef
@@ -45,15 +44,19 @@ def ingest_training_metrics(cloud_event: CloudEvent) -> None:
         log_event("WARNING", f"event type {printable(str(cloud_event['type']), 100)!r} ignored, acknowledged",
                   event_id=event_id, outcome="ignored_event_type", **_event_fields(data))
         return
-    # Model files and embeddings outnumber metrics files by thousands: return
-    # at once, before even reading the rest of the configuration.
-    name = data.get("name") if isinstance(data, Mapping) else None
-    if isinstance(name, str) and not is_metrics_object(name, os.environ.get("METRICS_FILENAME") or METRICS_FILENAME):
-        return
     try:
+        # Model files and embeddings outnumber metrics files by thousands: return
+        # at once, before even reading the rest of the configuration. The name
+        # filter's own setting is checked first: a bad one would match nothing
+        # and acknowledge every upload unread.
+        filename = check_metrics_filename()
+        name = data.get("name") if isinstance(data, Mapping) else None
+        if isinstance(name, str) and not is_metrics_object(name, filename):
+            return
         settings = Settings.from_env()
     except ValueError as exc:
         # A deployment's bad variable: retried until an operator fixes it.
+        # (The messages name the variable and never quote DATABASE_URL.)
         log_event("ERROR", f"configuration error, the event will be retried: {exc}", event_id=event_id,
                   outcome="retry", **_event_fields(data))
         raise

@@ -160,11 +160,13 @@ def _grant(cur, conn, role: str, quicktest_table: str, password: str | None) -> 
 
 
 def _resolve(cur, conn, table: str, what: str) -> tuple[str, str]:
-    """(schema, name) of a table named as one identifier, found on the search_path."""
+    """(schema, name) of a table named as one identifier (found on the search_path) or as schema.table."""
+    from ingest.config import quicktest_table_parts
+
     cur.execute(
         "SELECT n.nspname, c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
         " WHERE c.oid = to_regclass(%s)",
-        (sql.Identifier(table).as_string(conn),),
+        (sql.Identifier(*quicktest_table_parts(table)).as_string(conn),),
     )
     row = cur.fetchone()
     if row is None:

@@ -36,6 +36,8 @@ def yoyo_uri(database_url: str | None) -> str:
     dbname = params.pop("dbname", None) or os.environ.get("PGDATABASE") or user or ""
     host = params.pop("host", None) or os.environ.get("PGHOST")
     port = params.pop("port", None) or os.environ.get("PGPORT")
+    if port and not all(p.strip().isdigit() for p in port.split(",")):
+        raise ValueError("Invalid value for PGPORT (or the DSN's port): the port is not a number.")
     netloc = ""
     if user:
         netloc = quote(user, safe="") + (":" + quote(password, safe="") if password else "") + "@"
@@ -94,10 +96,12 @@ def rollback_migrations(database_url: str | None, migrations_dir: Path = MIGRATI
 def create_dev_platform_table(database_url: str | None, table: str | None = None) -> None:
     """DEV/TEST ONLY: create the platform table as the Django model does.
 
-    ``table`` renames it (QUICKTEST_TABLE), quoted as an identifier.
+    ``table`` renames it (QUICKTEST_TABLE: a name or schema.table, each part quoted as an identifier).
     """
     import psycopg2
     from psycopg2 import sql
+
+    from ingest.config import quicktest_table_parts
 
     text = DEV_PLATFORM_TABLE_SQL.read_text()
     conn = psycopg2.connect(database_url or "")
@@ -105,7 +109,7 @@ def create_dev_platform_table(database_url: str | None, table: str | None = None
         with conn, conn.cursor() as cur:
             if table and table != "ml_platform_quicktest":
                 template = text.replace("{", "{{").replace("}", "}}").replace("ml_platform_quicktest", "{table}")
-                statement = sql.SQL(template).format(table=sql.Identifier(table))
+                statement = sql.SQL(template).format(table=sql.Identifier(*quicktest_table_parts(table)))
                 cur.execute(statement)
             else:
                 cur.execute(text)

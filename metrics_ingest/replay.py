@@ -490,7 +490,7 @@ def check_database(settings: Settings) -> None:
         ) from None
     try:
         with conn, conn.cursor() as cur:
-            table = sql.Identifier(settings.quicktest_table).as_string(conn)
+            table = sql.Identifier(*settings.quicktest_table_name).as_string(conn)
             cur.execute("SELECT to_regclass('training_metrics_ingestions'), to_regclass(%s)", (table,))
             ingestions, quicktest = cur.fetchone()
     except psycopg2.Error as exc:

@@ -22,13 +22,17 @@ INDEX_PREFIX = "metrics_ingest_gcs_path_"
 
 
 def ensure_path_index(conn):
+    from ingest.config import quicktest_table_parts
+
     table = os.environ.get("QUICKTEST_TABLE") or "ml_platform_quicktest"
+    parts = quicktest_table_parts(table)  # "table" or "schema.table"
+    schema = parts[:-1]  # the index lives in the table's schema
     # A short, stable index name whatever the table is called.
     import hashlib
 
     index = INDEX_PREFIX + hashlib.sha1(table.encode()).hexdigest()[:12]
     cur = conn.cursor()
-    cur.execute("SELECT to_regclass(%s)", (sql.Identifier(table).as_string(cur),))
+    cur.execute("SELECT to_regclass(%s)", (sql.Identifier(*parts).as_string(cur),))
     (regclass,) = cur.fetchone()
     if regclass is None:
         print(f"post-apply: table {table!r} does not exist yet; gcs_artifacts_path index skipped", file=sys.stderr)
@@ -41,17 +45,17 @@ def ensure_path_index(conn):
           JOIN pg_attribute a ON a.attrelid = x.indrelid AND a.attnum = x.indkey[0]
          WHERE x.indrelid = %s::regclass AND a.attname = 'gcs_artifacts_path'
         """,
-        (sql.Identifier(table).as_string(cur),),
+        (sql.Identifier(*parts).as_string(cur),),
     )
     indexes = cur.fetchall()
     if any(valid for _, valid in indexes):
         return
     for name, _ in indexes:
         if name == index:  # a failed CONCURRENTLY build leaves an invalid index
-            cur.execute(sql.SQL("DROP INDEX CONCURRENTLY IF EXISTS {}").format(sql.Identifier(name)))
+            cur.execute(sql.SQL("DROP INDEX CONCURRENTLY IF EXISTS {}").format(sql.Identifier(*schema, name)))
     cur.execute(
         sql.SQL("CREATE INDEX CONCURRENTLY IF NOT EXISTS {} ON {} (gcs_artifacts_path)").format(
-            sql.Identifier(index), sql.Identifier(table)
+            sql.Identifier(index), sql.Identifier(*parts)
         )
     )
 

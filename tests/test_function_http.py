@@ -10,7 +10,7 @@ import requests
 from cloudevents.conversion import to_binary, to_structured
 
 import functions_framework
-from ingest import store
+from ingest import db
 from ingest.errors import printable
 from metrics_ingest.localstack.emulator import Fault
 from tests.support.documents import dumps, v1_document
@@ -65,7 +65,7 @@ def test_other_objects_return_at_once_without_database_or_download(
     response = post(client, resource)
     assert response.status_code == 200
     assert probe.hits == 0  # nothing read from GCS
-    assert not any(key[0] == unreachable for key in store._pools)  # no pool, so no connection tried
+    assert not any(key[0] == unreachable for key in db._pools)  # no pool, so no connection tried
     assert platform_db.ingestions("ml-artifacts", resource["name"]) == []
 
 

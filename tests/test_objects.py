@@ -86,7 +86,7 @@ def test_settings_from_env_defaults_and_overrides() -> None:
         database_url=None,
         quicktest_table="ml_platform_quicktest",
         metrics_filename="training_metrics.json",
-        max_metrics_bytes=67108864,
+        max_metrics_bytes=16777216,
     )
     settings = Settings.from_env(
         {

@@ -9,7 +9,7 @@ import psycopg2
 import psycopg2.extras
 import pytest
 
-from ingest import store
+from ingest import db, store
 from ingest.errors import TransientError
 from ingest.objects import ObjectRef
 from tests.support.network import unreachable_database_url
@@ -126,7 +126,7 @@ def test_pool_replaces_a_connection_the_server_dropped(platform_db: PlatformDb, 
     with admin, admin.cursor() as cur:
         cur.execute("SELECT pg_terminate_backend(%s)", (old_pid,))
     admin.close()
-    monkeypatch.setattr(store, "_PROBE_AFTER_IDLE_S", 0.0)  # probe at once instead of after 30 s idle
+    monkeypatch.setattr(db, "_PROBE_AFTER_IDLE_S", 0.0)  # probe at once instead of after 30 s idle
     with store.connection(settings) as conn, conn, conn.cursor() as cur:
         cur.execute("SELECT pg_backend_pid()")
         assert cur.fetchone()[0] != old_pid

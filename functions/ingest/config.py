@@ -9,7 +9,9 @@ Example::
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
+import re
 from collections.abc import Mapping
 
 
@@ -34,12 +36,115 @@ def _positive_float(env: Mapping[str, str], name: str, default: float) -> float:
         value = float(raw)
     except ValueError:
         raise ValueError(f"Invalid value for {name}. Received: {raw!r}. Expected a positive number.") from None
-    if not value > 0:
-        raise ValueError(f"Invalid value for {name}. Received: {raw!r}. Expected a positive number.")
+    if not (value > 0 and math.isfinite(value)):  # 'nan' and 'inf' parse as floats
+        raise ValueError(f"Invalid value for {name}. Received: {raw!r}. Expected a positive, finite number.")
     return value
 
 
 METRICS_FILENAME = "training_metrics.json"
+
+
+def metrics_filename_problem(name: str) -> str | None:
+    """Why ``name`` cannot be METRICS_FILENAME (a base name), or None.
+
+    Example::
+
+        metrics_filename_problem("runs/training_metrics.json")   # "it contains '/' ..."
+    """
+    if not name.strip():
+        return "it is empty"
+    if "/" in name:
+        return "it contains '/' (a base name is matched against the last part of each object name)"
+    if ".." in name:
+        return "it contains '..'"
+    if "\x00" in name or not name.isprintable():
+        return "it contains a control character"
+    return None
+
+
+def check_metrics_filename(env: Mapping[str, str] | None = None) -> str:
+    """METRICS_FILENAME from ``env`` (default ``os.environ``), or the default; ValueError when unusable.
+
+    Cheap: the function calls it for every event, before its name filter, so
+    a bad value is a configuration error (retried, logged) rather than every
+    upload silently matching nothing.
+    """
+    env = os.environ if env is None else env
+    name = env.get("METRICS_FILENAME") or METRICS_FILENAME
+    problem = metrics_filename_problem(name)
+    if problem:
+        raise ValueError(f"Invalid value for METRICS_FILENAME. Received: {name!r}: {problem}. Expected a base name.")
+    return name
+
+
+# libpq's parse errors, as the kind of mistake they mean (libpq's own text quotes
+# the string, and with it the password).
+_DSN_MISTAKES = (
+    ("invalid percent-encoded token", "a '%' not followed by two hex digits (write a '%' in the password as %25)"),
+    ("invalid uri query parameter", "an unknown parameter after '?'"),
+    ("ipv6", "an unclosed '[' around an IPv6 host"),
+    ('missing "="', "a word without '=' (expected key=value pairs, values with spaces in single quotes)"),
+    ("unterminated quoted string", "an unterminated quoted value"),
+    ("invalid connection option", "an unknown connection option"),
+)
+
+
+def database_url_problem(url: str) -> str | None:
+    """The kind of mistake in a PostgreSQL URL or libpq DSN, or None; never quotes it.
+
+    Example::
+
+        database_url_problem("postgresql://u:p%zz@db/app")   # "a '%' not followed by two hex digits ..."
+    """
+    import psycopg2
+    from psycopg2.extensions import parse_dsn
+
+    try:
+        params = parse_dsn(url)
+    except psycopg2.ProgrammingError as exc:
+        text = str(exc).lower()
+        return next((kind for marker, kind in _DSN_MISTAKES if marker in text), "libpq cannot parse it")
+    scheme, sep, rest = url.partition("://")
+    if sep and scheme in ("postgres", "postgresql"):
+        authority = re.split(r"[/?#]", rest, maxsplit=1)[0]
+        if "@" not in authority and "@" in rest:
+            return (
+                "a '/', '?' or '#' before the '@' (percent-encode them in the user name or password: / as %2F, "
+                "? as %3F, # as %23; base64 passwords often hold '/', '+' and '=')"
+            )
+        if authority.count("@") > 1:
+            return "more than one '@' before the host (write an '@' in the user name or password as %40)"
+    if any(not p.strip().isdigit() for p in (params.get("port") or "0").split(",") if p.strip()):
+        return "the port is not a number"
+    return None
+
+
+def check_database_url(url: str | None, setting: str = "DATABASE_URL") -> None:
+    """ValueError naming ``setting`` and the kind of mistake when ``url`` is malformed; the value is never quoted."""
+    if url is None:
+        return
+    problem = database_url_problem(url)
+    if problem:
+        raise ValueError(
+            f"Invalid value for {setting}: not a valid connection string: {problem}. "
+            "The value is not shown (it may hold a password)."
+        )
+
+
+def quicktest_table_parts(table: str) -> tuple[str, ...]:
+    """``('table',)`` or ``('schema', 'table')`` for QUICKTEST_TABLE; ValueError for anything else.
+
+    Example::
+
+        quicktest_table_parts("public.ml_platform_quicktest")   # ('public', 'ml_platform_quicktest')
+    """
+    parts = tuple(table.split("."))
+    if not table or "\x00" in table or len(parts) > 2 or not all(parts):
+        raise ValueError(
+            f"Invalid value for QUICKTEST_TABLE. Received: {table!r}. Expected a table name, or schema.table "
+            "(each part used as one quoted identifier; an unqualified name is found on the search_path)."
+        )
+    return parts
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,11 +154,15 @@ class Settings:
     Args:
         database_url: libpq URL or DSN (``DATABASE_URL``); None (default) means
             libpq's own ``PG*`` variables. Cloud SQL: ``host=/cloudsql/P:R:I dbname=...``.
+            Checked when the settings are made; the error says what kind of mistake
+            it is and never quotes the value (it may hold a password).
         quicktest_table: the platform's table (``QUICKTEST_TABLE``), default
-            ``ml_platform_quicktest``; always quoted as one identifier, never formatted into SQL.
+            ``ml_platform_quicktest``, or ``schema.table``; each part quoted as an
+            identifier, never formatted into SQL.
         metrics_filename: the base name that is ingested (``METRICS_FILENAME``).
         max_metrics_bytes: larger objects are rejected (``MAX_METRICS_BYTES``),
-            default 64 MiB; also caps the decompressed size of gzip objects.
+            default 16 MiB; also caps the decompressed size of gzip objects.
+            Above ~25 MiB a single dense file may exceed a 1 GiB instance.
         gcs_timeout: seconds to wait for GCS to connect / send data
             (``GCS_TIMEOUT_SECONDS``, default 30).
         db_connect_timeout: seconds to wait for a database connection
@@ -69,22 +178,30 @@ class Settings:
     database_url: str | None = None
     quicktest_table: str = "ml_platform_quicktest"
     metrics_filename: str = METRICS_FILENAME
-    max_metrics_bytes: int = 64 * 1024 * 1024
+    # 16 MiB: ~50x a real file (50 epochs x 140 metrics is ~0.3 MB), and one file
+    # this size, however dense, fits the memory budget alone (ingest.memory).
+    max_metrics_bytes: int = 16 * 1024 * 1024
     gcs_timeout: float = 30.0
     db_connect_timeout: int = 10
     db_pool_size: int = 8
 
     def __post_init__(self) -> None:
-        if not self.quicktest_table or "\x00" in self.quicktest_table:
+        quicktest_table_parts(self.quicktest_table)
+        problem = metrics_filename_problem(self.metrics_filename)
+        if problem:
             raise ValueError(
-                f"Invalid value for QUICKTEST_TABLE. Received: {self.quicktest_table!r}. "
-                "Expected a table name (used as one quoted identifier, found on the search_path)."
+                f"Invalid value for METRICS_FILENAME. Received: {self.metrics_filename!r}: {problem}. "
+                "Expected a base name."
             )
-        if not self.metrics_filename or "/" in self.metrics_filename:
-            raise ValueError(
-                f"Invalid value for METRICS_FILENAME. Received: {self.metrics_filename!r}. "
-                "Expected a base name without '/'."
-            )
+        if not (self.gcs_timeout > 0 and math.isfinite(self.gcs_timeout)):
+            raise ValueError(f"Invalid value for GCS_TIMEOUT_SECONDS. Received: {self.gcs_timeout!r}. "
+                             "Expected a positive, finite number.")
+        check_database_url(self.database_url)
+
+    @property
+    def quicktest_table_name(self) -> tuple[str, ...]:
+        """QUICKTEST_TABLE as identifier parts: ``sql.Identifier(*settings.quicktest_table_name)``."""
+        return quicktest_table_parts(self.quicktest_table)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:

@@ -1,11 +1,17 @@
 """A per-process memory budget for the files being ingested at once.
 
-Parsing and validating a file costs several times its size in Python objects
-(about 6x for a large plain file). The function serves several events at once
-(``--concurrency``) and ``replay`` runs several workers: without a budget, a
-handful of files near ``MAX_METRICS_BYTES`` arriving together could exceed the
-instance's memory and kill every event in flight. With it, such an event waits
-for memory instead; small files (the usual ~0.5 MB) never wait in practice.
+Parsing a file costs many times its size in Python objects, and how many
+depends on how dense it is, not on how large: measured peaks
+(``bench/bench_memory.py``) are ~4.5x the file for a real training_metrics.json,
+~6x for ``[1,1,...]``, ~12x for ``[0.5,0.5,...]`` and ~27x for ``[{},{},...]``
+(each value an object and a pointer). The function serves several events at
+once (``--concurrency``) and ``replay`` runs several workers: without a budget,
+a few dense files arriving together exceed the instance's memory and kill
+every event in flight. So each event is admitted at the worst case,
+``PARSE_COST_PER_BYTE`` x its size, against ``BUDGET_BYTES``; an event that does
+not fit waits for memory instead. Real files (~0.3-3 MB) never wait in
+practice; with the default MAX_METRICS_BYTES (16 MiB) one file at the cap,
+however dense, fits the budget alone.
 
 Example::
 
@@ -25,10 +31,15 @@ if TYPE_CHECKING:
     from ingest.config import Settings
     from ingest.objects import ObjectRef
 
-# File bytes in flight per process, in units of MAX_METRICS_BYTES: two files at
-# the cap (~6x each in memory, ~800 MiB with the default) fit the deployed
-# 1 GiB with the runtime; a third waits.
-BUDGET_FILES = 2
+# Memory per byte of file at the worst (the measured 27x of ``[{},{},...]``,
+# the downloaded bytes included, plus room for the download buffer's growth).
+PARSE_COST_PER_BYTE = 30
+# Memory for files in flight per process: the deployed 1 GiB less the runtime
+# (~75 MiB measured, more while serving) and allocator headroom.
+BUDGET_BYTES = 768 * 2**20
+# The largest MAX_METRICS_BYTES whose worst case fits the budget alone (25.6 MiB):
+# above it, one dense file at the cap can still exceed the instance's memory.
+SAFE_MAX_METRICS_BYTES = BUDGET_BYTES // PARSE_COST_PER_BYTE
 
 
 class MemoryBudget:
@@ -77,22 +88,27 @@ _budgets_lock = threading.Lock()
 
 
 def memory_budget(settings: Settings) -> MemoryBudget:
-    """The process's budget for ``settings.max_metrics_bytes`` (shared by every thread)."""
+    """The process's budget (``BUDGET_BYTES``, shared by every thread).
+
+    One per ``max_metrics_bytes`` value, so that tests with a cap of their own
+    do not wait on each other; a deployment has one.
+    """
     key = settings.max_metrics_bytes
     found = _budgets.get(key)
     if found is not None:
         return found
     with _budgets_lock:
-        return _budgets.setdefault(key, MemoryBudget(BUDGET_FILES * key))
+        return _budgets.setdefault(key, MemoryBudget(BUDGET_BYTES))
 
 
 def memory_weight(ref: ObjectRef, settings: Settings) -> int:
-    """The file bytes an event may bring into memory: its size, or the cap when
-    the size is unknown or the object is gzip (its inflated size is unknown);
-    0 when it is rejected from its size alone (never downloaded)."""
+    """What an event may cost in memory at the worst: ``PARSE_COST_PER_BYTE`` x its
+    size, or x the cap when the size is unknown or the object is gzip (its
+    inflated size is unknown); 0 when it is rejected from its size alone
+    (never downloaded)."""
     cap = settings.max_metrics_bytes
     if ref.size is not None and ref.size > cap:
         return 0
     if ref.size is None or (ref.content_encoding or "").lower() == "gzip":
-        return cap
-    return ref.size
+        return cap * PARSE_COST_PER_BYTE
+    return ref.size * PARSE_COST_PER_BYTE

@@ -173,15 +173,15 @@ def _run(
         """An outcome decided without writing the row: record it (unless dry run)."""
         result = finish(outcome, reason, quicktest_id, epochs)
         if not dry_run:
-            with store.connection(settings) as conn:
-                store.record(
-                    conn,
-                    store.Record(ref, outcome, event_id, quicktest_id, reason, epochs, result.duration_ms, False),
-                )
+            rec = store.Record(ref, outcome, event_id, quicktest_id, reason, epochs, result.duration_ms, False)
+            store.run(settings, lambda conn: store.record(conn, rec))
         return result
 
-    with store.connection(settings) as conn:
-        state = store.read_state(conn, settings, ref)
+    # Each database step runs once more on a fresh connection if its pooled
+    # one died (restart, failover): reads, and writes guarded by generation.
+    # (A record whose commit was acknowledged to no one may be written twice:
+    # the log gains a line, the row never changes twice.)
+    state = store.run(settings, lambda conn: store.read_state(conn, settings, ref))
     if ref.size is not None and ref.size > settings.max_metrics_bytes:
         return settle(
             "rejected",
@@ -217,8 +217,9 @@ def _run(
     }
     history["ingested_at"] = dt.datetime.now(dt.timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
     try:
-        with store.connection(settings) as conn:
-            written = store.write(
+        written = store.run(
+            settings,
+            lambda conn: store.write(
                 conn,
                 settings,
                 ref,
@@ -228,7 +229,8 @@ def _run(
                 epochs=epochs,
                 duration_ms=_ms(started),
                 force=force,
-            )
+            ),
+        )
     except Rejected as exc:
         return settle("rejected", exc.reason, state.quicktest_id, epochs)
     return finish(written.outcome, written.reason, written.quicktest_id, epochs)

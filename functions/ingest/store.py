@@ -1,16 +1,11 @@
 """PostgreSQL access: the row lookup, the guarded write and the ingestion log.
 
-Connections come from one blocking pool per database URL, created on first
-use and shared by threads (``replay`` calls in from N workers). Every
+Connections come from :mod:`ingest.db` (one blocking pool per database,
+shared by threads; driver errors translated there, by SQLSTATE). Every
 transaction is explicit and short: the write locks the QuickTest row
 (``SELECT ... FOR UPDATE``), compares generations, writes, records, commits.
 Duplicates are safe by schema too: a partial unique index allows one
 ``ingested`` record per (bucket, object, generation).
-
-Driver errors are translated in one place (:func:`connection`): a lost or
-refused connection, a lock timeout or a missing table become
-:class:`ingest.errors.TransientError` (retry); a value PostgreSQL refuses to
-store becomes :class:`ingest.errors.Rejected`.
 
 Example::
 
@@ -23,132 +18,16 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
-import threading
-import time
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
-from ingest.errors import Rejected, TransientError
+from ingest.db import close_pools, connection, pool, run  # noqa: F401  (re-exported: store.connection(...))
 from ingest.objects import ObjectRef
 
 if TYPE_CHECKING:
     from ingest.config import Settings
 
 INGESTIONS_TABLE = "training_metrics_ingestions"
-
-_PROBE_AFTER_IDLE_S = 30.0
-_pools: dict[tuple[str | None, int, int], _BlockingPool] = {}
-_pools_lock = threading.Lock()
-
-
-class _BlockingPool:
-    """psycopg2's ThreadedConnectionPool raises when exhausted; this waits instead."""
-
-    def __init__(self, dsn: str | None, size: int, connect_timeout: int) -> None:
-        from psycopg2.pool import ThreadedConnectionPool
-
-        self._slots = threading.BoundedSemaphore(size)
-        self._idle_since: dict[int, float] = {}
-        self._pool = ThreadedConnectionPool(
-            0,  # nothing opened up front: the first event opens what it needs
-            size,
-            dsn=dsn or "",  # '' = libpq's PG* variables
-            connect_timeout=connect_timeout,
-            application_name="metrics-ingest",
-            # A stuck lock or query fails the event (retried) instead of hanging it.
-            options="-c lock_timeout=10s -c statement_timeout=60s",
-        )
-        # psycopg2 closes a returned connection when more than ``minconn`` are
-        # idle; raised after construction, connections still open lazily but
-        # stay open for the next event (a connect costs more than the query).
-        self._pool.minconn = size
-
-    @contextlib.contextmanager
-    def get(self) -> Iterator[Any]:
-        self._slots.acquire()
-        conn = None
-        broken = True
-        try:
-            conn = self._checked_out()
-            yield conn
-            broken = bool(conn.closed)
-        except BaseException as exc:
-            import psycopg2
-
-            # A connection that failed at the transport level is not reused.
-            transport = (psycopg2.OperationalError, psycopg2.InterfaceError)
-            broken = conn is None or bool(conn.closed) or isinstance(exc, transport)
-            raise
-        finally:
-            if conn is not None:
-                if not broken:
-                    self._idle_since[id(conn)] = time.monotonic()
-                self._pool.putconn(conn, close=broken)
-            self._slots.release()
-
-    def _checked_out(self) -> Any:
-        """A pooled connection; one idle for a while is probed first, so a
-        database restart or failover costs a reconnect, not a failed event."""
-        import psycopg2
-
-        conn = self._pool.getconn()
-        idle_since = self._idle_since.pop(id(conn), None)
-        if conn.closed:
-            self._pool.putconn(conn, close=True)
-            return self._pool.getconn()
-        if idle_since is not None and time.monotonic() - idle_since > _PROBE_AFTER_IDLE_S:
-            try:
-                with conn.cursor() as cur:
-                    cur.execute("SELECT 1")
-                conn.rollback()
-            except psycopg2.Error:
-                self._pool.putconn(conn, close=True)
-                return self._pool.getconn()
-        return conn
-
-    def close(self) -> None:
-        self._pool.closeall()
-
-
-def pool(settings: Settings) -> _BlockingPool:
-    key = (settings.database_url, settings.db_pool_size, settings.db_connect_timeout)
-    found = _pools.get(key)
-    if found is not None:
-        return found
-    with _pools_lock:
-        if key not in _pools:
-            _pools[key] = _BlockingPool(settings.database_url, settings.db_pool_size, settings.db_connect_timeout)
-        return _pools[key]
-
-
-def close_pools() -> None:
-    """Close every pooled connection (tests, and a CLI before exiting)."""
-    with _pools_lock:
-        for p in _pools.values():
-            p.close()
-        _pools.clear()
-
-
-@contextlib.contextmanager
-def connection(settings: Settings) -> Iterator[Any]:
-    """A pooled connection; driver errors come out as the product's errors."""
-    import psycopg2
-    from psycopg2 import errors as pgerrors
-
-    try:
-        with pool(settings).get() as conn:
-            yield conn
-    except (pgerrors.UndefinedTable, pgerrors.UndefinedColumn) as exc:
-        # Configuration (QUICKTEST_TABLE, migrations not applied): retrying
-        # until someone fixes it loses no event; acknowledging would.
-        raise TransientError(
-            f"database schema problem (run `metrics-ingest migrate`, check QUICKTEST_TABLE): {str(exc).strip()}"
-        ) from exc
-    except psycopg2.DataError as exc:
-        # The value, not the database, is at fault: retrying cannot help.
-        raise Rejected(f"PostgreSQL cannot store the document: {str(exc).strip().splitlines()[0]}") from exc
-    except psycopg2.Error as exc:
-        raise TransientError(f"database error: {type(exc).__name__}: {str(exc).strip()}") from exc
 
 
 @dataclasses.dataclass(frozen=True)
@@ -188,7 +67,7 @@ def _one_statement(conn: Any) -> Iterator[Any]:
 def _table(settings: Settings) -> Any:
     from psycopg2 import sql
 
-    return sql.Identifier(settings.quicktest_table)
+    return sql.Identifier(*settings.quicktest_table_name)  # "table" or "schema"."table"
 
 
 def _paths(ref: ObjectRef) -> tuple[str, str]:

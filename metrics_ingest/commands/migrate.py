@@ -22,7 +22,7 @@ from typing import Any
 
 import psycopg2
 
-from ingest.config import Settings
+from ingest.config import check_database_url, quicktest_table_parts
 from metrics_ingest.db_role import RoleMigrationError, add_function_role_option, apply_function_role_option
 from metrics_ingest.migrations import apply_migrations, rollback_migrations
 
@@ -52,6 +52,16 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     database_url = args.database_url or os.environ.get("DATABASE_URL") or None
+    try:
+        # Before any connection: a malformed URL is one line naming the setting
+        # (never its value, which holds the password), not yoyo's traceback or a
+        # misparsed host's "connection refused".
+        check_database_url(database_url, "--database-url" if args.database_url else "DATABASE_URL")
+        quicktest_table = os.environ.get("QUICKTEST_TABLE") or "ml_platform_quicktest"
+        quicktest_table_parts(quicktest_table)
+    except ValueError as exc:
+        print(f"migrate: error: {exc}", file=sys.stderr)
+        return 2
 
     if args.rollback:
         if args.function_role:
@@ -59,21 +69,42 @@ def run(args: argparse.Namespace) -> int:
             return 2
         try:
             rolled_back = rollback_migrations(database_url)
+        except ValueError as exc:  # a PG* variable yoyo cannot use
+            print(f"migrate: error: {exc}", file=sys.stderr)
+            return 2
         except psycopg2.Error as exc:
-            print(f"migrate --rollback failed: {str(exc).strip()}{_unset_hint(database_url, exc)}", file=sys.stderr)
+            print(f"migrate --rollback failed: {_message(exc, database_url)}{_unset_hint(database_url, exc)}",
+                  file=sys.stderr)
             return 1
         print("\n".join(f"rolled back {m}" for m in rolled_back) if rolled_back else "nothing to roll back")
         return 0
     try:
         applied = apply_migrations(database_url)
-        role = apply_function_role_option(args, database_url, quicktest_table=Settings.from_env().quicktest_table)
+        role = apply_function_role_option(args, database_url, quicktest_table=quicktest_table)
+    except ValueError as exc:  # a PG* variable yoyo cannot use
+        print(f"migrate: error: {exc}", file=sys.stderr)
+        return 2
     except (psycopg2.Error, RoleMigrationError) as exc:  # unreachable server, bad credentials, missing table
-        print(f"migrate failed: {str(exc).strip()}{_unset_hint(database_url, exc)}", file=sys.stderr)
+        print(f"migrate failed: {_message(exc, database_url)}{_unset_hint(database_url, exc)}", file=sys.stderr)
         return 1
     print("\n".join(f"applied {m}" for m in applied) if applied else "up to date")
     if role:
         print(f"function role {role}: privileges granted")
     return 0
+
+
+def _message(exc: BaseException, database_url: str | None) -> str:
+    """The driver's message with the password masked, should libpq ever echo it."""
+    text = str(exc).strip()
+    password = None
+    if database_url:
+        from psycopg2.extensions import parse_dsn
+
+        password = parse_dsn(database_url).get("password")  # parses: checked above
+    for secret in (password, os.environ.get("PGPASSWORD"), os.environ.get("FUNCTION_ROLE_PASSWORD")):
+        if secret and len(secret) >= 3:
+            text = text.replace(secret, "***")
+    return text
 
 
 def _unset_hint(database_url: str | None, exc: BaseException) -> str:
