@@ -41,13 +41,94 @@ TEARDOWN_FLAGS = [
 MLFLOW_SA = f"mlflow-server@{PROJECT}.iam.gserviceaccount.com"
 
 
-def expected_deploy(source: Path, *, location: str, agent: str) -> list[list[str]]:
-    """What a first deploy runs, in order (read-only checks and lookups included)."""
+INSTANCE_CONDITION = (
+    'expression=resource.name == "projects/ml-platform-prod/instances/platform-db"'
+    ' && resource.type == "sqladmin.googleapis.com/Instance",title=only platform-db'
+)
+JOB = "metrics-ingest-reconcile"
+JOB_SA = f"metrics-ingest-reconcile@{PROJECT}.iam.gserviceaccount.com"
+SCHEDULER_SA = f"metrics-ingest-scheduler@{PROJECT}.iam.gserviceaccount.com"
+METRIC = "ingest_training_metrics_outcomes"
+POLICIES = {
+    "alert-rejected-or-error.json": "ingest-training-metrics: files rejected or ingestion errors",
+    "alert-retry-rate.json": "ingest-training-metrics: sustained ingestion retries",
+    "alert-reconcile-failed.json": "metrics-ingest-reconcile: reconciliation execution failed",
+}
+DB_URL = f"DATABASE_URL=host=/cloudsql/{CONNECTION} dbname=platform user=metrics_ingest_fn"
+
+
+def cloudsql_grant(member: str) -> list[list[str]]:
+    """roles/cloudsql.client on the one instance, then the check for an old unconditional grant."""
     return [
+        ["projects", "add-iam-policy-binding", PROJECT, f"--member=serviceAccount:{member}",
+         "--role=roles/cloudsql.client", f"--condition={INSTANCE_CONDITION}"],
+        ["projects", "get-iam-policy", PROJECT, "--flatten=bindings[].members",
+         f"--filter=bindings.role=roles/cloudsql.client AND bindings.members=serviceAccount:{member}"
+         " AND NOT bindings.condition:*", "--format=value(bindings.role)"],
+    ]
+
+
+def expected_reconcile(*, tasks: int = 1) -> list[list[str]]:
+    """What the reconciliation part of a first deploy runs."""
+    return [
+        ["iam", "service-accounts", "list", f"--project={PROJECT}", f"--filter=email={JOB_SA}", "--format=value(email)"],
+        ["iam", "service-accounts", "create", "metrics-ingest-reconcile", f"--project={PROJECT}",
+         "--display-name=Training metrics reconciliation job (runtime)"],
+        ["iam", "service-accounts", "list", f"--project={PROJECT}", f"--filter=email={SCHEDULER_SA}",
+         "--format=value(email)"],
+        ["iam", "service-accounts", "create", "metrics-ingest-scheduler", f"--project={PROJECT}",
+         "--display-name=Training metrics reconciliation (Cloud Scheduler)"],
+        ["secrets", "add-iam-policy-binding", "metrics-ingest-db-password", f"--project={PROJECT}",
+         f"--member=serviceAccount:{JOB_SA}", "--role=roles/secretmanager.secretAccessor"],
+        *cloudsql_grant(JOB_SA),
+        ["storage", "buckets", "add-iam-policy-binding", f"gs://{BUCKET}", f"--member=serviceAccount:{JOB_SA}",
+         "--role=roles/storage.objectViewer"],
+        ["run", "jobs", "deploy", JOB, f"--project={PROJECT}", f"--region={REGION}", f"--source={REPO}",
+         f"--tasks={tasks}", f"--parallelism={tasks}", "--task-timeout=3600s", "--max-retries=1", "--memory=2Gi",
+         "--cpu=1", f"--service-account={JOB_SA}", f"--set-cloudsql-instances={CONNECTION}",
+         "--set-secrets=PGPASSWORD=metrics-ingest-db-password:latest",
+         f"--set-env-vars={DB_URL},QUICKTEST_TABLE=ml_platform_quicktest,METRICS_FILENAME=training_metrics.json,"
+         f"MAX_METRICS_BYTES=67108864,PGAPPNAME={JOB},PGCONNECT_TIMEOUT=10",
+         f"--args=replay,gs://{BUCKET},--since,72h,--workers,4,--verbose", "--quiet"],
+        ["run", "jobs", "add-iam-policy-binding", JOB, f"--project={PROJECT}", f"--region={REGION}",
+         f"--member=serviceAccount:{SCHEDULER_SA}", "--role=roles/run.invoker"],
+        ["scheduler", "jobs", "list", f"--project={PROJECT}", f"--location={REGION}",
+         f"--filter=name=projects/{PROJECT}/locations/{REGION}/jobs/{JOB}-nightly", "--format=value(name)"],
+        ["scheduler", "jobs", "create", "http", f"{JOB}-nightly", f"--project={PROJECT}", f"--location={REGION}",
+         "--schedule=30 3 * * *", "--time-zone=Etc/UTC",
+         f"--uri=https://run.googleapis.com/v2/projects/{PROJECT}/locations/{REGION}/jobs/{JOB}:run",
+         "--http-method=POST", f"--oauth-service-account-email={SCHEDULER_SA}", "--attempt-deadline=180s"],
+    ]
+
+
+def expected_alerts(config: Path, *, reconcile: bool = True) -> list[list[str]]:
+    """What the alerting part of a first deploy runs (the files are in ``config``)."""
+    calls = [
+        ["logging", "metrics", "list", f"--project={PROJECT}", f"--filter=name={METRIC}", "--format=value(name)"],
+        ["logging", "metrics", "create", METRIC, f"--project={PROJECT}", f"--config-from-file={config}/log-metric.json"],
+    ]
+    for file, display in POLICIES.items():
+        if file == "alert-reconcile-failed.json" and not reconcile:
+            continue
+        calls += [
+            ["alpha", "monitoring", "policies", "list", f"--project={PROJECT}", f'--filter=displayName="{display}"',
+             "--format=value(name)"],
+            ["alpha", "monitoring", "policies", "create", f"--project={PROJECT}",
+             f"--policy-from-file={config}/{file}"],
+        ]
+    return calls
+
+
+def expected_deploy(
+    source: Path, *, location: str, agent: str, config: Path, reconcile: bool = True, alerts: bool = True
+) -> list[list[str]]:
+    """What a first deploy runs, in order (read-only checks and lookups included)."""
+    function = [
         ["services", "enable", "cloudfunctions.googleapis.com", "run.googleapis.com",
          "cloudbuild.googleapis.com", "artifactregistry.googleapis.com", "eventarc.googleapis.com",
          "pubsub.googleapis.com", "storage.googleapis.com", "sqladmin.googleapis.com",
-         "secretmanager.googleapis.com", "iam.googleapis.com", "logging.googleapis.com", f"--project={PROJECT}"],
+         "secretmanager.googleapis.com", "iam.googleapis.com", "logging.googleapis.com",
+         "cloudscheduler.googleapis.com", "monitoring.googleapis.com", f"--project={PROJECT}"],
         ["iam", "service-accounts", "list", f"--project={PROJECT}", f"--filter=email={RUNTIME_SA}",
          "--format=value(email)"],
         ["iam", "service-accounts", "create", "metrics-ingest-runtime", f"--project={PROJECT}",
@@ -58,10 +139,11 @@ def expected_deploy(source: Path, *, location: str, agent: str) -> list[list[str
          "--display-name=Training metrics ingestion function (Eventarc trigger)"],
         ["secrets", "add-iam-policy-binding", "metrics-ingest-db-password", f"--project={PROJECT}",
          f"--member=serviceAccount:{RUNTIME_SA}", "--role=roles/secretmanager.secretAccessor"],
-        ["projects", "add-iam-policy-binding", PROJECT, f"--member=serviceAccount:{RUNTIME_SA}",
-         "--role=roles/cloudsql.client", "--condition=None"],
+        *cloudsql_grant(RUNTIME_SA),
         ["storage", "buckets", "add-iam-policy-binding", f"gs://{BUCKET}", f"--member=serviceAccount:{RUNTIME_SA}",
-         "--role=roles/storage.objectViewer"],
+         "--role=roles/storage.legacyObjectReader"],
+        ["storage", "buckets", "get-iam-policy", f"gs://{BUCKET}", "--flatten=bindings[].members",
+         "--format=csv[no-heading](bindings.role,bindings.members)"],
         ["projects", "add-iam-policy-binding", PROJECT, f"--member=serviceAccount:{TRIGGER_SA}",
          "--role=roles/eventarc.eventReceiver", "--condition=None"],
         ["storage", "service-agent", f"--project={PROJECT}"],
@@ -75,8 +157,9 @@ def expected_deploy(source: Path, *, location: str, agent: str) -> list[list[str
          f"--trigger-service-account={TRIGGER_SA}", "--retry", f"--service-account={RUNTIME_SA}",
          "--no-allow-unauthenticated", "--ingress-settings=internal-only", "--memory=1Gi", "--cpu=1",
          "--timeout=300s", "--concurrency=8", "--max-instances=10",
-         f"--set-env-vars=DATABASE_URL=host=/cloudsql/{CONNECTION} dbname=platform user=metrics_ingest_fn,"
+         f"--set-env-vars={DB_URL},"
          "QUICKTEST_TABLE=ml_platform_quicktest,METRICS_FILENAME=training_metrics.json,"
+         "MAX_METRICS_BYTES=67108864,DB_POOL_SIZE=8,"
          "PGAPPNAME=ingest-training-metrics,PGCONNECT_TIMEOUT=10",
          "--set-secrets=PGPASSWORD=metrics-ingest-db-password:latest"],
         ["functions", "add-invoker-policy-binding", "ingest-training-metrics", f"--project={PROJECT}",
@@ -86,13 +169,18 @@ def expected_deploy(source: Path, *, location: str, agent: str) -> list[list[str
         ["run", "services", "update", "ingest-training-metrics", f"--project={PROJECT}", f"--region={REGION}",
          f"--add-cloudsql-instances={CONNECTION}"],
     ]
+    return (
+        function
+        + (expected_reconcile() if reconcile else [])
+        + (expected_alerts(config, reconcile=reconcile) if alerts else [])
+    )
 
 
-READ_ONLY = ("list", "describe", "service-agent")
+READ_ONLY = ("list", "describe", "service-agent", "get-iam-policy")
 
 
 def is_read_only(argv: list[str]) -> bool:
-    return any(word in READ_ONLY for word in argv[:3])
+    return any(word in READ_ONLY for word in argv[:4])
 
 
 @dataclass
@@ -122,6 +210,10 @@ class Cloud:
     def set_state(self, state: dict) -> None:
         self.state_file.write_text(json.dumps(state))
 
+    @property
+    def config(self) -> Path:
+        return Path(self.env["DEPLOY_CONFIG_DIR"])
+
     def run(self, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
         self.log.unlink(missing_ok=True)
         return subprocess.run(
@@ -147,6 +239,7 @@ def cloud(tmp_path: Path) -> Cloud:
         PATH=f"{FAKE_GCLOUD_DIR}{os.pathsep}{psql_path().parent}{os.pathsep}{env['PATH']}",
         FAKE_GCLOUD_LOG=str(tmp_path / "gcloud-calls.jsonl"),
         FAKE_GCLOUD_STATE=str(tmp_path / "cloud.json"),
+        DEPLOY_CONFIG_DIR=str(tmp_path / "monitoring"),
     )
     result = Cloud(tmp_path, env, source)
     result.set_state({"bucket_locations": {BUCKET: "EUROPE-CENTRAL2"}, "project_number": "123456789012"})
@@ -171,7 +264,8 @@ def test_dry_run_prints_the_exact_commands_in_order_and_runs_none(cloud: Cloud) 
     assert done.returncode == 0, done.stderr
     runs, everything = dry_run_commands(done.stdout)
     expected = [["gcloud", *argv] for argv in
-                expected_deploy(cloud.source, location="BUCKET_LOCATION", agent="GCS_SERVICE_AGENT")]
+                expected_deploy(cloud.source, location="BUCKET_LOCATION", agent="GCS_SERVICE_AGENT",
+                                config=cloud.config)]
     assert everything == expected
     assert runs == [argv for argv in expected if not is_read_only(argv[1:])]
     assert "assumed absent" in done.stdout and done.stdout.startswith("# dry run")
@@ -182,7 +276,7 @@ def test_run_issues_the_dry_run_commands_then_a_rerun_creates_nothing(cloud: Clo
     """With the fake cloud, the commands run are the dry run's, and a second run creates nothing already there."""
     first = cloud.run(*REQUIRED_FLAGS, "--source", str(cloud.source))
     assert first.returncode == 0, first.stderr
-    expected = expected_deploy(cloud.source, location="europe-central2", agent=GCS_AGENT)
+    expected = expected_deploy(cloud.source, location="europe-central2", agent=GCS_AGENT, config=cloud.config)
     assert cloud.calls() == expected
     # Commands are logged (stderr) as they run: no password anywhere, only the secret's name.
     assert "+ gcloud functions deploy ingest-training-metrics" in first.stderr
@@ -190,10 +284,27 @@ def test_run_issues_the_dry_run_commands_then_a_rerun_creates_nothing(cloud: Clo
     second = cloud.run(*REQUIRED_FLAGS, "--source", str(cloud.source))
     assert second.returncode == 0, second.stderr
     calls = cloud.calls()
-    assert not [c for c in calls if "create" in c[:3] or c[:3] == ["run", "services", "update"]]
-    # Everything else is declarative and issued again, unchanged.
-    assert calls == [c for c in expected if "create" not in c[:3] and c[:3] != ["run", "services", "update"]]
+    assert not [c for c in calls if "create" in c[:4] or c[:3] == ["run", "services", "update"]]
+    assert calls == second_run(expected)
     assert "already attached" in second.stderr
+
+
+def second_run(first: list[list[str]]) -> list[list[str]]:
+    """A re-run against what the first run made: nothing created; the scheduler job, the log metric
+    and the policies updated; the declarative rest issued again, unchanged."""
+    policy_names = iter(f"projects/{PROJECT}/alertPolicies/{i}" for i in range(1, 4))
+    calls = []
+    for call in first:
+        if call[:3] in (["iam", "service-accounts", "create"], ["run", "services", "update"]):
+            continue
+        if call[:3] == ["scheduler", "jobs", "create"]:
+            call = ["scheduler", "jobs", "update", *call[3:]]
+        elif call[:3] == ["logging", "metrics", "create"]:
+            call = ["logging", "metrics", "update", *call[3:]]
+        elif call[:4] == ["alpha", "monitoring", "policies", "create"]:
+            call = ["alpha", "monitoring", "policies", "update", next(policy_names), *call[4:]]
+        calls.append(call)
+    return calls
 
 
 def test_existing_resources_are_not_created(cloud: Cloud) -> None:
@@ -203,7 +314,7 @@ def test_existing_resources_are_not_created(cloud: Cloud) -> None:
         "service_accounts": [RUNTIME_SA, TRIGGER_SA],
         "run_services": {"ingest-training-metrics": {"cloudsql_instances": ["other:europe-west1:db", CONNECTION]}},
     })
-    done = cloud.run(*REQUIRED_FLAGS, "--source", str(cloud.source))
+    done = cloud.run(*REQUIRED_FLAGS, "--source", str(cloud.source), "--no-reconcile", "--no-alerts")
     assert done.returncode == 0, done.stderr
     calls = cloud.calls()
     assert [c[:3] for c in calls if "create" in c or "update" in c] == []
