@@ -391,6 +391,45 @@ BAD_SETTINGS = {
     "fractional cpu with concurrency": (REQUIRED_FLAGS + ["--cpu", "0.5"], {},
                                         "--concurrency (DEPLOY_CONCURRENCY) above 1 needs --cpu (DEPLOY_CPU) of at least 1"),
     "misspelt flag": (REQUIRED_FLAGS + ["--bukket", "x"], {}, "unknown argument '--bukket'"),
+    # Values of the right shape that gcloud or the API would refuse only after the build.
+    "timeout beyond an event function's 540s": (REQUIRED_FLAGS + ["--timeout", "99999s"], {},
+                                               "--timeout (DEPLOY_TIMEOUT) must be at most 540s"),
+    "memory of 1Mi": (REQUIRED_FLAGS + ["--memory", "1Mi"], {}, "--memory (DEPLOY_MEMORY) must be from 128Mi to 32Gi"),
+    "zero cpu": (REQUIRED_FLAGS + ["--cpu", "0.0", "--concurrency", "1"], {}, "--cpu (DEPLOY_CPU) must be from 0.083 to 8"),
+    "20-digit concurrency": (REQUIRED_FLAGS + ["--concurrency", "9" * 20], {},
+                             "--concurrency (DEPLOY_CONCURRENCY) must be a whole number from 1 to 1000"),
+    "memory below the memory budget": (REQUIRED_FLAGS + ["--memory", "512Mi"], {},
+                                       "--memory (DEPLOY_MEMORY) 512Mi is below the 1024Mi the function's memory budget needs"),
+    "bigger files need more memory": (REQUIRED_FLAGS, {"DEPLOY_MAX_METRICS_BYTES": str(128 * 2**20)},
+                                      "is below the 1792Mi the function's memory budget needs for --max-metrics-bytes"),
+    "pool size zero": (REQUIRED_FLAGS + ["--db-pool-size", "0"], {},
+                       "--db-pool-size (DEPLOY_DB_POOL_SIZE) must be a whole number from 1 to 100"),
+    "too many connections": (REQUIRED_FLAGS + ["--db-max-connections", "80", "--reconcile-tasks", "4"], {},
+                             "--max-instances 10 x --db-pool-size 8 + --reconcile-tasks 4 x --reconcile-workers 4 = 96"
+                             " database connections, over --db-max-connections (DEPLOY_DB_MAX_CONNECTIONS) 80"),
+    "metrics filename with a slash": (REQUIRED_FLAGS + ["--metrics-filename", "a/training_metrics.json"], {},
+                                      "--metrics-filename (DEPLOY_METRICS_FILENAME) must be a file base name"),
+    "metrics filename ..": (REQUIRED_FLAGS + ["--metrics-filename", ".."], {},
+                            "--metrics-filename (DEPLOY_METRICS_FILENAME) must be a file base name"),
+    "empty metrics filename": (REQUIRED_FLAGS + ["--metrics-filename="], {},
+                               "--metrics-filename (DEPLOY_METRICS_FILENAME) must be a file base name"),
+    "trigger account is the runtime account": (
+        REQUIRED_FLAGS + ["--trigger-sa", RUNTIME_SA], {},
+        "--trigger-sa (DEPLOY_TRIGGER_SA) must not be the runtime account (--runtime-sa)"),
+    "job account is the function's": (REQUIRED_FLAGS + ["--reconcile-sa", "metrics-ingest-runtime"], {},
+                                      "--reconcile-sa must be an account of its own"),
+    "since without unit": (REQUIRED_FLAGS + ["--reconcile-since", "72"], {},
+                           "--reconcile-since (DEPLOY_RECONCILE_SINCE) must be a duration"),
+    "zero tasks": (REQUIRED_FLAGS, {"DEPLOY_RECONCILE_TASKS": "0"},
+                   "--reconcile-tasks (DEPLOY_RECONCILE_TASKS) must be a whole number from 1 to 10000"),
+    "absurd workers": (REQUIRED_FLAGS + ["--reconcile-workers", "1000000000"], {},
+                       "--reconcile-workers (DEPLOY_RECONCILE_WORKERS) must be a whole number from 1 to 256"),
+    "prefix with a comma": (REQUIRED_FLAGS + ["--reconcile-prefix", "a,b"], {},
+                            "--reconcile-prefix (DEPLOY_RECONCILE_PREFIX) must be an object-name prefix"),
+    "schedule with four fields": (REQUIRED_FLAGS + ["--schedule", "30 3 * *"], {},
+                                  "--schedule (DEPLOY_SCHEDULE) must be five cron fields"),
+    "channel by id only": (REQUIRED_FLAGS + ["--notification-channel", "12345"], {},
+                           "--notification-channel (DEPLOY_NOTIFICATION_CHANNEL) must be a channel name"),
     "flag without value": (REQUIRED_FLAGS + ["--region"], {}, "--region needs a value"),
     "teardown without instance": (without(TEARDOWN_FLAGS, "--mlflow-sql-instance"), {},
                                   "--mlflow-sql-instance (DEPLOY_MLFLOW_SQL_INSTANCE) is required"),
@@ -409,6 +448,8 @@ def test_bad_settings_fail_before_any_gcloud_call(cloud: Cloud, args: list[str],
     done = cloud.run(*args, env=env)
     assert done.returncode == 2
     assert message in done.stderr
+    # One line for the problem, one pointing at --help.
+    assert len(done.stderr.splitlines()) == 2, done.stderr
     assert cloud.calls() == []
 
 
@@ -418,6 +459,173 @@ def test_source_folder_without_the_function_is_refused(cloud: Cloud, tmp_path: P
     assert done.returncode == 2
     assert "--source (DEPLOY_SOURCE) must be the function's folder with main.py" in done.stderr
     assert cloud.calls() == []
+
+
+def iam_grants(calls: list[list[str]], member: str) -> set[tuple[str, ...]]:
+    """(command, resource, role[, condition]) of every IAM grant ``member`` receives in ``calls``."""
+    grants = set()
+    for call in calls:
+        words = [w for w in call if not w.startswith("-")]
+        flags = dict(w[2:].split("=", 1) for w in call if w.startswith("--") and "=" in w)
+        if any(w.endswith("add-iam-policy-binding") for w in words) and flags.get("member") == member:
+            command = " ".join(words[:-1])
+            grants.add((command, words[-1], flags["role"], *([flags["condition"]] if "condition" in flags else [])))
+    return grants
+
+
+def test_each_account_gets_only_its_roles(cloud: Cloud) -> None:
+    """The function reads objects without listing, the job lists and reads that bucket only, both reach the
+    one Cloud SQL instance only, and the scheduler may run that job only."""
+    done = cloud.run(*REQUIRED_FLAGS, "--source", str(cloud.source), "--dry-run")
+    assert done.returncode == 0, done.stderr
+    runs = [argv[1:] for argv in dry_run_commands(done.stdout)[0]]
+    assert iam_grants(runs, f"serviceAccount:{RUNTIME_SA}") == {
+        ("secrets add-iam-policy-binding", "metrics-ingest-db-password", "roles/secretmanager.secretAccessor"),
+        ("projects add-iam-policy-binding", PROJECT, "roles/cloudsql.client", INSTANCE_CONDITION),
+        ("storage buckets add-iam-policy-binding", f"gs://{BUCKET}", "roles/storage.legacyObjectReader"),
+    }
+    assert iam_grants(runs, f"serviceAccount:{JOB_SA}") == {
+        ("secrets add-iam-policy-binding", "metrics-ingest-db-password", "roles/secretmanager.secretAccessor"),
+        ("projects add-iam-policy-binding", PROJECT, "roles/cloudsql.client", INSTANCE_CONDITION),
+        ("storage buckets add-iam-policy-binding", f"gs://{BUCKET}", "roles/storage.objectViewer"),
+    }
+    assert iam_grants(runs, f"serviceAccount:{SCHEDULER_SA}") == {
+        ("run jobs add-iam-policy-binding", JOB, "roles/run.invoker"),
+    }
+    job = next(c for c in runs if c[:3] == ["run", "jobs", "deploy"])
+    assert f"--service-account={JOB_SA}" in job
+    scheduler = next(c for c in runs if c[:3] == ["scheduler", "jobs", "create"])
+    assert f"--oauth-service-account-email={SCHEDULER_SA}" in scheduler
+
+
+def test_grants_of_an_earlier_deploy_are_taken_back(cloud: Cloud) -> None:
+    """A project-wide cloudsql.client and a listing objectViewer left by the previous deploy.sh are removed;
+    the instance-bound grant and the get-only role stay."""
+    member = f"serviceAccount:{RUNTIME_SA}"
+    cloud.set_state({
+        "bucket_locations": {BUCKET: "EUROPE-CENTRAL2"},
+        "project_bindings": [[PROJECT, member, "roles/cloudsql.client", None]],
+        "bucket_bindings": {BUCKET: [["roles/storage.objectViewer", member]]},
+    })
+    done = cloud.run(*REQUIRED_FLAGS, "--source", str(cloud.source), "--no-reconcile", "--no-alerts")
+    assert done.returncode == 0, done.stderr
+    removes = [c for c in cloud.calls() if any(w.endswith("remove-iam-policy-binding") for w in c[:3])]
+    assert removes == [
+        ["projects", "remove-iam-policy-binding", PROJECT, f"--member={member}", "--role=roles/cloudsql.client",
+         "--condition=None"],
+        ["storage", "buckets", "remove-iam-policy-binding", f"gs://{BUCKET}", f"--member={member}",
+         "--role=roles/storage.objectViewer"],
+    ]
+    state = cloud.state()
+    assert [b for b in state["project_bindings"] if b[1] == member] == [
+        [PROJECT, member, "roles/cloudsql.client", "only platform-db"]]
+    assert state["bucket_bindings"][BUCKET] == [["roles/storage.legacyObjectReader", member]]
+
+
+def test_no_reconcile_and_no_alerts_emit_none_of_it(cloud: Cloud) -> None:
+    """--no-reconcile leaves out the job, the schedule, their accounts and the job's alert; --no-alerts
+    leaves out the metric and the policies; with both, only the function is deployed."""
+    def runs(*extra: str) -> list[list[str]]:
+        done = cloud.run(*REQUIRED_FLAGS, "--source", str(cloud.source), "--dry-run", *extra)
+        assert done.returncode == 0, done.stderr
+        return [argv[1:] for argv in dry_run_commands(done.stdout)[1]]
+
+    everything = runs()
+    assert any(c[:3] == ["run", "jobs", "deploy"] for c in everything)
+    no_job = runs("--no-reconcile")
+    assert not [c for c in no_job if c[:2] in (["run", "jobs"], ["scheduler", "jobs"]) or JOB in " ".join(c)
+                or any(JOB_SA in w or SCHEDULER_SA in w for w in c)]
+    assert no_job == expected_deploy(cloud.source, location="BUCKET_LOCATION", agent="GCS_SERVICE_AGENT",
+                                     config=cloud.config, reconcile=False)
+    no_alerts = runs("--no-alerts")
+    assert not [c for c in no_alerts if c[:2] == ["logging", "metrics"] or c[:1] == ["alpha"]]
+    function_only = runs("--no-reconcile", "--no-alerts")
+    assert function_only == expected_deploy(cloud.source, location="BUCKET_LOCATION", agent="GCS_SERVICE_AGENT",
+                                            config=cloud.config, reconcile=False, alerts=False)
+    by_env = cloud.run(*REQUIRED_FLAGS, "--source", str(cloud.source), "--dry-run",
+                       env={"DEPLOY_NO_RECONCILE": "1", "DEPLOY_NO_ALERTS": "1"})
+    assert [argv[1:] for argv in dry_run_commands(by_env.stdout)[1]] == function_only
+
+
+def test_monitoring_files_decode_as_the_apis_messages(cloud: Cloud) -> None:
+    """The log metric is a logging.v2 LogMetric whose one label extractor has its label; each policy is a
+    monitoring.v3 AlertPolicy on the right metric, with the notification channel when one is given."""
+    from google.cloud.logging_v2.types import LogMetric
+    from google.cloud.monitoring_v3.types import AlertPolicy
+    from google.protobuf import json_format
+
+    channel = f"projects/{PROJECT}/notificationChannels/1234567890"
+    done = cloud.run(*REQUIRED_FLAGS, "--source", str(cloud.source), "--dry-run", "--notification-channel", channel)
+    assert done.returncode == 0, done.stderr
+
+    def decode(name: str, message: type) -> object:
+        # ignore_unknown_fields=False: a misspelt field is an error, as the API makes it.
+        return json_format.Parse((cloud.config / name).read_text(), message.pb(message()))
+
+    metric = decode("log-metric.json", LogMetric)
+    assert metric.name == METRIC
+    assert [label.key for label in metric.metric_descriptor.labels] == list(metric.label_extractors) == ["outcome"]
+    assert metric.label_extractors["outcome"] == "EXTRACT(jsonPayload.outcome)"
+    assert 'resource.labels.service_name="ingest-training-metrics"' in metric.filter
+    assert f'resource.labels.job_name="{JOB}"' in metric.filter and "jsonPayload.outcome:*" in metric.filter
+
+    policies = {name: decode(name, AlertPolicy) for name in POLICIES}
+    for name, policy in policies.items():
+        assert policy.display_name == POLICIES[name]
+        assert list(policy.notification_channels) == [channel]
+        assert policy.documentation.content.count("First:") == 1  # what to do first, for whoever is paged
+    rejected = [c.condition_threshold.filter for c in policies["alert-rejected-or-error.json"].conditions]
+    assert len(rejected) == 2 and all(f"logging.googleapis.com/user/{METRIC}" in f for f in rejected)
+    assert all('outcome=one_of("rejected","error")' in f for f in rejected)
+    [retry] = policies["alert-retry-rate.json"].conditions
+    assert 'metric.label.outcome="retry"' in retry.condition_threshold.filter
+    assert retry.condition_threshold.duration.seconds == 1800  # sustained, not one blip
+    [failed] = policies["alert-reconcile-failed.json"].conditions
+    assert "run.googleapis.com/job/completed_execution_count" in failed.condition_threshold.filter
+    assert 'metric.label.result="failed"' in failed.condition_threshold.filter
+
+    without = cloud.run(*REQUIRED_FLAGS, "--source", str(cloud.source), "--dry-run")
+    assert without.returncode == 0
+    assert list(decode("alert-retry-rate.json", AlertPolicy).notification_channels) == []
+
+
+def test_a_policy_waits_for_a_new_log_metric(cloud: Cloud) -> None:
+    """While a just-created log metric is not yet visible to alerting ("Cannot find metric(s)"), creating the
+    policy is tried again after a wait instead of failing the deploy."""
+    cloud.set_state({"bucket_locations": {BUCKET: "EUROPE-CENTRAL2"}, "policy_metric_lag": 2})
+    done = cloud.run(*REQUIRED_FLAGS, "--source", str(cloud.source), "--no-reconcile",
+                     env={"DEPLOY_METRIC_WAIT_SECONDS": "0"})
+    assert done.returncode == 0, done.stderr
+    creates = [c for c in cloud.calls() if c[:4] == ["alpha", "monitoring", "policies", "create"]]
+    assert len(creates) == 4  # the first one three times, the second once
+    assert done.stderr.count("not visible to alerting yet") == 2
+    assert len(cloud.state()["alert_policies"]) == 2
+
+
+def test_memory_rule_matches_the_function_budget() -> None:
+    """deploy.sh's memory rule counts the same number of files in flight as functions/ingest/memory.py."""
+    from ingest import memory
+
+    text = DEPLOY.read_text()
+    assert f"readonly MEMORY_BUDGET_FILES={memory.BUDGET_FILES}\n" in text
+
+
+def test_job_image_runs_the_replay_without_the_dev_requirements(tmp_path: Path) -> None:
+    """The Dockerfile's entry point (python -m metrics_ingest, PYTHONPATH functions and the app folder) runs
+    `replay` from copies of functions/ and metrics_ingest/ alone, as the job's image holds them."""
+    for folder in ("functions", "metrics_ingest"):
+        shutil.copytree(REPO / folder, tmp_path / folder, ignore=shutil.ignore_patterns("__pycache__"))
+    dockerfile = (REPO / "Dockerfile").read_text()
+    assert 'ENTRYPOINT ["python", "-m", "metrics_ingest"]' in dockerfile
+    assert "PYTHONPATH=/app/functions:/app" in dockerfile
+    env = {**clean_env(), "PYTHONPATH": f"{tmp_path / 'functions'}{os.pathsep}{tmp_path}"}
+    done = subprocess.run([sys.executable, "-I", "-c", "import sys; sys.path[:0] = sys.argv[1].split(':');"
+                           " sys.argv = ['metrics-ingest', 'replay', '--help'];"
+                           " import runpy; runpy.run_module('metrics_ingest', run_name='__main__')",
+                           env["PYTHONPATH"]], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120,
+                          check=False)
+    assert done.returncode == 0, done.stderr
+    assert "--shard I/N" in done.stdout and "--since DURATION" in done.stdout
 
 
 def real_gcloud() -> str:
@@ -434,16 +642,33 @@ def test_every_command_is_accepted_by_the_real_gcloud_parser(cloud: Cloud, tmp_p
         [*REQUIRED_FLAGS, "--source", str(cloud.source), "--dry-run", "--bucket-location", "EU",
          "--runtime-sa", f"fn-runtime@{PROJECT}.iam.gserviceaccount.com", "--trigger-sa", "fn-trigger",
          "--db-password-secret", "pw:3", "--cpu", "0.5", "--concurrency", "1", "--function-name", "ingest"],
+        [*REQUIRED_FLAGS, "--source", str(cloud.source), "--dry-run", "--reconcile-prefix", "quick_tests/",
+         "--reconcile-since", "90s", "--reconcile-tasks", "16", "--reconcile-workers", "8", "--schedule", "*/30 1-5 * * 1",
+         "--time-zone", "Europe/Warsaw", "--notification-channel", f"projects/{PROJECT}/notificationChannels/42",
+         "--max-metrics-bytes", "1048576", "--memory", "512Mi", "--db-pool-size", "4"],
         [*TEARDOWN_FLAGS, "--dry-run", "--mlflow-service-account", MLFLOW_SA, "--mlflow-build-trigger-region",
          "europe-west1", "--final-backup-days", "90"],
     ):
         done = cloud.run(*args)
         assert done.returncode == 0, done.stderr
         commands += [argv[1:] for argv in dry_run_commands(done.stdout)[1] if argv[0] == "gcloud"]
+    # The commands only a re-run issues (updates) and those that take back an earlier deploy's grants.
+    member = f"serviceAccount:{RUNTIME_SA}"
+    cloud.set_state({
+        "bucket_locations": {BUCKET: "EUROPE-CENTRAL2"},
+        "project_bindings": [[PROJECT, member, "roles/cloudsql.client", None]],
+        "bucket_bindings": {BUCKET: [["roles/storage.objectViewer", member]]},
+    })
+    for _ in range(2):
+        done = cloud.run(*REQUIRED_FLAGS, "--source", str(cloud.source))
+        assert done.returncode == 0, done.stderr
+        commands += cloud.calls()
+    assert [c for c in commands if c[:3] == ["scheduler", "jobs", "update"]]
+    assert [c for c in commands if c[:2] == ["projects", "remove-iam-policy-binding"]]
     # One run per command shape (command and flag names) keeps this quick; every
-    # variant of the deploy itself is run, since its flag values are the ones gcloud checks.
+    # variant of the deploys themselves is run, since their flag values are the ones gcloud checks.
     def shape(argv: list[str]) -> tuple:
-        if argv[:2] == ["functions", "deploy"]:
+        if argv[:2] == ["functions", "deploy"] or argv[:3] in (["run", "jobs", "deploy"], ["scheduler", "jobs", "create"]):
             return tuple(argv)
         words = tuple(w for w in argv if not w.startswith("-"))[:3]
         return words, tuple(sorted(w.split("=", 1)[0] for w in argv if w.startswith("-")))
