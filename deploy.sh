@@ -415,6 +415,9 @@ if [[ $ACTION == deploy ]]; then
     [[ $(sa_email "$RUNTIME_SA") == "$(sa_email "$TRIGGER_SA")" ]]; then
     ERRORS+=("--trigger-sa (DEPLOY_TRIGGER_SA) must not be the runtime account (--runtime-sa); got '$TRIGGER_SA' for both")
   fi
+  if [[ ! $FUNCTION_BUCKET_ROLE =~ ^(roles|projects/[a-z][-a-z0-9]{4,28}[a-z0-9]/roles|organizations/[0-9]+/roles)/[A-Za-z0-9_.]{3,64}$ ]]; then
+    ERRORS+=("DEPLOY_FUNCTION_BUCKET_ROLE must be a role name such as roles/storage.legacyObjectReader or projects/P/roles/ID; got '$FUNCTION_BUCKET_ROLE'")
+  fi
   check_bool "$NO_RECONCILE" DEPLOY_NO_RECONCILE
   check_bool "$NO_ALERTS" DEPLOY_NO_ALERTS
   if [[ $NO_RECONCILE == 0 ]]; then

@@ -344,7 +344,11 @@ def test_environment_variables_configure_like_flags(cloud: Cloud) -> None:
         ("--trigger-sa", "DEPLOY_TRIGGER_SA"), ("--dry-run", "DEPLOY_DRY_RUN"),
         ("--mlflow-service", "DEPLOY_MLFLOW_SERVICE"), ("--mlflow-sql-instance", "DEPLOY_MLFLOW_SQL_INSTANCE"),
         ("--mlflow-build-trigger", "DEPLOY_MLFLOW_BUILD_TRIGGER"), ("--yes", "DEPLOY_YES"),
-        ("--force", "DEPLOY_FORCE"),
+        ("--force", "DEPLOY_FORCE"), ("--no-reconcile", "DEPLOY_NO_RECONCILE"), ("--no-alerts", "DEPLOY_NO_ALERTS"),
+        ("--reconcile-tasks", "DEPLOY_RECONCILE_TASKS"), ("--reconcile-since", "DEPLOY_RECONCILE_SINCE"),
+        ("--schedule", "DEPLOY_SCHEDULE"), ("--time-zone", "DEPLOY_TIME_ZONE"),
+        ("--notification-channel", "DEPLOY_NOTIFICATION_CHANNEL"), ("--max-metrics-bytes", "DEPLOY_MAX_METRICS_BYTES"),
+        ("--db-pool-size", "DEPLOY_DB_POOL_SIZE"), ("--db-max-connections", "DEPLOY_DB_MAX_CONNECTIONS"),
     ]:
         line = next(line for line in help_text.splitlines() if line.strip().startswith(flag + " "))
         assert variable in line, (flag, line)
