@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
-# deploy.sh: deploy the training-metrics ingestion function to Google Cloud, and
-# (subcommand teardown-mlflow) remove the MLflow infrastructure it replaces.
+# deploy.sh: deploy the training-metrics ingestion function to Google Cloud, with
+# its nightly reconciliation (a Cloud Run Job started by Cloud Scheduler) and its
+# alerts (a log-based metric of outcomes and alert policies); and (subcommand
+# teardown-mlflow) remove the MLflow infrastructure it replaces.
 #
 # Idempotent: re-running it converges to the same state (existence is checked
-# before anything is created; IAM bindings and the function deploy are
-# declarative). --dry-run prints every command, shell-quoted, and runs none.
+# before anything is created, and what exists is updated; IAM bindings and the
+# function and job deploys are declarative). --dry-run prints every command,
+# shell-quoted, and runs none (it writes the monitoring files it would send).
 # Run ./deploy.sh --help for the flags and the environment variables behind them.
 set -euo pipefail
 
@@ -25,8 +28,24 @@ readonly APIS=(
   cloudfunctions.googleapis.com run.googleapis.com cloudbuild.googleapis.com
   artifactregistry.googleapis.com eventarc.googleapis.com pubsub.googleapis.com
   storage.googleapis.com sqladmin.googleapis.com secretmanager.googleapis.com
-  iam.googleapis.com logging.googleapis.com
+  iam.googleapis.com logging.googleapis.com cloudscheduler.googleapis.com monitoring.googleapis.com
 )
+# The function's memory budget (functions/ingest/memory.py): BUDGET_FILES files
+# at MAX_METRICS_BYTES in flight, each costing PARSE_FACTOR x its size while
+# parsed, on top of the runtime itself. Keep in step with memory.py
+# (tests/test_deploy.py compares BUDGET_FILES).
+readonly MEMORY_BUDGET_FILES=2
+readonly MEMORY_PARSE_FACTOR=6
+readonly MEMORY_RUNTIME_MIB=256
+# Limits Cloud Run functions (2nd gen, event-driven) enforce; gcloud or the API
+# would refuse beyond them, after the build.
+readonly MAX_EVENT_TIMEOUT_S=540
+readonly MIN_MEMORY_MIB=128
+readonly MAX_MEMORY_MIB=32768
+readonly MAX_CONCURRENCY=1000
+readonly MAX_INSTANCES_LIMIT=1000
+readonly MAX_TASKS=10000
+readonly MAX_REPLAY_WORKERS=256  # metrics_ingest/replay.py MAX_WORKERS
 
 usage() {
   cat <<EOF
@@ -59,8 +78,33 @@ Deploy, optional:
   --timeout DURATION           DEPLOY_TIMEOUT: default 300s
   --concurrency N              DEPLOY_CONCURRENCY: default 8 (most events are other objects)
   --max-instances N            DEPLOY_MAX_INSTANCES: default 10 (times the pool size: under max_connections)
+  --max-metrics-bytes N        DEPLOY_MAX_METRICS_BYTES: default 67108864; larger files are rejected unread
+                               (--memory must hold $MEMORY_BUDGET_FILES such files being parsed: refused otherwise)
+  --db-pool-size N             DEPLOY_DB_POOL_SIZE: default 8, database connections per function instance
+  --db-max-connections N       DEPLOY_DB_MAX_CONNECTIONS: optional, the database's max_connections left for us;
+                               refused when max-instances x pool size + job tasks x workers exceeds it
   --source DIR                 DEPLOY_SOURCE: default $SCRIPT_DIR/functions
   --dry-run                    DEPLOY_DRY_RUN=1: print the commands, run none, need no credentials
+                               (the monitoring files are still written, to --config-dir)
+Reconciliation (a Cloud Run Job, run nightly by Cloud Scheduler):
+  --no-reconcile               DEPLOY_NO_RECONCILE=1: no job, no schedule (nor its alert)
+  --reconcile-job NAME         DEPLOY_RECONCILE_JOB: default metrics-ingest-reconcile
+  --reconcile-prefix PREFIX    DEPLOY_RECONCILE_PREFIX: object-name prefix to replay; default: the whole bucket
+  --reconcile-since DURATION   DEPLOY_RECONCILE_SINCE: default 72h (objects updated within it; s, m, h or d)
+  --reconcile-tasks N          DEPLOY_RECONCILE_TASKS: default 1, shards run in parallel (1..$MAX_TASKS)
+  --reconcile-workers N        DEPLOY_RECONCILE_WORKERS: default 4, per task (a database connection each)
+  --reconcile-memory SIZE      DEPLOY_RECONCILE_MEMORY: default 2Gi, per task
+  --reconcile-sa NAME|EMAIL    DEPLOY_RECONCILE_SA: default metrics-ingest-reconcile (created if missing)
+  --reconcile-source DIR       DEPLOY_RECONCILE_SOURCE: default $SCRIPT_DIR (built with its Dockerfile)
+  --schedule CRON              DEPLOY_SCHEDULE: default '30 3 * * *'
+  --time-zone TZ               DEPLOY_TIME_ZONE: default Etc/UTC
+  --scheduler-sa NAME|EMAIL    DEPLOY_SCHEDULER_SA: default metrics-ingest-scheduler (created if missing)
+Alerts:
+  --no-alerts                  DEPLOY_NO_ALERTS=1: no log-based metric, no alert policies
+  --notification-channel NAME  DEPLOY_NOTIFICATION_CHANNEL: projects/P/notificationChannels/ID; without
+                               one the policies still open incidents in the console
+  --config-dir DIR             DEPLOY_CONFIG_DIR: where the metric and policy files are written
+                               (default: a new temporary folder, kept)
 
 teardown-mlflow (Phase 3 of the MLflow removal plan):
   --project ID                 DEPLOY_PROJECT (else GOOGLE_CLOUD_PROJECT)
@@ -112,6 +156,10 @@ DB_USER=${DEPLOY_DB_USER:-}
 DB_PASSWORD_SECRET=${DEPLOY_DB_PASSWORD_SECRET:-}
 FUNCTION_NAME=${DEPLOY_FUNCTION_NAME:-ingest-training-metrics}
 RUNTIME_SA=${DEPLOY_RUNTIME_SA:-metrics-ingest-runtime}
+# The function reads objects by name only: storage.objects.get, no list
+# (roles/storage.legacyObjectReader holds exactly that). DEPLOY_FUNCTION_BUCKET_ROLE
+# may name a custom role with the same single permission instead.
+FUNCTION_BUCKET_ROLE=${DEPLOY_FUNCTION_BUCKET_ROLE:-roles/storage.legacyObjectReader}
 TRIGGER_SA=${DEPLOY_TRIGGER_SA:-metrics-ingest-trigger}
 BUCKET_LOCATION=${DEPLOY_BUCKET_LOCATION:-}
 QUICKTEST_TABLE=${DEPLOY_QUICKTEST_TABLE:-ml_platform_quicktest}
@@ -122,6 +170,26 @@ TIMEOUT=${DEPLOY_TIMEOUT:-300s}
 CONCURRENCY=${DEPLOY_CONCURRENCY:-8}
 MAX_INSTANCES=${DEPLOY_MAX_INSTANCES:-10}
 SOURCE_DIR=${DEPLOY_SOURCE:-$SCRIPT_DIR/functions}
+MAX_METRICS_BYTES=${DEPLOY_MAX_METRICS_BYTES:-67108864}
+DB_POOL_SIZE=${DEPLOY_DB_POOL_SIZE:-8}
+DB_MAX_CONNECTIONS=${DEPLOY_DB_MAX_CONNECTIONS:-}
+NO_RECONCILE=${DEPLOY_NO_RECONCILE:-0}
+RECONCILE_JOB=${DEPLOY_RECONCILE_JOB:-metrics-ingest-reconcile}
+RECONCILE_PREFIX=${DEPLOY_RECONCILE_PREFIX:-}
+RECONCILE_SINCE=${DEPLOY_RECONCILE_SINCE:-72h}
+RECONCILE_TASKS=${DEPLOY_RECONCILE_TASKS:-1}
+RECONCILE_WORKERS=${DEPLOY_RECONCILE_WORKERS:-4}
+RECONCILE_MEMORY=${DEPLOY_RECONCILE_MEMORY:-2Gi}
+RECONCILE_SA=${DEPLOY_RECONCILE_SA:-metrics-ingest-reconcile}
+RECONCILE_SOURCE=${DEPLOY_RECONCILE_SOURCE:-$SCRIPT_DIR}
+SCHEDULE=${DEPLOY_SCHEDULE:-30 3 * * *}
+TIME_ZONE=${DEPLOY_TIME_ZONE:-Etc/UTC}
+SCHEDULER_SA=${DEPLOY_SCHEDULER_SA:-metrics-ingest-scheduler}
+NO_ALERTS=${DEPLOY_NO_ALERTS:-0}
+NOTIFICATION_CHANNEL=${DEPLOY_NOTIFICATION_CHANNEL:-}
+CONFIG_DIR=${DEPLOY_CONFIG_DIR:-}
+# Seconds between tries while a new log metric is not yet visible to alerting.
+METRIC_WAIT_SECONDS=${DEPLOY_METRIC_WAIT_SECONDS:-60}
 DRY_RUN=${DEPLOY_DRY_RUN:-0}
 MLFLOW_SERVICE=${DEPLOY_MLFLOW_SERVICE:-}
 MLFLOW_SQL_INSTANCE=${DEPLOY_MLFLOW_SQL_INSTANCE:-}
@@ -136,7 +204,11 @@ FORCE=${DEPLOY_FORCE:-0}
 # Each subcommand's flags, space-separated with a space at both ends.
 DEPLOY_FLAGS=" --project --region --bucket --instance --db-name --db-user --db-password-secret"
 DEPLOY_FLAGS+=" --function-name --runtime-sa --trigger-sa --bucket-location --quicktest-table"
-DEPLOY_FLAGS+=" --metrics-filename --memory --cpu --timeout --concurrency --max-instances --source --dry-run "
+DEPLOY_FLAGS+=" --metrics-filename --memory --cpu --timeout --concurrency --max-instances --source --dry-run"
+DEPLOY_FLAGS+=" --max-metrics-bytes --db-pool-size --db-max-connections --no-reconcile --reconcile-job"
+DEPLOY_FLAGS+=" --reconcile-prefix --reconcile-since --reconcile-tasks --reconcile-workers --reconcile-memory"
+DEPLOY_FLAGS+=" --reconcile-sa --reconcile-source --schedule --time-zone --scheduler-sa --no-alerts"
+DEPLOY_FLAGS+=" --notification-channel --config-dir "
 TEARDOWN_FLAGS=" --project --region --mlflow-service --mlflow-sql-instance --mlflow-build-trigger"
 TEARDOWN_FLAGS+=" --mlflow-build-trigger-region --mlflow-service-account --final-backup-days"
 TEARDOWN_FLAGS+=" --database-url --quicktest-table --yes --force --dry-run "
@@ -155,10 +227,12 @@ while [[ $# -gt 0 ]]; do
     die_usage "unknown argument '$arg' for $ACTION"
   fi
   case $name in
-    --dry-run | --yes | --force)
+    --dry-run | --yes | --force | --no-reconcile | --no-alerts)
       [[ $arg == *=* ]] && die_usage "$name takes no value"
       case $name in
         --dry-run) DRY_RUN=1 ;;
+        --no-reconcile) NO_RECONCILE=1 ;;
+        --no-alerts) NO_ALERTS=1 ;;
         --yes) YES=1 ;;
         --force) FORCE=1 ;;
       esac
@@ -192,6 +266,22 @@ while [[ $# -gt 0 ]]; do
     --concurrency) CONCURRENCY=$value ;;
     --max-instances) MAX_INSTANCES=$value ;;
     --source) SOURCE_DIR=$value ;;
+    --max-metrics-bytes) MAX_METRICS_BYTES=$value ;;
+    --db-pool-size) DB_POOL_SIZE=$value ;;
+    --db-max-connections) DB_MAX_CONNECTIONS=$value ;;
+    --reconcile-job) RECONCILE_JOB=$value ;;
+    --reconcile-prefix) RECONCILE_PREFIX=$value ;;
+    --reconcile-since) RECONCILE_SINCE=$value ;;
+    --reconcile-tasks) RECONCILE_TASKS=$value ;;
+    --reconcile-workers) RECONCILE_WORKERS=$value ;;
+    --reconcile-memory) RECONCILE_MEMORY=$value ;;
+    --reconcile-sa) RECONCILE_SA=$value ;;
+    --reconcile-source) RECONCILE_SOURCE=$value ;;
+    --schedule) SCHEDULE=$value ;;
+    --time-zone) TIME_ZONE=$value ;;
+    --scheduler-sa) SCHEDULER_SA=$value ;;
+    --notification-channel) NOTIFICATION_CHANNEL=$value ;;
+    --config-dir) CONFIG_DIR=$value ;;
     --mlflow-service) MLFLOW_SERVICE=$value ;;
     --mlflow-sql-instance) MLFLOW_SQL_INSTANCE=$value ;;
     --mlflow-build-trigger) MLFLOW_BUILD_TRIGGER=$value ;;
@@ -204,6 +294,15 @@ done
 
 # --- validation (before any gcloud call) ---------------------------------------
 
+# sa_email NAME|EMAIL: the account's email (a bare name is this project's).
+sa_email() {
+  if [[ $1 == *@* ]]; then
+    printf '%s' "$1"
+  else
+    printf '%s@%s.iam.gserviceaccount.com' "$1" "$PROJECT"
+  fi
+}
+
 ERRORS=()
 # require VALUE FLAG ENV: a missing required setting.
 require() {
@@ -215,6 +314,27 @@ check() {
 }
 check_bool() {
   [[ $1 == 0 || $1 == 1 ]] || ERRORS+=("$2 must be 0 or 1; got '$1'")
+}
+# check_int VALUE MIN MAX FLAG ENV: a whole number within MIN..MAX (its length is
+# checked first, so that a 20-digit value never reaches bash's 64-bit arithmetic).
+check_int() {
+  local value=$1 min=$2 max=$3
+  if [[ ! $value =~ ^[0-9]{1,10}$ ]] || ((10#$value < min || 10#$value > max)); then
+    ERRORS+=("$4 ($5) must be a whole number from $min to $max; got '$value'")
+  fi
+}
+# mebibytes SIZE: a --memory value (512Mi, 1Gi, 1G, 2GB, 512M, 512MB) in MiB, rounded down;
+# nothing for a malformed or absurd value.
+mebibytes() {
+  local number unit
+  [[ $1 =~ ^([1-9][0-9]{0,5})(Mi|Gi|M|G|MB|GB)$ ]] || return 0
+  number=${BASH_REMATCH[1]} unit=${BASH_REMATCH[2]}
+  case $unit in
+    Mi) printf '%s' "$number" ;;
+    Gi) printf '%s' $((number * 1024)) ;;
+    M | MB) printf '%s' $((number * 1000000 / 1048576)) ;;
+    G | GB) printf '%s' $((number * 1000000000 / 1048576)) ;;
+  esac
 }
 
 readonly RE_PROJECT='^[a-z][-a-z0-9]{4,28}[a-z0-9]$'
@@ -252,17 +372,107 @@ if [[ $ACTION == deploy ]]; then
   check "$TRIGGER_SA" "$RE_SA" --trigger-sa DEPLOY_TRIGGER_SA "a service account name (6-30 chars) or email"
   check "$BUCKET_LOCATION" '^[A-Za-z0-9-]+$' --bucket-location DEPLOY_BUCKET_LOCATION "a location such as eu or europe-central2"
   check "$QUICKTEST_TABLE" "$RE_IDENT" --quicktest-table DEPLOY_QUICKTEST_TABLE "a plain table name"
-  check "$METRICS_FILENAME" '^[A-Za-z0-9_.-]+$' --metrics-filename DEPLOY_METRICS_FILENAME "a file base name"
+  # The function matches base names: a '/' never matches one, '.' and '..' name no file.
+  if [[ ! $METRICS_FILENAME =~ ^[A-Za-z0-9_.-]{1,255}$ || $METRICS_FILENAME == *..* || $METRICS_FILENAME == . ]]; then
+    ERRORS+=("--metrics-filename (DEPLOY_METRICS_FILENAME) must be a file base name (letters, digits, _ - .; no '/', not empty, no '..'); got '$METRICS_FILENAME'")
+  fi
   check "$MEMORY" '^[1-9][0-9]*(Mi|Gi|M|G|MB|GB)$' --memory DEPLOY_MEMORY "a size such as 512Mi or 1Gi"
   check "$CPU" '^([1-9][0-9]*|0?\.[0-9]+|[1-9][0-9]*\.[0-9]+)$' --cpu DEPLOY_CPU "a number of CPUs such as 1 or 0.5"
   check "$TIMEOUT" '^[1-9][0-9]*s$' --timeout DEPLOY_TIMEOUT "a duration in seconds such as 300s"
   check "$CONCURRENCY" "$RE_POSITIVE" --concurrency DEPLOY_CONCURRENCY "a positive integer"
   check "$MAX_INSTANCES" "$RE_POSITIVE" --max-instances DEPLOY_MAX_INSTANCES "a positive integer"
-  if [[ $CONCURRENCY =~ $RE_POSITIVE && $CONCURRENCY -gt 1 && $CPU =~ ^0?\.[0-9]+$ ]]; then
+  # Values of the right shape that Cloud Run functions would still refuse (after the build).
+  [[ $CONCURRENCY =~ $RE_POSITIVE ]] && check_int "$CONCURRENCY" 1 "$MAX_CONCURRENCY" --concurrency DEPLOY_CONCURRENCY
+  [[ $MAX_INSTANCES =~ $RE_POSITIVE ]] && check_int "$MAX_INSTANCES" 1 "$MAX_INSTANCES_LIMIT" --max-instances DEPLOY_MAX_INSTANCES
+  if [[ $TIMEOUT =~ ^[1-9][0-9]*s$ ]] && { ((${#TIMEOUT} > 6)) || ((${TIMEOUT%s} > MAX_EVENT_TIMEOUT_S)); }; then
+    ERRORS+=("--timeout (DEPLOY_TIMEOUT) must be at most ${MAX_EVENT_TIMEOUT_S}s for an event-driven function; got '$TIMEOUT'")
+  fi
+  if [[ $CPU =~ ^[0-9.]+$ ]] && ! awk -v c="$CPU" 'BEGIN { exit !(c >= 0.083 && c <= 8) }'; then
+    ERRORS+=("--cpu (DEPLOY_CPU) must be from 0.083 to 8; got '$CPU'")
+  fi
+  check_int "$MAX_METRICS_BYTES" 1 1073741824 --max-metrics-bytes DEPLOY_MAX_METRICS_BYTES
+  check_int "$DB_POOL_SIZE" 1 100 --db-pool-size DEPLOY_DB_POOL_SIZE
+  [[ -n $DB_MAX_CONNECTIONS ]] && check_int "$DB_MAX_CONNECTIONS" 1 262143 --db-max-connections DEPLOY_DB_MAX_CONNECTIONS
+  memory_mib=$(mebibytes "$MEMORY")
+  if [[ -n $memory_mib ]]; then
+    if ((memory_mib < MIN_MEMORY_MIB || memory_mib > MAX_MEMORY_MIB)); then
+      ERRORS+=("--memory (DEPLOY_MEMORY) must be from ${MIN_MEMORY_MIB}Mi to $((MAX_MEMORY_MIB / 1024))Gi; got '$MEMORY'")
+    elif [[ $MAX_METRICS_BYTES =~ ^[0-9]{1,10}$ ]]; then
+      needed_mib=$((MEMORY_RUNTIME_MIB + (MEMORY_BUDGET_FILES * MEMORY_PARSE_FACTOR * MAX_METRICS_BYTES + 1048575) / 1048576))
+      if ((memory_mib < needed_mib)); then
+        ERRORS+=("--memory (DEPLOY_MEMORY) $MEMORY is below the ${needed_mib}Mi the function's memory budget needs for --max-metrics-bytes $MAX_METRICS_BYTES ($MEMORY_BUDGET_FILES files x ${MEMORY_PARSE_FACTOR}x + ${MEMORY_RUNTIME_MIB}Mi); raise --memory or lower --max-metrics-bytes")
+      fi
+    fi
+  fi
+  if [[ $CONCURRENCY =~ $RE_POSITIVE && ${#CONCURRENCY} -le 4 && $CONCURRENCY -gt 1 && $CPU =~ ^0?\.[0-9]+$ ]]; then
     ERRORS+=("--concurrency (DEPLOY_CONCURRENCY) above 1 needs --cpu (DEPLOY_CPU) of at least 1; got cpu '$CPU'")
   fi
   if [[ -n $SOURCE_DIR && ! -f $SOURCE_DIR/main.py ]]; then
     ERRORS+=("--source (DEPLOY_SOURCE) must be the function's folder with main.py; none in '$SOURCE_DIR'")
+  fi
+  # Two accounts, so that invoking the function and being the function stay apart.
+  if [[ -n $PROJECT && $RUNTIME_SA =~ $RE_SA && $TRIGGER_SA =~ $RE_SA ]] &&
+    [[ $(sa_email "$RUNTIME_SA") == "$(sa_email "$TRIGGER_SA")" ]]; then
+    ERRORS+=("--trigger-sa (DEPLOY_TRIGGER_SA) must not be the runtime account (--runtime-sa); got '$TRIGGER_SA' for both")
+  fi
+  if [[ ! $FUNCTION_BUCKET_ROLE =~ ^(roles|projects/[a-z][-a-z0-9]{4,28}[a-z0-9]/roles|organizations/[0-9]+/roles)/[A-Za-z0-9_.]{3,64}$ ]]; then
+    ERRORS+=("DEPLOY_FUNCTION_BUCKET_ROLE must be a role name such as roles/storage.legacyObjectReader or projects/P/roles/ID; got '$FUNCTION_BUCKET_ROLE'")
+  fi
+  check_bool "$NO_RECONCILE" DEPLOY_NO_RECONCILE
+  check_bool "$NO_ALERTS" DEPLOY_NO_ALERTS
+  if [[ $NO_RECONCILE == 0 ]]; then
+    check "$RECONCILE_JOB" "$RE_CLOUD_RUN_NAME" --reconcile-job DEPLOY_RECONCILE_JOB \
+      "a Cloud Run job name (lowercase letters, digits, hyphens, at most 63)"
+    # No ',' (gcloud's --args list separator), no wildcard (replay refuses it), at most GCS's 1,024 bytes.
+    if [[ ! $RECONCILE_PREFIX =~ ^[A-Za-z0-9_./=-]{0,1024}$ ]]; then
+      ERRORS+=("--reconcile-prefix (DEPLOY_RECONCILE_PREFIX) must be an object-name prefix of letters, digits, _ . / = - (at most 1024); got '${RECONCILE_PREFIX:0:80}'")
+    fi
+    check "$RECONCILE_SINCE" '^[1-9][0-9]{0,6}[smhd]$' --reconcile-since DEPLOY_RECONCILE_SINCE "a duration such as 90s, 72h or 3d"
+    check_int "$RECONCILE_TASKS" 1 "$MAX_TASKS" --reconcile-tasks DEPLOY_RECONCILE_TASKS
+    check_int "$RECONCILE_WORKERS" 1 "$MAX_REPLAY_WORKERS" --reconcile-workers DEPLOY_RECONCILE_WORKERS
+    job_mib=$(mebibytes "$RECONCILE_MEMORY")
+    if [[ -z $job_mib ]] || ((job_mib < 512 || job_mib > MAX_MEMORY_MIB)); then
+      ERRORS+=("--reconcile-memory (DEPLOY_RECONCILE_MEMORY) must be a size from 512Mi to 32Gi; got '$RECONCILE_MEMORY'")
+    fi
+    check "$RECONCILE_SA" "$RE_SA" --reconcile-sa DEPLOY_RECONCILE_SA "a service account name (6-30 chars) or email"
+    check "$SCHEDULER_SA" "$RE_SA" --scheduler-sa DEPLOY_SCHEDULER_SA "a service account name (6-30 chars) or email"
+    # Five cron fields of digits and * , - / (Cloud Scheduler's unix-cron).
+    check "$SCHEDULE" '^[0-9*,/-]+( [0-9*,/-]+){4}$' --schedule DEPLOY_SCHEDULE "five cron fields such as '30 3 * * *'"
+    check "$TIME_ZONE" '^[A-Za-z][A-Za-z0-9_+-]*(/[A-Za-z0-9_+-]+){0,2}$' --time-zone DEPLOY_TIME_ZONE \
+      "a tz database name such as Etc/UTC or Europe/Warsaw"
+    if [[ ! -f $RECONCILE_SOURCE/Dockerfile || ! -d $RECONCILE_SOURCE/metrics_ingest ]]; then
+      ERRORS+=("--reconcile-source (DEPLOY_RECONCILE_SOURCE) must be this repository's root (Dockerfile, metrics_ingest/); got '$RECONCILE_SOURCE'")
+    fi
+    for pair in "RECONCILE_SA:--reconcile-sa" "SCHEDULER_SA:--scheduler-sa"; do
+      variable=${pair%%:*}
+      account=${!variable}
+      if [[ -n $PROJECT && $account =~ $RE_SA ]]; then
+        for other in "$RUNTIME_SA" "$TRIGGER_SA"; do
+          [[ $(sa_email "$account") == "$(sa_email "$other")" ]] &&
+            ERRORS+=("${pair#*:} must be an account of its own, not the function's runtime or trigger account; got '$account'")
+        done
+      fi
+    done
+    if [[ -n $PROJECT && $RECONCILE_SA =~ $RE_SA && $(sa_email "$RECONCILE_SA") == "$(sa_email "$SCHEDULER_SA")" ]]; then
+      ERRORS+=("--scheduler-sa must not be the job's account (--reconcile-sa); got '$SCHEDULER_SA' for both")
+    fi
+  fi
+  if [[ $NO_ALERTS == 0 ]]; then
+    check "$NOTIFICATION_CHANNEL" '^projects/[a-z0-9][-a-z0-9]{4,28}[a-z0-9]/notificationChannels/[0-9A-Za-z_-]+$' \
+      --notification-channel DEPLOY_NOTIFICATION_CHANNEL "a channel name projects/PROJECT/notificationChannels/ID"
+  fi
+  # Every connection the deployment can open at once, against what the database allows.
+  if [[ -n $DB_MAX_CONNECTIONS && $DB_MAX_CONNECTIONS =~ ^[0-9]{1,6}$ && $MAX_INSTANCES =~ ^[0-9]{1,4}$ &&
+    $DB_POOL_SIZE =~ ^[0-9]{1,3}$ && $RECONCILE_TASKS =~ ^[0-9]{1,5}$ && $RECONCILE_WORKERS =~ ^[0-9]{1,3}$ ]]; then
+    connections=$((MAX_INSTANCES * DB_POOL_SIZE))
+    detail="--max-instances $MAX_INSTANCES x --db-pool-size $DB_POOL_SIZE"
+    if [[ $NO_RECONCILE == 0 ]]; then
+      connections=$((connections + RECONCILE_TASKS * RECONCILE_WORKERS))
+      detail+=" + --reconcile-tasks $RECONCILE_TASKS x --reconcile-workers $RECONCILE_WORKERS"
+    fi
+    if ((connections > DB_MAX_CONNECTIONS)); then
+      ERRORS+=("$detail = $connections database connections, over --db-max-connections (DEPLOY_DB_MAX_CONNECTIONS) $DB_MAX_CONNECTIONS; lower them or raise the database's max_connections")
+    fi
   fi
 else
   require "$REGION" --region DEPLOY_REGION
@@ -377,13 +587,6 @@ current() {
 # lookup's and current's comments go to the dry run's stdout even from inside $(...).
 exec 3>&1
 
-sa_email() {
-  if [[ $1 == *@* ]]; then
-    printf '%s' "$1"
-  else
-    printf '%s@%s.iam.gserviceaccount.com' "$1" "$PROJECT"
-  fi
-}
 
 # ensure_service_account EMAIL DESCRIPTION
 ensure_service_account() {
@@ -421,14 +624,23 @@ do_deploy() {
   ensure_service_account "$runtime_sa" "Training metrics ingestion function (runtime)"
   ensure_service_account "$trigger_sa" "Training metrics ingestion function (Eventarc trigger)"
 
-  # Runtime: the password secret (this secret only), Cloud SQL client, and read
-  # access to the bucket's objects (this bucket only).
+  # Runtime: the password secret (this secret only), Cloud SQL client (this
+  # instance only), and reading the bucket's objects by name (this bucket only;
+  # storage.objects.get without list: the event names the object).
   run gcloud secrets add-iam-policy-binding "$secret" --project="$PROJECT" \
     --member="serviceAccount:$runtime_sa" --role=roles/secretmanager.secretAccessor
-  run gcloud projects add-iam-policy-binding "$PROJECT" \
-    --member="serviceAccount:$runtime_sa" --role=roles/cloudsql.client --condition=None
+  grant_cloudsql_client "$runtime_sa"
   run gcloud storage buckets add-iam-policy-binding "gs://$BUCKET" \
-    --member="serviceAccount:$runtime_sa" --role=roles/storage.objectViewer
+    --member="serviceAccount:$runtime_sa" --role="$FUNCTION_BUCKET_ROLE"
+  # An earlier deploy granted objectViewer (get and list): take it back.
+  # (gcloud storage buckets get-iam-policy has no --filter: the bindings are matched here.)
+  local bindings
+  bindings=$(current gcloud storage buckets get-iam-policy "gs://$BUCKET" --flatten='bindings[].members' \
+    --format='csv[no-heading](bindings.role,bindings.members)')
+  if [[ $'\n'$bindings$'\n' == *$'\n'"roles/storage.objectViewer,serviceAccount:$runtime_sa"$'\n'* ]]; then
+    run gcloud storage buckets remove-iam-policy-binding "gs://$BUCKET" \
+      --member="serviceAccount:$runtime_sa" --role=roles/storage.objectViewer
+  fi
 
   # Trigger: receive Eventarc events (the invoker grant on the function follows the deploy).
   run gcloud projects add-iam-policy-binding "$PROJECT" \
@@ -450,6 +662,7 @@ do_deploy() {
   # No password here: libpq reads PGPASSWORD, which comes from Secret Manager.
   database_url="host=/cloudsql/$INSTANCE dbname=$DB_NAME user=$DB_USER"
   env_vars="DATABASE_URL=$database_url,QUICKTEST_TABLE=$QUICKTEST_TABLE,METRICS_FILENAME=$METRICS_FILENAME"
+  env_vars+=",MAX_METRICS_BYTES=$MAX_METRICS_BYTES,DB_POOL_SIZE=$DB_POOL_SIZE"
   env_vars+=",PGAPPNAME=$FUNCTION_NAME,PGCONNECT_TIMEOUT=10"
 
   run gcloud functions deploy "$FUNCTION_NAME" --gen2 --project="$PROJECT" --region="$REGION" \
@@ -481,6 +694,237 @@ do_deploy() {
   if [[ $DRY_RUN == 0 ]]; then
     note "deployed $FUNCTION_NAME: gs://$BUCKET uploads of */$METRICS_FILENAME are ingested into $DB_NAME.$QUICKTEST_TABLE"
   fi
+
+  [[ $NO_RECONCILE == 1 ]] || deploy_reconcile "$database_url" "$secret:$secret_version"
+  [[ $NO_ALERTS == 1 ]] || deploy_alerts
+}
+
+# grant_cloudsql_client EMAIL: roles/cloudsql.client on the one instance only,
+# by an IAM condition on its resource name (connecting through the /cloudsql
+# socket calls instance-scoped methods only, so the condition holds). The
+# binding lives in the instance's project. An unconditional grant an earlier
+# deploy left (project-wide: every instance, MLflow's included) is removed.
+grant_cloudsql_client() {
+  local member="serviceAccount:$1" sql_project=${INSTANCE%%:*} instance_id=${INSTANCE##*:}
+  local expression="resource.name == \"projects/$sql_project/instances/$instance_id\""
+  expression+=" && resource.type == \"sqladmin.googleapis.com/Instance\""
+  run gcloud projects add-iam-policy-binding "$sql_project" --member="$member" --role=roles/cloudsql.client \
+    --condition="expression=$expression,title=only $instance_id"
+  if exists gcloud projects get-iam-policy "$sql_project" --flatten='bindings[].members' \
+    --filter="bindings.role=roles/cloudsql.client AND bindings.members=$member AND NOT bindings.condition:*" \
+    --format='value(bindings.role)'; then
+    run gcloud projects remove-iam-policy-binding "$sql_project" --member="$member" \
+      --role=roles/cloudsql.client --condition=None
+  fi
+}
+
+# --- reconciliation: a Cloud Run Job, nightly by Cloud Scheduler ------------------
+
+# deploy_reconcile DATABASE_URL SECRET:VERSION
+deploy_reconcile() {
+  local database_url=$1 secret_ref=$2 job_sa scheduler_sa target env_vars args verb
+  local scheduler_job="$RECONCILE_JOB-nightly"
+  job_sa=$(sa_email "$RECONCILE_SA")
+  scheduler_sa=$(sa_email "$SCHEDULER_SA")
+  ensure_service_account "$job_sa" "Training metrics reconciliation job (runtime)"
+  ensure_service_account "$scheduler_sa" "Training metrics reconciliation (Cloud Scheduler)"
+
+  # The job: that secret, that instance, and get + list on that bucket (it lists).
+  run gcloud secrets add-iam-policy-binding "${secret_ref%%:*}" --project="$PROJECT" \
+    --member="serviceAccount:$job_sa" --role=roles/secretmanager.secretAccessor
+  grant_cloudsql_client "$job_sa"
+  run gcloud storage buckets add-iam-policy-binding "gs://$BUCKET" \
+    --member="serviceAccount:$job_sa" --role=roles/storage.objectViewer
+
+  target="gs://$BUCKET"
+  [[ -z $RECONCILE_PREFIX ]] || target+="/$RECONCILE_PREFIX"
+  env_vars="DATABASE_URL=$database_url,QUICKTEST_TABLE=$QUICKTEST_TABLE,METRICS_FILENAME=$METRICS_FILENAME"
+  env_vars+=",MAX_METRICS_BYTES=$MAX_METRICS_BYTES,PGAPPNAME=$RECONCILE_JOB,PGCONNECT_TIMEOUT=10"
+  # The image's entry point is `python -m metrics_ingest` (Dockerfile); --verbose
+  # logs each object's JSON line, which the log-based metric counts.
+  args="replay,$target,--since,$RECONCILE_SINCE,--workers,$RECONCILE_WORKERS,--verbose"
+  # Create-or-update; each task replays its shard (CLOUD_RUN_TASK_INDEX of CLOUD_RUN_TASK_COUNT).
+  run gcloud run jobs deploy "$RECONCILE_JOB" --project="$PROJECT" --region="$REGION" \
+    --source="$RECONCILE_SOURCE" --tasks="$RECONCILE_TASKS" --parallelism="$RECONCILE_TASKS" \
+    --task-timeout=3600s --max-retries=1 --memory="$RECONCILE_MEMORY" --cpu=1 \
+    --service-account="$job_sa" --set-cloudsql-instances="$INSTANCE" \
+    --set-secrets="PGPASSWORD=$secret_ref" --set-env-vars="$env_vars" --args="$args" --quiet
+
+  # The scheduler's account may run this job and nothing else.
+  run gcloud run jobs add-iam-policy-binding "$RECONCILE_JOB" --project="$PROJECT" --region="$REGION" \
+    --member="serviceAccount:$scheduler_sa" --role=roles/run.invoker
+  # Cloud Scheduler has no create-or-update: update what exists, else create.
+  verb=create
+  if exists gcloud scheduler jobs list --project="$PROJECT" --location="$REGION" \
+    --filter="name=projects/$PROJECT/locations/$REGION/jobs/$scheduler_job" --format='value(name)'; then
+    verb=update
+  fi
+  run gcloud scheduler jobs "$verb" http "$scheduler_job" --project="$PROJECT" --location="$REGION" \
+    --schedule="$SCHEDULE" --time-zone="$TIME_ZONE" \
+    --uri="https://run.googleapis.com/v2/projects/$PROJECT/locations/$REGION/jobs/$RECONCILE_JOB:run" \
+    --http-method=POST --oauth-service-account-email="$scheduler_sa" --attempt-deadline=180s
+
+  if [[ $DRY_RUN == 0 ]]; then
+    note "reconciliation: $RECONCILE_JOB replays $target --since $RECONCILE_SINCE in $RECONCILE_TASKS task(s), at '$SCHEDULE' ($TIME_ZONE)"
+  fi
+}
+
+# --- alerts: a log-based metric of outcomes, three alert policies ----------------------
+
+# json_string TEXT: TEXT as a JSON string (settings are validated: no control characters but newlines).
+json_string() {
+  local text=${1//\\/\\\\}
+  text=${text//\"/\\\"}
+  text=${text//$'\n'/\\n}
+  printf '"%s"' "$text"
+}
+
+# threshold_condition NAME FILTER ALIGNMENT THRESHOLD DURATION: one conditionThreshold, as JSON.
+threshold_condition() {
+  cat <<EOF
+    {
+      "displayName": $(json_string "$1"),
+      "conditionThreshold": {
+        "filter": $(json_string "$2"),
+        "aggregations": [{"alignmentPeriod": "$3", "perSeriesAligner": "ALIGN_SUM", "crossSeriesReducer": "REDUCE_SUM"}],
+        "comparison": "COMPARISON_GT",
+        "thresholdValue": $4,
+        "duration": "$5",
+        "trigger": {"count": 1}
+      }
+    }
+EOF
+}
+
+# policy_json DISPLAY_NAME SEVERITY DOCUMENTATION CONDITION_JSON...
+policy_json() {
+  local display=$1 severity=$2 doc=$3 channels="" joined="" condition
+  shift 3
+  for condition in "$@"; do
+    joined+="${joined:+,
+}$condition"
+  done
+  [[ -z $NOTIFICATION_CHANNEL ]] || channels="\"notificationChannels\": [$(json_string "$NOTIFICATION_CHANNEL")],"
+  cat <<EOF
+{
+  "displayName": $(json_string "$display"),
+  "documentation": {"content": $(json_string "$doc"), "mimeType": "text/markdown"},
+  "severity": "$severity",
+  "combiner": "OR",
+  "enabled": true,
+  $channels
+  "alertStrategy": {"autoClose": "604800s"},
+  "conditions": [
+$joined
+  ]
+}
+EOF
+}
+
+# run_policy ARGS...: like run, but waits while a log metric created moments ago is
+# not yet visible to alerting ("Cannot find metric(s)", up to ~10 minutes).
+run_policy() {
+  if [[ $DRY_RUN == 1 ]]; then
+    run "$@"
+    return 0
+  fi
+  local try output
+  for ((try = 1; ; try++)); do
+    note "+ $(quoted "$@")"
+    if output=$("$@" 2>&1); then
+      [[ -z $output ]] || note "$output"
+      return 0
+    fi
+    if [[ $output != *"Cannot find metric"* ]] || ((try >= 12)); then
+      note "$output"
+      note "$PROG: this command failed: $(quoted "$@")"
+      exit 1
+    fi
+    note "the log metric is not visible to alerting yet (try $try of 12); waiting ${METRIC_WAIT_SECONDS}s"
+    sleep "$METRIC_WAIT_SECONDS"
+  done
+}
+
+# apply_policy FILE: update the policy with the file's displayName, else create it.
+apply_policy() {
+  local file=$1 display existing
+  display=$(sed -n 's/^  "displayName": "\(.*\)",$/\1/p' "$file")
+  existing=$(current gcloud alpha monitoring policies list --project="$PROJECT" \
+    --filter="displayName=\"$display\"" --format='value(name)')
+  if [[ -n $existing ]]; then
+    run_policy gcloud alpha monitoring policies update "${existing%%$'\n'*}" --project="$PROJECT" \
+      --policy-from-file="$file"
+  else
+    run_policy gcloud alpha monitoring policies create --project="$PROJECT" --policy-from-file="$file"
+  fi
+}
+
+deploy_alerts() {
+  local metric=${FUNCTION_NAME//-/_}_outcomes logs_filter ingest_metric doc
+  if [[ -z $CONFIG_DIR ]]; then
+    CONFIG_DIR=$(mktemp -d "${TMPDIR:-/tmp}/metrics-ingest-deploy.XXXXXX")
+  fi
+  mkdir -p "$CONFIG_DIR"
+  [[ $DRY_RUN == 1 ]] && printf '# monitoring files written to %s (read them; nothing was sent)\n' "$CONFIG_DIR"
+
+  # Every JSON log line with an outcome, from the function and from the job.
+  logs_filter="resource.type=\"cloud_run_revision\" AND resource.labels.service_name=\"$FUNCTION_NAME\""
+  if [[ $NO_RECONCILE == 0 ]]; then
+    logs_filter="(($logs_filter) OR (resource.type=\"cloud_run_job\" AND resource.labels.job_name=\"$RECONCILE_JOB\"))"
+  fi
+  logs_filter+=" AND jsonPayload.outcome:*"
+  cat >"$CONFIG_DIR/log-metric.json" <<EOF
+{
+  "name": $(json_string "$metric"),
+  "description": $(json_string "Training metrics ingestion outcomes (ingested, duplicate, superseded, no_matching_row, rejected, retry, error) logged by $FUNCTION_NAME and its reconciliation job"),
+  "filter": $(json_string "$logs_filter"),
+  "metricDescriptor": {
+    "metricKind": "DELTA",
+    "valueType": "INT64",
+    "unit": "1",
+    "labels": [{"key": "outcome", "valueType": "STRING", "description": "the ingestion outcome"}]
+  },
+  "labelExtractors": {"outcome": "EXTRACT(jsonPayload.outcome)"}
+}
+EOF
+  if exists gcloud logging metrics list --project="$PROJECT" --filter="name=$metric" --format='value(name)'; then
+    run gcloud logging metrics update "$metric" --project="$PROJECT" --config-from-file="$CONFIG_DIR/log-metric.json"
+  else
+    run gcloud logging metrics create "$metric" --project="$PROJECT" --config-from-file="$CONFIG_DIR/log-metric.json"
+  fi
+
+  ingest_metric="metric.type=\"logging.googleapis.com/user/$metric\""
+  local function_resource="resource.type=\"cloud_run_revision\"" job_resource="resource.type=\"cloud_run_job\""
+  local -a rejected=() retries=()
+  rejected+=("$(threshold_condition "$FUNCTION_NAME: rejected or error" \
+    "$ingest_metric AND $function_resource AND metric.label.outcome=one_of(\"rejected\",\"error\")" 300s 0 0s)")
+  retries+=("$(threshold_condition "$FUNCTION_NAME: retries above 5 per 5 minutes for 30 minutes" \
+    "$ingest_metric AND $function_resource AND metric.label.outcome=\"retry\"" 300s 5 1800s)")
+  if [[ $NO_RECONCILE == 0 ]]; then
+    rejected+=("$(threshold_condition "$RECONCILE_JOB: rejected or error" \
+      "$ingest_metric AND $job_resource AND metric.label.outcome=one_of(\"rejected\",\"error\")" 300s 0 0s)")
+  fi
+  doc="A training_metrics.json was rejected (the file is bad: the log line's reason says why) or ingestion hit an unexpected error (a bug: the event is retried).
+First: in Logs Explorer, query jsonPayload.outcome=(\"rejected\" OR \"error\") for these resources; read the reason and the object. Fix the file and upload it again (a new generation is ingested), or for an error, read the exception and report it."
+  policy_json "$FUNCTION_NAME: files rejected or ingestion errors" ERROR "$doc" "${rejected[@]}" \
+    >"$CONFIG_DIR/alert-rejected-or-error.json"
+  doc="Events keep failing with transient faults (database or GCS unreachable, a bad setting such as QUICKTEST_TABLE) and Eventarc keeps redelivering them; after 24 hours it drops them.
+First: query jsonPayload.outcome=\"retry\" in Logs Explorer and read the message (it names the fault). Fix the cause; once it is fixed the retries succeed, and the nightly reconciliation catches anything Eventarc dropped."
+  policy_json "$FUNCTION_NAME: sustained ingestion retries" WARNING "$doc" "${retries[@]}" \
+    >"$CONFIG_DIR/alert-retry-rate.json"
+  apply_policy "$CONFIG_DIR/alert-rejected-or-error.json"
+  apply_policy "$CONFIG_DIR/alert-retry-rate.json"
+
+  if [[ $NO_RECONCILE == 0 ]]; then
+    doc="An execution of the nightly reconciliation job $RECONCILE_JOB failed: a task exited non-zero (a file rejected or failed, or the job could not start: database, credentials, listing).
+First: open the execution in Cloud Run > Jobs > $RECONCILE_JOB and read the failed task's log: the summary lists every rejected or failed object with its reason. Rerun by hand with gcloud run jobs execute $RECONCILE_JOB --region $REGION once the cause is fixed."
+    policy_json "$RECONCILE_JOB: reconciliation execution failed" ERROR "$doc" \
+      "$(threshold_condition "$RECONCILE_JOB: failed executions" \
+        "metric.type=\"run.googleapis.com/job/completed_execution_count\" AND $job_resource AND resource.label.job_name=\"$RECONCILE_JOB\" AND metric.label.result=\"failed\"" \
+        300s 0 0s)" >"$CONFIG_DIR/alert-reconcile-failed.json"
+    apply_policy "$CONFIG_DIR/alert-reconcile-failed.json"
+  fi
+  [[ $DRY_RUN == 1 ]] || note "alerts: log metric $metric and the alert policies are in place (files in $CONFIG_DIR)"
 }
 
 # --- teardown-mlflow -----------------------------------------------------------------

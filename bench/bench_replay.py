@@ -1,4 +1,4 @@
-"""Replay throughput (files/s) with 1 and 8 workers, and the demo's wall time.
+"""Replay throughput (files/s) with 1 and 8 workers, sharded replay, listing with match_glob, the nightly pass, and the demo's wall time.
 
 Runs everything locally: PostgreSQL from pgserver (or TEST_DATABASE_URL, a
 superuser URL), the GCS emulator in separate processes (so it shares neither
@@ -28,11 +28,28 @@ json and jsonschema), then CPU per file by process and how many cores were
 busy. On a machine with few cores, "cores busy" near the core count means
 the CPU of all three processes together is what bounds the rate.
 
+Reconciliation (``--reconcile-only`` runs just these three):
+
+* sharded replay: N ``metrics-ingest replay --shard i/N`` processes at once
+  vs 1, over one bucket, with the modelled GCS latency; the rate counts each
+  process's own replay time (the longest shard's), and the wall time with
+  interpreter start-up is shown beside it. One worker per process by default,
+  so the figure is the sharding's alone.
+* listing a bucket where metrics files are 1% of the objects (20,000 model
+  files, 200 metrics files), with ``match_glob`` vs without: objects
+  transferred and listing time (best of 3). The emulator, in its own
+  process, is filled with the objects' metadata directly (not through 20,200
+  uploads; listing reads nothing else).
+* the nightly pass over already-ingested files: a replay where every file is
+  a duplicate; time per file, downloads, and database round trips per file
+  (every statement, BEGIN and COMMIT, counted by a psycopg2 connection class).
+
 Usage::
 
     PYTHONPATH=functions:.:trainer_callbacks/src python bench/bench_replay.py            # all
     PYTHONPATH=functions:.:trainer_callbacks/src python bench/bench_replay.py --no-demo
     PYTHONPATH=functions:.:trainer_callbacks/src python bench/bench_replay.py --no-demo --gcs-latency-ms 0 --rounds 3
+    PYTHONPATH=functions:.:trainer_callbacks/src python bench/bench_replay.py --reconcile-only --shards 1,2,4
 """
 
 from __future__ import annotations
@@ -40,6 +57,8 @@ from __future__ import annotations
 import argparse
 import concurrent.futures as cf
 import dataclasses
+import datetime as dt
+import json
 import logging
 import os
 import re
@@ -63,7 +82,13 @@ from ingest import gcs as gcs_module  # noqa: E402
 from ingest import store  # noqa: E402
 from ingest.config import Settings  # noqa: E402
 from metrics_ingest.localstack.stack import ensure_database, prepare_database  # noqa: E402
-from metrics_ingest.replay import GcsTarget, ReplayOptions, make_storage_client, run_replay  # noqa: E402
+from metrics_ingest.replay import (  # noqa: E402
+    GcsTarget,
+    ReplayOptions,
+    list_objects,
+    make_storage_client,
+    run_replay,
+)
 from tests.support.documents import dumps, v1_document  # noqa: E402
 
 EMULATOR_SCRIPT = """
@@ -314,6 +339,227 @@ def bench_replay(
         print(f"  ({len(data) / 1024:.1f} KiB per file)")
 
 
+# --- reconciliation ------------------------------------------------------------------
+
+FILLED_EMULATOR_SCRIPT = """
+import sys
+from metrics_ingest.localstack.emulator import GcsEmulator
+from gcp_storage_emulator.handlers.objects import _make_object_resource
+bucket, other, metrics = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+emulator = GcsEmulator().start()
+emulator.create_bucket(bucket)
+objects = emulator.storage.objects.setdefault(bucket, {})
+def put(name, data):
+    # Metadata only (listing never reads content); the storage's own create_file
+    # rewrites its whole index per object, quadratic at this size.
+    objects[name] = _make_object_resource(emulator.url, bucket, name, "application/octet-stream", len(data))
+per_run = other // metrics
+for run in range(metrics):
+    folder = f"quick_tests/{run:05d}"
+    put(f"{folder}/training_metrics.json", b'{"epochs": [0]}')
+    for i in range(per_run):
+        put(f"{folder}/model/variables/variables.data-{i:05d}-of-{per_run:05d}", b"\\0" * 64)
+print(emulator.url, flush=True)
+sys.stdin.read()
+emulator.stop()
+"""
+
+
+def _child_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("CLOUD_RUN_", "DATABASE_URL"))}
+    env["PYTHONPATH"] = os.pathsep.join(str(REPO_ROOT / p) for p in ("functions", ".", "trainer_callbacks/src"))
+    env.update(extra)
+    return env
+
+
+def bench_shards(database_url: str, files: int, shard_counts: list[int], workers: int, latency_s: float) -> None:
+    """N shard processes at once vs 1 over the same bucket (modelled GCS latency per download)."""
+    proc, emulator_url = start_emulator(latency_s)
+    try:
+        os.environ["STORAGE_EMULATOR_HOST"] = emulator_url
+        client = make_storage_client(workers=8)
+        bucket = fill(client, database_url, emulator_url, files, dumps(v1_document(10, seed=3)))
+        print(f"sharded replay: {files} files, GCS +{latency_s * 1000:g} ms per download, {workers} worker(s)"
+              f" per process, {os.cpu_count()} cores")
+        print(f"{'processes':>9}{'files/s':>9}{'vs 1':>7}{'vs N':>7}{'replay s':>10}{'with start-up s':>17}"
+              f"{'files/s incl. start-up':>24}")
+        base = None
+        for count in shard_counts:
+            reset(database_url, bucket)
+            started = time.perf_counter()
+            procs = [
+                subprocess.Popen(
+                    [sys.executable, "-m", "metrics_ingest", "replay", f"gs://{bucket}/quick_tests/",
+                     "--shard", f"{i}/{count}", "--workers", str(workers), "--json"],
+                    cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+                    env=_child_env(DATABASE_URL=database_url, STORAGE_EMULATOR_HOST=emulator_url,
+                                   GOOGLE_CLOUD_PROJECT="bench"),
+                )
+                for i in range(count)
+            ]
+            reports = [json.loads(p.communicate(timeout=1800)[0]) for p in procs]
+            wall = time.perf_counter() - started
+            ingested = sum(r["counts"]["ingested"] for r in reports)
+            assert ingested == files, [r["counts"] for r in reports]
+            replay_s = max(r["duration_s"] for r in reports)
+            rate = files / replay_s
+            base = base or rate
+            print(f"{count:>9}{rate:>9.1f}{rate / base:>6.2f}x{rate / base / count:>6.2f}x{replay_s:>10.2f}"
+                  f"{wall:>17.2f}{files / wall:>24.1f}", flush=True)
+    finally:
+        assert proc.stdin is not None
+        proc.stdin.close()
+        proc.wait(10)
+
+
+def bench_listing(other: int, metrics: int, rounds: int = 3) -> None:
+    """Listing with match_glob vs without, where metrics files are a small share of the objects."""
+    bucket = "bench-listing"
+    proc = subprocess.Popen(
+        [sys.executable, "-c", FILLED_EMULATOR_SCRIPT, bucket, str(other), str(metrics)],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=_child_env(),
+    )
+    try:
+        assert proc.stdout is not None
+        os.environ["STORAGE_EMULATOR_HOST"] = proc.stdout.readline().strip()
+        client = make_storage_client(workers=1)
+        settings = Settings()
+        results = {}
+        for glob in (False, True):
+            best = None
+            for _ in range(rounds):
+                started = time.perf_counter()
+                found = list_objects(client, GcsTarget(bucket, "quick_tests/"), settings, match_glob=glob)
+                elapsed = time.perf_counter() - started
+                assert len(found.refs) == metrics, len(found.refs)
+                best = elapsed if best is None else min(best, elapsed)
+            results[glob] = (found.listed, best)
+        (all_listed, all_s), (glob_listed, glob_s) = results[False], results[True]
+        print(f"listing gs://{bucket}/quick_tests/: {metrics} metrics files among {other + metrics} objects"
+              f" ({metrics / (other + metrics):.0%}), best of {rounds}")
+        print(f"  without match_glob: {all_listed:>6} objects transferred, {all_s * 1000:8.1f} ms")
+        print(f"  with match_glob:    {glob_listed:>6} objects transferred, {glob_s * 1000:8.1f} ms")
+        print(f"  ratio: {all_listed / glob_listed:.0f}x fewer objects, {all_s / glob_s:.1f}x less time", flush=True)
+    finally:
+        assert proc.stdin is not None
+        proc.stdin.close()
+        proc.wait(10)
+
+
+class RoundTrips:
+    """Counts what a psycopg2 connection sends: each statement, plus the BEGIN psycopg2
+    sends before a transaction's first one, plus each COMMIT or ROLLBACK (``with conn``
+    calls ``commit``). Installed by wrapping ``psycopg2.connect`` with a connection class,
+    so pools created afterwards count too.
+
+    Example::
+
+        with RoundTrips() as trips:
+            run_replay(options)
+        trips.count
+    """
+
+    def __init__(self) -> None:
+        self.count = 0
+        self._lock = threading.Lock()
+        self._saved = None
+
+    def add(self, n: int = 1) -> None:
+        with self._lock:
+            self.count += n
+
+    def __enter__(self) -> RoundTrips:
+        import psycopg2.extensions as ext
+
+        trips = self
+
+        class Cursor(ext.cursor):
+            def execute(self, query, vars=None):  # noqa: A002, ANN001, ANN202
+                conn = self.connection
+                idle = conn.info.transaction_status == ext.TRANSACTION_STATUS_IDLE
+                trips.add(2 if idle and not conn.autocommit else 1)
+                return super().execute(query, vars)
+
+        class Connection(ext.connection):
+            def cursor(self, *args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+                kwargs.setdefault("cursor_factory", Cursor)
+                return super().cursor(*args, **kwargs)
+
+            def commit(self) -> None:
+                if self.info.transaction_status != ext.TRANSACTION_STATUS_IDLE:
+                    trips.add()
+                super().commit()
+
+            def rollback(self) -> None:
+                if self.info.transaction_status != ext.TRANSACTION_STATUS_IDLE:
+                    trips.add()
+                super().rollback()
+
+        self._saved = psycopg2.connect
+
+        def connect(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+            kwargs.setdefault("connection_factory", Connection)
+            return self._saved(*args, **kwargs)
+
+        psycopg2.connect = connect
+        _close_pools()  # connections made before would not count
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        psycopg2.connect = self._saved
+        _close_pools()
+
+
+def _close_pools() -> None:
+    """Close the pipeline's pooled connections, wherever the pool lives."""
+    import importlib
+
+    for name in ("ingest.store", "ingest.pool", "ingest.db"):
+        try:
+            module = importlib.import_module(name)
+        except ImportError:
+            continue
+        if hasattr(module, "close_pools"):
+            module.close_pools()
+
+
+def bench_nightly(database_url: str, files: int, workers: int = 4) -> None:
+    """A nightly pass (--since 72h) over files that are all ingested already."""
+    proc, emulator_url = start_emulator(0.0)
+    downloads = 0
+    lock = threading.Lock()
+    real_download = gcs_module.download
+
+    def counted_download(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        nonlocal downloads
+        with lock:
+            downloads += 1
+        return real_download(*args, **kwargs)
+
+    try:
+        os.environ["STORAGE_EMULATOR_HOST"] = emulator_url
+        client = make_storage_client(workers=8)
+        settings = Settings(database_url=database_url)
+        bucket = fill(client, database_url, emulator_url, files, dumps(v1_document(10, seed=5)))
+        options = ReplayOptions(GcsTarget(bucket, "quick_tests/"), workers=workers, settings=settings,
+                                since=dt.timedelta(hours=72))
+        first = run_replay(options, client=client)
+        assert first.counts["ingested"] == files, first.counts
+        gcs_module.download = counted_download
+        with RoundTrips() as trips:
+            report = run_replay(options, client=client)
+        assert report.counts["duplicate"] == files, report.counts
+        print(f"nightly pass over {files} already-ingested files ({workers} workers, --since 72h):"
+              f" {report.duration_s:.2f} s, {report.duration_s / files * 1000:.2f} ms per file,"
+              f" {downloads} downloads, {trips.count / files:.2f} database round trips per file"
+              f" (first pass, ingesting them: {first.duration_s / files * 1000:.2f} ms per file)", flush=True)
+    finally:
+        gcs_module.download = real_download
+        assert proc.stdin is not None
+        proc.stdin.close()
+        proc.wait(10)
+
+
 def bench_demo() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "STORAGE_EMULATOR_HOST")}
@@ -344,6 +590,14 @@ def main() -> None:
     )
     parser.add_argument("--rounds", type=int, default=1, help="rounds per case; each row is the best round")
     parser.add_argument("--no-demo", action="store_true")
+    parser.add_argument("--reconcile-only", action="store_true",
+                        help="run only the sharding, listing and nightly-pass measurements")
+    parser.add_argument("--shards", default="1,2,4", help="shard process counts to compare (default 1,2,4)")
+    parser.add_argument("--shard-files", type=int, default=400)
+    parser.add_argument("--shard-workers", type=int, default=1, help="workers per shard process (default 1)")
+    parser.add_argument("--listing-other", type=int, default=20_000)
+    parser.add_argument("--listing-metrics", type=int, default=200)
+    parser.add_argument("--nightly-files", type=int, default=1000)
     args = parser.parse_args()
     print(f"cpus: {os.cpu_count()}, load average: {os.getloadavg()[0]:.2f}")
     procs: dict[str, subprocess.Popen[str]] = {}
@@ -371,8 +625,14 @@ def main() -> None:
                 "postgres": [server.get_pid()] if server else [],
             }
         )
-        bench_replay(database_url, emulators, args.small, args.large, meter, args.rounds, args.latency_large)
-        store.close_pools()
+        if not args.reconcile_only:
+            bench_replay(database_url, emulators, args.small, args.large, meter, args.rounds, args.latency_large)
+        _close_pools()
+        bench_listing(args.listing_other, args.listing_metrics)
+        bench_nightly(database_url, args.nightly_files)
+        _close_pools()
+        bench_shards(database_url, args.shard_files, [int(n) for n in args.shards.split(",")], args.shard_workers,
+                     (args.gcs_latency_ms or 5.0) / 1000)
         print(f"load average at the end: {os.getloadavg()[0]:.2f}")
     finally:
         for proc in procs.values():
@@ -381,7 +641,7 @@ def main() -> None:
             proc.wait(10)
         if server is not None:
             server.cleanup()
-    if not args.no_demo:
+    if not args.no_demo and not args.reconcile_only:
         bench_demo()
 
 

@@ -16,6 +16,15 @@ Privileges granted (everything else is refused by PostgreSQL):
   sequence;
 - ``CONNECT`` on the database and ``USAGE`` on the tables' schemas.
 
+What PUBLIC (every role) gets by default and the function does not need is
+taken from PUBLIC: ``TEMPORARY`` on the database (temporary tables), and
+``CREATE`` on schema ``public``, which PostgreSQL up to 14 (still common on
+Cloud SQL) grants to PUBLIC. Roles that may have relied on those grants, the
+non-superuser owners of tables in ``public`` and the role running this, get
+them explicitly first, so Django's migrations keep working. Only the owner of
+the database or schema (or a superuser) can revoke from PUBLIC; otherwise a
+warning says which statement a DBA should run.
+
 It is idempotent and convergent: each run first revokes whatever the role held
 on those two tables and the sequence, then grants the list above, in one
 transaction. Run it as the owner of the tables (on Cloud SQL, the Django
@@ -156,7 +165,66 @@ def _grant(cur, conn, role: str, quicktest_table: str, password: str | None) -> 
     database = cur.fetchone()[0]
     cur.execute(sql.SQL("GRANT CONNECT ON DATABASE {} TO {}").format(sql.Identifier(database), role_id))
 
+    _revoke_public_defaults(cur, role, database, sorted({platform[0], ingestions[0]}))
     _warn_if_broader(cur, role)
+
+
+# Roles that may have relied on PUBLIC's default grants: owners of tables in
+# schema public and the role running the migration (superusers need nothing).
+_KEEPERS = """
+SELECT DISTINCT r.rolname FROM pg_class c
+  JOIN pg_namespace n ON n.oid = c.relnamespace JOIN pg_roles r ON r.oid = c.relowner
+ WHERE n.nspname = 'public' AND NOT r.rolsuper AND r.rolname <> %(role)s
+UNION
+SELECT rolname FROM pg_roles WHERE rolname = current_user AND NOT rolsuper AND rolname <> %(role)s
+ORDER BY 1
+"""
+
+
+def _revoke_public_defaults(cur, role: str, database: str, schemas: list[str]) -> None:
+    """Take TEMPORARY on the database and CREATE on schema public from PUBLIC (and from the role)."""
+    role_id, database_id = sql.Identifier(role), sql.Identifier(database)
+    cur.execute("SELECT to_regnamespace('public') IS NOT NULL")
+    has_public = cur.fetchone()[0]
+    cur.execute(
+        "SELECT has_database_privilege('public', current_database(), 'TEMPORARY'),"
+        " CASE WHEN to_regnamespace('public') IS NOT NULL THEN has_schema_privilege('public', 'public', 'CREATE') END"
+    )
+    public_temp, public_create = cur.fetchone()
+    cur.execute(_KEEPERS, {"role": role})
+    keepers = [sql.Identifier(name) for (name,) in cur.fetchall()]
+    for keeper in keepers:
+        if public_temp:
+            cur.execute(sql.SQL("GRANT TEMPORARY ON DATABASE {} TO {}").format(database_id, keeper))
+        if public_create:
+            cur.execute(sql.SQL("GRANT CREATE ON SCHEMA public TO {}").format(keeper))
+    # A non-owner's REVOKE is a warning, not an error: checked below instead.
+    cur.execute(sql.SQL("REVOKE TEMPORARY ON DATABASE {} FROM PUBLIC, {}").format(database_id, role_id))
+    for schema in sorted(set(schemas) | ({"public"} if has_public else set())):
+        if schema == "public":
+            cur.execute(sql.SQL("REVOKE CREATE ON SCHEMA public FROM PUBLIC, {}").format(role_id))
+        else:
+            cur.execute(sql.SQL("REVOKE CREATE ON SCHEMA {} FROM {}").format(sql.Identifier(schema), role_id))
+
+    cur.execute(
+        "SELECT has_database_privilege(%(role)s, current_database(), 'TEMPORARY'),"
+        " coalesce(has_schema_privilege(%(role)s, to_regnamespace('public')::oid, 'CREATE'), false)",
+        {"role": role},
+    )
+    can_temp, can_create = cur.fetchone()
+    if can_temp:
+        log.warning(
+            "role %s can still create temporary tables (PUBLIC keeps TEMPORARY): as the database's owner, run"
+            " REVOKE TEMPORARY ON DATABASE %s FROM PUBLIC",
+            role,
+            database_id.as_string(cur.connection),
+        )
+    if can_create:
+        log.warning(
+            "role %s can still create tables in schema public (PUBLIC keeps CREATE): as the schema's owner, run"
+            " REVOKE CREATE ON SCHEMA public FROM PUBLIC",
+            role,
+        )
 
 
 def _resolve(cur, conn, table: str, what: str) -> tuple[str, str]:

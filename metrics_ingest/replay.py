@@ -21,11 +21,14 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import dataclasses
+import datetime as dt
 import re
 import signal
 import threading
 import time
 import uuid
+import zlib
+from collections.abc import Mapping
 from collections import Counter
 from collections.abc import Callable, Iterator
 from typing import Any, TextIO
@@ -52,6 +55,16 @@ DRY_RUN_LABELS = {
 BAD_OUTCOMES = ("rejected", "failed")
 
 _BUCKET_NAME = re.compile(r"^[a-z0-9][-a-z0-9_.]{1,220}[a-z0-9]$")
+# GCS object names are at most 1,024 bytes of UTF-8: a longer prefix matches nothing.
+MAX_PREFIX_BYTES = 1024
+# Workers are threads, each with a database connection and an HTTP connection:
+# beyond this a replay only queues on the database (and a huge figure would
+# pre-fill pools for nothing).
+MAX_WORKERS = 256
+# Cloud Run Jobs run at most 10,000 tasks; a shard count beyond it is a typo.
+MAX_SHARDS = 10_000
+# A reason or an error shown on one line of output is clipped to this.
+LINE_REASON_CHARS = 300
 
 
 class UsageError(ValueError):
@@ -102,18 +115,114 @@ def parse_gs_uri(uri: str) -> GcsTarget:
     >>> parse_gs_uri("gs://ml-artifacts/quick_tests/")
     GcsTarget(bucket='ml-artifacts', prefix='quick_tests/')
     """
+    shown = _clip(repr(uri), 120)  # an echo, not the whole of a 100 KB argument
     if not uri.startswith("gs://"):
-        raise UsageError(f"expected gs://BUCKET[/PREFIX], got {uri!r}")
+        raise UsageError(f"expected gs://BUCKET[/PREFIX], got {shown}")
     bucket, _, prefix = uri[len("gs://") :].partition("/")
     if not _BUCKET_NAME.match(bucket):
-        raise UsageError(f"invalid bucket name {bucket!r} in {uri!r}")
+        raise UsageError(f"invalid bucket name {_clip(repr(bucket), 80)} in {shown}")
+    size = len(prefix.encode("utf-8", "surrogatepass"))
+    if size > MAX_PREFIX_BYTES:
+        # GCS would answer with an error page (or nothing): no object can match.
+        raise UsageError(
+            f"the prefix is {size} bytes; GCS object names are at most {MAX_PREFIX_BYTES} bytes, "
+            f"so no object can match it (prefix starts {_clip(repr(prefix), 60)})"
+        )
     if "*" in prefix or "?" in prefix:
         # A shell-style pattern would silently match nothing: GCS lists by plain prefix.
         raise UsageError(
-            f"{uri!r}: the prefix is a plain name prefix, not a pattern; drop the wildcard "
-            f"(e.g. gs://{bucket}/{prefix.split('*')[0].split('?')[0]})"
+            f"{shown}: the prefix is a plain name prefix, not a pattern; drop the wildcard "
+            f"(e.g. {_clip('gs://' + bucket + '/' + prefix.split('*')[0].split('?')[0], 120)})"
         )
     return GcsTarget(bucket=bucket, prefix=prefix)
+
+
+@dataclasses.dataclass(frozen=True)
+class Shard:
+    """One of ``count`` disjoint parts of a bucket: the objects whose name hashes to ``index``.
+
+    The hash is CRC32 of the object name's UTF-8 bytes (stable across
+    processes and machines, unlike Python's ``hash()``), so ``count`` tasks
+    with indexes 0..count-1 together take every object exactly once.
+
+    Example::
+
+        shard = parse_shard("2/8")
+        shard.takes("quick_tests/42/training_metrics.json"), str(shard)   # (False, '2/8')
+    """
+
+    index: int
+    count: int
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.count <= MAX_SHARDS or not 0 <= self.index < self.count:
+            raise UsageError(
+                f"invalid shard {self.index}/{self.count}: expected I/N with 0 <= I < N <= {MAX_SHARDS}"
+            )
+
+    def takes(self, name: str) -> bool:
+        return zlib.crc32(name.encode("utf-8", "surrogatepass")) % self.count == self.index
+
+    def __str__(self) -> str:
+        return f"{self.index}/{self.count}"
+
+
+def parse_shard(text: str) -> Shard:
+    """``"I/N"`` -> Shard(I, N) (0-based I, as Cloud Run numbers its tasks); raises UsageError.
+
+    >>> parse_shard("0/4")
+    Shard(index=0, count=4)
+    """
+    match = re.fullmatch(r"\s*(\d{1,6})\s*/\s*(\d{1,6})\s*", text)
+    if not match:
+        raise UsageError(f"--shard: expected I/N (e.g. 0/4: the first of 4), got {_clip(repr(text), 40)}")
+    return Shard(int(match.group(1)), int(match.group(2)))
+
+
+def shard_from_env(env: Mapping[str, str]) -> Shard | None:
+    """The Cloud Run Job task's shard (``CLOUD_RUN_TASK_INDEX`` of ``CLOUD_RUN_TASK_COUNT``), or None outside one.
+
+    Raises UsageError when the variables are malformed or only one is set.
+    """
+    index, count = env.get("CLOUD_RUN_TASK_INDEX"), env.get("CLOUD_RUN_TASK_COUNT")
+    if index is None and count is None:
+        return None
+    if index is None or count is None or not all(re.fullmatch(r"[0-9]{1,6}", v) for v in (index, count)):
+        raise UsageError(
+            "CLOUD_RUN_TASK_INDEX and CLOUD_RUN_TASK_COUNT must both be set to whole numbers; got "
+            f"{_clip(repr(index), 20)} and {_clip(repr(count), 20)}"
+        )
+    return Shard(int(index), int(count))
+
+
+_DURATION = re.compile(r"^([1-9][0-9]{0,6})([smhd])$")
+_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_duration(text: str) -> dt.timedelta:
+    """``"90s"``, ``"30m"``, ``"72h"``, ``"3d"`` -> a timedelta; raises UsageError.
+
+    >>> parse_duration("72h")
+    datetime.timedelta(days=3)
+    """
+    match = _DURATION.match(text.strip())
+    if not match:
+        raise UsageError(
+            f"--since: expected a whole number and a unit s, m, h or d (e.g. 90s, 72h, 3d), "
+            f"got {_clip(repr(text), 40)}"
+        )
+    seconds = int(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+    if seconds > 36_500 * 86400:
+        raise UsageError(f"--since {text.strip()} is more than 100 years; leave --since out for the whole prefix")
+    return dt.timedelta(seconds=seconds)
+
+
+def metrics_glob(filename: str) -> str | None:
+    """The ``match_glob`` that asks GCS for the metrics files only, or None when the
+    name holds a glob character (then every object is listed and filtered here)."""
+    if any(c in filename for c in "*?[]{}\\,"):
+        return None
+    return f"**/{filename}"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -127,10 +236,16 @@ class ReplayOptions:
         force: re-ingest generations already ingested (default False).
         settings: the function's settings; None (default) reads the environment.
         attempts: tries per object when a transient fault is raised (default 3).
+        shard: take only this shard's objects (Shard, default None: all).
+        since: take only objects updated within this long before the start
+            (timedelta, default None: all); older ones are counted as skipped.
+        match_glob: ask GCS for the metrics files only (default True); every
+            name is still checked here, since emulators may ignore it.
 
     Example::
 
-        ReplayOptions(parse_gs_uri("gs://ml-artifacts/quick_tests"), workers=8, dry_run=True)
+        ReplayOptions(parse_gs_uri("gs://ml-artifacts/quick_tests"), workers=8, shard=parse_shard("0/4"),
+                      since=parse_duration("72h"))
     """
 
     target: GcsTarget
@@ -139,10 +254,16 @@ class ReplayOptions:
     force: bool = False
     settings: Settings | None = None
     attempts: int = 3
+    shard: Shard | None = None
+    since: dt.timedelta | None = None
+    match_glob: bool = True
 
     def __post_init__(self) -> None:
-        if self.workers < 1:
-            raise UsageError(f"Invalid value for argument `workers`. Received: workers={self.workers}. Expected >= 1.")
+        if not 1 <= self.workers <= MAX_WORKERS:
+            raise UsageError(
+                f"Invalid value for argument `workers`. Received: workers={self.workers}. "
+                f"Expected 1 to {MAX_WORKERS}."
+            )
         if self.attempts < 1:
             raise UsageError(f"Invalid value for argument `attempts`. Received: attempts={self.attempts}. Expected >= 1.")
 
@@ -212,6 +333,11 @@ class ReplayReport:
     matched: int = 0
     interrupted: bool = False
     duration_s: float = 0.0
+    shard: Shard | None = None
+    since: dt.timedelta | None = None
+    match_glob: str | None = None
+    other_shards: int = 0  # metrics files left to the other shards
+    outside_since: int = 0  # metrics files of this shard not updated within --since: skipped, never touched
 
     @property
     def counts(self) -> dict[str, int]:
@@ -228,6 +354,16 @@ class ReplayReport:
             return 130
         return 1 if any(self.counts[name] for name in BAD_OUTCOMES) else 0
 
+    @property
+    def scope(self) -> str:
+        """``shard 2/8, updated in the last 72h`` (empty for a whole-prefix replay)."""
+        parts = []
+        if self.shard is not None:
+            parts.append(f"shard {self.shard}")
+        if self.since is not None:
+            parts.append(f"updated in the last {format_duration(self.since)}")
+        return ", ".join(parts)
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "target": self.target.uri,
@@ -235,7 +371,11 @@ class ReplayReport:
             "dry_run": self.dry_run,
             "force": self.force,
             "workers": self.workers,
+            "shard": None if self.shard is None else {"index": self.shard.index, "count": self.shard.count},
+            "since": None if self.since is None else format_duration(self.since),
+            "match_glob": self.match_glob,
             "listed": self.listed,
+            "skipped": {"other_shards": self.other_shards, "outside_since": self.outside_since},
             "metrics_objects": self.matched,
             "processed": len(self.outcomes),
             "not_started": self.not_started,
@@ -250,6 +390,72 @@ class ReplayReport:
 LISTING_REPORT_EVERY = 1000  # objects between two on_listing calls (one listing page)
 
 
+@dataclasses.dataclass
+class Listing:
+    """What one pass over the prefix found.
+
+    Example::
+
+        listing = list_objects(client, target, settings, shard=parse_shard("1/4"))
+        listing.listed, len(listing.refs), listing.other_shards
+    """
+
+    listed: int = 0  # objects the listing returned (all of them without match_glob)
+    refs: list[ObjectRef] = dataclasses.field(default_factory=list)  # this replay's metrics files
+    other_shards: int = 0
+    outside_since: int = 0
+    match_glob: str | None = None
+
+
+def list_objects(
+    client: Any,
+    target: GcsTarget,
+    settings: Settings,
+    *,
+    shard: Shard | None = None,
+    updated_after: dt.datetime | None = None,
+    match_glob: bool = True,
+    stop: Callable[[], bool] = lambda: False,
+    on_listing: Callable[[int, int], None] | None = None,
+) -> Listing:
+    """List the prefix once (the client pages through it) and keep this replay's metrics files.
+
+    With ``match_glob`` GCS is asked for the metrics files only; each name is
+    still checked here with the function's own test (an emulator may ignore
+    the glob). Of those, the ones another shard takes and the ones not
+    updated after ``updated_after`` are only counted. Stops early, with what
+    it has, once ``stop()`` is true. ``on_listing`` gets (listed, kept) every
+    LISTING_REPORT_EVERY objects: listing a big bucket takes a while and
+    should not look like a hang.
+    """
+    from google.api_core.retry import Retry
+    from google.cloud.storage.retry import DEFAULT_RETRY
+
+    found = Listing(match_glob=metrics_glob(settings.metrics_filename) if match_glob else None)
+    # The client's default retry budget is 120 s per page: an unreachable
+    # endpoint would look like a hang. Bound it by GCS_TIMEOUT_SECONDS instead.
+    retry: Retry = DEFAULT_RETRY.with_timeout(settings.gcs_timeout)
+    extra = {"match_glob": found.match_glob} if found.match_glob else {}
+    pages = client.list_blobs(
+        target.bucket, prefix=target.prefix or None, timeout=settings.gcs_timeout, retry=retry, **extra
+    )
+    for blob in pages:
+        if stop():
+            break
+        found.listed += 1
+        if is_metrics_object(blob.name, settings):
+            if shard is not None and not shard.takes(blob.name):
+                found.other_shards += 1
+            elif updated_after is not None and not _updated_after(blob._properties, updated_after):
+                found.outside_since += 1
+            else:
+                # The listing gives the same object resource the finalize event carries.
+                found.refs.append(ObjectRef.from_resource(blob._properties))
+        if on_listing is not None and found.listed % LISTING_REPORT_EVERY == 0:
+            on_listing(found.listed, len(found.refs))
+    return found
+
+
 def list_metrics_objects(
     client: Any,
     target: GcsTarget,
@@ -257,34 +463,26 @@ def list_metrics_objects(
     stop: Callable[[], bool] = lambda: False,
     on_listing: Callable[[int, int], None] | None = None,
 ) -> tuple[int, list[ObjectRef]]:
-    """List the prefix (the client pages through it) and keep the metrics files.
+    """(objects listed, every metrics file under the prefix): :func:`list_objects` without shard or window."""
+    found = list_objects(client, target, settings, stop=stop, on_listing=on_listing)
+    return found.listed, found.refs
 
-    Returns (objects listed, metrics objects as ObjectRefs in name order);
-    stops early, with what it has, once ``stop()`` is true. ``on_listing``
-    gets (listed, matched) every LISTING_REPORT_EVERY objects: listing a big
-    bucket takes a while and should not look like a hang.
-    """
-    from google.api_core.retry import Retry
-    from google.cloud.storage.retry import DEFAULT_RETRY
 
-    listed = 0
-    refs: list[ObjectRef] = []
-    # The client's default retry budget is 120 s per page: an unreachable
-    # endpoint would look like a hang. Bound it by GCS_TIMEOUT_SECONDS instead.
-    retry: Retry = DEFAULT_RETRY.with_timeout(settings.gcs_timeout)
-    pages = client.list_blobs(
-        target.bucket, prefix=target.prefix or None, timeout=settings.gcs_timeout, retry=retry
-    )
-    for blob in pages:
-        if stop():
-            break
-        listed += 1
-        if is_metrics_object(blob.name, settings):
-            # The listing gives the same object resource the finalize event carries.
-            refs.append(ObjectRef.from_resource(blob._properties))
-        if on_listing is not None and listed % LISTING_REPORT_EVERY == 0:
-            on_listing(listed, len(refs))
-    return listed, refs
+def _updated_after(resource: Mapping[str, Any], after: dt.datetime) -> bool:
+    """Whether the object resource's ``updated`` time is at or after ``after``.
+
+    An object without a readable time is kept: replaying it costs a
+    duplicate at worst, skipping it could lose it."""
+    raw = resource.get("updated") or resource.get("timeCreated")
+    if not isinstance(raw, str):
+        return True
+    try:
+        updated = dt.datetime.fromisoformat(raw.replace("Z", "+00:00"))
+    except ValueError:
+        return True
+    if updated.tzinfo is None:
+        updated = updated.replace(tzinfo=dt.timezone.utc)
+    return updated >= after
 
 
 class _Interrupt:
@@ -345,14 +543,30 @@ def run_replay(
         force=options.force,
         workers=options.workers,
         run_id=uuid.uuid4().hex[:12],
+        shard=options.shard,
+        since=options.since,
     )
     started = time.perf_counter()
+    updated_after = None if options.since is None else dt.datetime.now(dt.timezone.utc) - options.since
     with _Interrupt() as interrupt:
         stop_events = [interrupt.event] + ([stop] if stop is not None else [])
-        listed, refs = list_metrics_objects(
-            client, options.target, settings, stop=lambda: any(e.is_set() for e in stop_events), on_listing=on_listing
+        found = list_objects(
+            client,
+            options.target,
+            settings,
+            shard=options.shard,
+            updated_after=updated_after,
+            match_glob=options.match_glob,
+            stop=lambda: any(e.is_set() for e in stop_events),
+            on_listing=on_listing,
         )
+        listed, refs = found.listed, found.refs
         report.listed, report.matched = listed, len(refs)
+        report.other_shards, report.outside_since, report.match_glob = (
+            found.other_shards,
+            found.outside_since,
+            found.match_glob,
+        )
         stopped_while_listing = any(e.is_set() for e in stop_events)
         if on_listed is not None:
             on_listed(listed, len(refs))
@@ -420,9 +634,9 @@ def _ingest_one(ref: ObjectRef, options: ReplayOptions, settings: Settings, clie
             client=client,
         )
     except TransientError as exc:
-        return ObjectOutcome(ref, "failed", f"transient fault after {options.attempts} tries: {exc}")
+        return ObjectOutcome(ref, "failed", one_line(f"transient fault after {options.attempts} tries: {exc}"))
     except Exception as exc:  # noqa: BLE001 - one broken object must not stop a backfill; it is reported
-        return ObjectOutcome(ref, "failed", f"{type(exc).__name__}: {exc}")
+        return ObjectOutcome(ref, "failed", one_line(f"{type(exc).__name__}: {exc}"))
     return ObjectOutcome(ref, result.outcome, result.reason, result)
 
 
@@ -460,7 +674,8 @@ def make_storage_client(workers: int = 4) -> Any:
 
         # The default pool (10) would make threads wait for a connection and
         # log "Connection pool is full" warnings beyond 10 workers.
-        adapter = requests.adapters.HTTPAdapter(pool_connections=4, pool_maxsize=max(10, workers + 2))
+        # (urllib3 pre-fills the pool's queue to its size: bounded by MAX_WORKERS.)
+        adapter = requests.adapters.HTTPAdapter(pool_connections=4, pool_maxsize=max(10, min(workers, MAX_WORKERS) + 2))
         client._http.mount("https://", adapter)
         client._http.mount("http://", adapter)
     except AttributeError:  # a client without a requests session: keep its defaults
@@ -512,7 +727,31 @@ def check_database(settings: Settings) -> None:
 
 
 def _first_line(exc: BaseException) -> str:
-    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    return _clip((str(exc).strip().splitlines() or [type(exc).__name__])[0], LINE_REASON_CHARS)
+
+
+def _clip(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "\u2026"
+
+
+def one_line(text: str | None, limit: int = LINE_REASON_CHARS) -> str:
+    r"""``text`` as one line for people: every run of white space (newlines
+    included: PostgreSQL's ``LINE 1:`` excerpt and its caret) becomes one
+    space, and more than ``limit`` characters are clipped with an ellipsis.
+
+    >>> one_line('syntax error at "x"\nLINE 1: SELECT x\n               ^')
+    'syntax error at "x" LINE 1: SELECT x ^'
+    """
+    return _clip(" ".join((text or "").split()), limit)
+
+
+def format_duration(delta: dt.timedelta) -> str:
+    """A timedelta in the largest whole unit --since accepts: ``72h``, ``3d``, ``90s``."""
+    seconds = int(delta.total_seconds())
+    for unit in ("d", "h", "m"):
+        if seconds % _UNIT_SECONDS[unit] == 0 and seconds >= _UNIT_SECONDS[unit]:
+            return f"{seconds // _UNIT_SECONDS[unit]}{unit}"
+    return f"{seconds}s"
 
 
 # ---------------------------------------------------------------- output
@@ -528,16 +767,22 @@ def format_line(outcome: ObjectOutcome, dry_run: bool) -> str:
         if result.epochs is not None:
             line += f" ({result.epochs} epochs)"
     if outcome.reason:
-        line += f": {outcome.reason}"
+        line += f": {one_line(outcome.reason)}"
     return line
 
 
 def format_summary(report: ReplayReport) -> str:
     """The summary table by outcome, then every rejection and failure with its reason."""
     mode = "dry run of" if report.dry_run else "replay of"
+    scope = f" ({report.scope})" if report.scope else ""
+    skipped = []
+    if report.shard is not None:
+        skipped.append(f"{report.other_shards} in other shards")
+    if report.since is not None:
+        skipped.append(f"{report.outside_since} not updated within {format_duration(report.since)}, skipped")
     lines = [
-        f"{mode} {report.target.uri}: {report.matched} metrics files "
-        f"(of {report.listed} objects listed), {len(report.outcomes)} processed "
+        f"{mode} {_clip(report.target.uri, 200)}{scope}: {report.matched} metrics files "
+        f"(of {report.listed} objects listed{''.join('; ' + s for s in skipped)}), {len(report.outcomes)} processed "
         f"in {report.duration_s:.1f} s with {report.workers} worker(s)"
         + (", --force" if report.force else "")
         + ("" if report.dry_run else f"; run id {report.run_id} (event_id 'replay:{report.run_id}:N' in the records)"),
@@ -553,7 +798,7 @@ def format_summary(report: ReplayReport) -> str:
     if bad:
         lines += ["", "Rejected or failed (fix the file and upload it again, or rerun):"]
         for o in sorted(bad, key=lambda o: o.ref.name):
-            lines.append(f"  {o.outcome:<9}{o.uri}: {o.reason}")
+            lines.append(f"  {o.outcome:<9}{o.uri}: {one_line(o.reason)}")
     if report.interrupted:
         lines += [
             "",
@@ -624,16 +869,25 @@ def _jsonable(data: Any) -> Any:
 
 __all__ = [
     "GcsTarget",
+    "Listing",
     "ObjectOutcome",
     "Progress",
     "ReplayOptions",
     "ReplayReport",
     "SetupError",
+    "Shard",
     "UsageError",
     "check_database",
+    "format_duration",
     "format_summary",
     "list_metrics_objects",
+    "list_objects",
     "make_storage_client",
+    "metrics_glob",
+    "one_line",
+    "parse_duration",
     "parse_gs_uri",
+    "parse_shard",
     "run_replay",
+    "shard_from_env",
 ]

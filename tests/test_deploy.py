@@ -41,13 +41,94 @@ TEARDOWN_FLAGS = [
 MLFLOW_SA = f"mlflow-server@{PROJECT}.iam.gserviceaccount.com"
 
 
-def expected_deploy(source: Path, *, location: str, agent: str) -> list[list[str]]:
-    """What a first deploy runs, in order (read-only checks and lookups included)."""
+INSTANCE_CONDITION = (
+    'expression=resource.name == "projects/ml-platform-prod/instances/platform-db"'
+    ' && resource.type == "sqladmin.googleapis.com/Instance",title=only platform-db'
+)
+JOB = "metrics-ingest-reconcile"
+JOB_SA = f"metrics-ingest-reconcile@{PROJECT}.iam.gserviceaccount.com"
+SCHEDULER_SA = f"metrics-ingest-scheduler@{PROJECT}.iam.gserviceaccount.com"
+METRIC = "ingest_training_metrics_outcomes"
+POLICIES = {
+    "alert-rejected-or-error.json": "ingest-training-metrics: files rejected or ingestion errors",
+    "alert-retry-rate.json": "ingest-training-metrics: sustained ingestion retries",
+    "alert-reconcile-failed.json": "metrics-ingest-reconcile: reconciliation execution failed",
+}
+DB_URL = f"DATABASE_URL=host=/cloudsql/{CONNECTION} dbname=platform user=metrics_ingest_fn"
+
+
+def cloudsql_grant(member: str) -> list[list[str]]:
+    """roles/cloudsql.client on the one instance, then the check for an old unconditional grant."""
     return [
+        ["projects", "add-iam-policy-binding", PROJECT, f"--member=serviceAccount:{member}",
+         "--role=roles/cloudsql.client", f"--condition={INSTANCE_CONDITION}"],
+        ["projects", "get-iam-policy", PROJECT, "--flatten=bindings[].members",
+         f"--filter=bindings.role=roles/cloudsql.client AND bindings.members=serviceAccount:{member}"
+         " AND NOT bindings.condition:*", "--format=value(bindings.role)"],
+    ]
+
+
+def expected_reconcile(*, tasks: int = 1) -> list[list[str]]:
+    """What the reconciliation part of a first deploy runs."""
+    return [
+        ["iam", "service-accounts", "list", f"--project={PROJECT}", f"--filter=email={JOB_SA}", "--format=value(email)"],
+        ["iam", "service-accounts", "create", "metrics-ingest-reconcile", f"--project={PROJECT}",
+         "--display-name=Training metrics reconciliation job (runtime)"],
+        ["iam", "service-accounts", "list", f"--project={PROJECT}", f"--filter=email={SCHEDULER_SA}",
+         "--format=value(email)"],
+        ["iam", "service-accounts", "create", "metrics-ingest-scheduler", f"--project={PROJECT}",
+         "--display-name=Training metrics reconciliation (Cloud Scheduler)"],
+        ["secrets", "add-iam-policy-binding", "metrics-ingest-db-password", f"--project={PROJECT}",
+         f"--member=serviceAccount:{JOB_SA}", "--role=roles/secretmanager.secretAccessor"],
+        *cloudsql_grant(JOB_SA),
+        ["storage", "buckets", "add-iam-policy-binding", f"gs://{BUCKET}", f"--member=serviceAccount:{JOB_SA}",
+         "--role=roles/storage.objectViewer"],
+        ["run", "jobs", "deploy", JOB, f"--project={PROJECT}", f"--region={REGION}", f"--source={REPO}",
+         f"--tasks={tasks}", f"--parallelism={tasks}", "--task-timeout=3600s", "--max-retries=1", "--memory=2Gi",
+         "--cpu=1", f"--service-account={JOB_SA}", f"--set-cloudsql-instances={CONNECTION}",
+         "--set-secrets=PGPASSWORD=metrics-ingest-db-password:latest",
+         f"--set-env-vars={DB_URL},QUICKTEST_TABLE=ml_platform_quicktest,METRICS_FILENAME=training_metrics.json,"
+         f"MAX_METRICS_BYTES=67108864,PGAPPNAME={JOB},PGCONNECT_TIMEOUT=10",
+         f"--args=replay,gs://{BUCKET},--since,72h,--workers,4,--verbose", "--quiet"],
+        ["run", "jobs", "add-iam-policy-binding", JOB, f"--project={PROJECT}", f"--region={REGION}",
+         f"--member=serviceAccount:{SCHEDULER_SA}", "--role=roles/run.invoker"],
+        ["scheduler", "jobs", "list", f"--project={PROJECT}", f"--location={REGION}",
+         f"--filter=name=projects/{PROJECT}/locations/{REGION}/jobs/{JOB}-nightly", "--format=value(name)"],
+        ["scheduler", "jobs", "create", "http", f"{JOB}-nightly", f"--project={PROJECT}", f"--location={REGION}",
+         "--schedule=30 3 * * *", "--time-zone=Etc/UTC",
+         f"--uri=https://run.googleapis.com/v2/projects/{PROJECT}/locations/{REGION}/jobs/{JOB}:run",
+         "--http-method=POST", f"--oauth-service-account-email={SCHEDULER_SA}", "--attempt-deadline=180s"],
+    ]
+
+
+def expected_alerts(config: Path, *, reconcile: bool = True) -> list[list[str]]:
+    """What the alerting part of a first deploy runs (the files are in ``config``)."""
+    calls = [
+        ["logging", "metrics", "list", f"--project={PROJECT}", f"--filter=name={METRIC}", "--format=value(name)"],
+        ["logging", "metrics", "create", METRIC, f"--project={PROJECT}", f"--config-from-file={config}/log-metric.json"],
+    ]
+    for file, display in POLICIES.items():
+        if file == "alert-reconcile-failed.json" and not reconcile:
+            continue
+        calls += [
+            ["alpha", "monitoring", "policies", "list", f"--project={PROJECT}", f'--filter=displayName="{display}"',
+             "--format=value(name)"],
+            ["alpha", "monitoring", "policies", "create", f"--project={PROJECT}",
+             f"--policy-from-file={config}/{file}"],
+        ]
+    return calls
+
+
+def expected_deploy(
+    source: Path, *, location: str, agent: str, config: Path, reconcile: bool = True, alerts: bool = True
+) -> list[list[str]]:
+    """What a first deploy runs, in order (read-only checks and lookups included)."""
+    function = [
         ["services", "enable", "cloudfunctions.googleapis.com", "run.googleapis.com",
          "cloudbuild.googleapis.com", "artifactregistry.googleapis.com", "eventarc.googleapis.com",
          "pubsub.googleapis.com", "storage.googleapis.com", "sqladmin.googleapis.com",
-         "secretmanager.googleapis.com", "iam.googleapis.com", "logging.googleapis.com", f"--project={PROJECT}"],
+         "secretmanager.googleapis.com", "iam.googleapis.com", "logging.googleapis.com",
+         "cloudscheduler.googleapis.com", "monitoring.googleapis.com", f"--project={PROJECT}"],
         ["iam", "service-accounts", "list", f"--project={PROJECT}", f"--filter=email={RUNTIME_SA}",
          "--format=value(email)"],
         ["iam", "service-accounts", "create", "metrics-ingest-runtime", f"--project={PROJECT}",
@@ -58,10 +139,11 @@ def expected_deploy(source: Path, *, location: str, agent: str) -> list[list[str
          "--display-name=Training metrics ingestion function (Eventarc trigger)"],
         ["secrets", "add-iam-policy-binding", "metrics-ingest-db-password", f"--project={PROJECT}",
          f"--member=serviceAccount:{RUNTIME_SA}", "--role=roles/secretmanager.secretAccessor"],
-        ["projects", "add-iam-policy-binding", PROJECT, f"--member=serviceAccount:{RUNTIME_SA}",
-         "--role=roles/cloudsql.client", "--condition=None"],
+        *cloudsql_grant(RUNTIME_SA),
         ["storage", "buckets", "add-iam-policy-binding", f"gs://{BUCKET}", f"--member=serviceAccount:{RUNTIME_SA}",
-         "--role=roles/storage.objectViewer"],
+         "--role=roles/storage.legacyObjectReader"],
+        ["storage", "buckets", "get-iam-policy", f"gs://{BUCKET}", "--flatten=bindings[].members",
+         "--format=csv[no-heading](bindings.role,bindings.members)"],
         ["projects", "add-iam-policy-binding", PROJECT, f"--member=serviceAccount:{TRIGGER_SA}",
          "--role=roles/eventarc.eventReceiver", "--condition=None"],
         ["storage", "service-agent", f"--project={PROJECT}"],
@@ -75,8 +157,9 @@ def expected_deploy(source: Path, *, location: str, agent: str) -> list[list[str
          f"--trigger-service-account={TRIGGER_SA}", "--retry", f"--service-account={RUNTIME_SA}",
          "--no-allow-unauthenticated", "--ingress-settings=internal-only", "--memory=1Gi", "--cpu=1",
          "--timeout=300s", "--concurrency=8", "--max-instances=10",
-         f"--set-env-vars=DATABASE_URL=host=/cloudsql/{CONNECTION} dbname=platform user=metrics_ingest_fn,"
+         f"--set-env-vars={DB_URL},"
          "QUICKTEST_TABLE=ml_platform_quicktest,METRICS_FILENAME=training_metrics.json,"
+         "MAX_METRICS_BYTES=67108864,DB_POOL_SIZE=8,"
          "PGAPPNAME=ingest-training-metrics,PGCONNECT_TIMEOUT=10",
          "--set-secrets=PGPASSWORD=metrics-ingest-db-password:latest"],
         ["functions", "add-invoker-policy-binding", "ingest-training-metrics", f"--project={PROJECT}",
@@ -86,13 +169,18 @@ def expected_deploy(source: Path, *, location: str, agent: str) -> list[list[str
         ["run", "services", "update", "ingest-training-metrics", f"--project={PROJECT}", f"--region={REGION}",
          f"--add-cloudsql-instances={CONNECTION}"],
     ]
+    return (
+        function
+        + (expected_reconcile() if reconcile else [])
+        + (expected_alerts(config, reconcile=reconcile) if alerts else [])
+    )
 
 
-READ_ONLY = ("list", "describe", "service-agent")
+READ_ONLY = ("list", "describe", "service-agent", "get-iam-policy")
 
 
 def is_read_only(argv: list[str]) -> bool:
-    return any(word in READ_ONLY for word in argv[:3])
+    return any(word in READ_ONLY for word in argv[:4])
 
 
 @dataclass
@@ -122,6 +210,10 @@ class Cloud:
     def set_state(self, state: dict) -> None:
         self.state_file.write_text(json.dumps(state))
 
+    @property
+    def config(self) -> Path:
+        return Path(self.env["DEPLOY_CONFIG_DIR"])
+
     def run(self, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
         self.log.unlink(missing_ok=True)
         return subprocess.run(
@@ -147,6 +239,7 @@ def cloud(tmp_path: Path) -> Cloud:
         PATH=f"{FAKE_GCLOUD_DIR}{os.pathsep}{psql_path().parent}{os.pathsep}{env['PATH']}",
         FAKE_GCLOUD_LOG=str(tmp_path / "gcloud-calls.jsonl"),
         FAKE_GCLOUD_STATE=str(tmp_path / "cloud.json"),
+        DEPLOY_CONFIG_DIR=str(tmp_path / "monitoring"),
     )
     result = Cloud(tmp_path, env, source)
     result.set_state({"bucket_locations": {BUCKET: "EUROPE-CENTRAL2"}, "project_number": "123456789012"})
@@ -171,7 +264,8 @@ def test_dry_run_prints_the_exact_commands_in_order_and_runs_none(cloud: Cloud) 
     assert done.returncode == 0, done.stderr
     runs, everything = dry_run_commands(done.stdout)
     expected = [["gcloud", *argv] for argv in
-                expected_deploy(cloud.source, location="BUCKET_LOCATION", agent="GCS_SERVICE_AGENT")]
+                expected_deploy(cloud.source, location="BUCKET_LOCATION", agent="GCS_SERVICE_AGENT",
+                                config=cloud.config)]
     assert everything == expected
     assert runs == [argv for argv in expected if not is_read_only(argv[1:])]
     assert "assumed absent" in done.stdout and done.stdout.startswith("# dry run")
@@ -182,7 +276,7 @@ def test_run_issues_the_dry_run_commands_then_a_rerun_creates_nothing(cloud: Clo
     """With the fake cloud, the commands run are the dry run's, and a second run creates nothing already there."""
     first = cloud.run(*REQUIRED_FLAGS, "--source", str(cloud.source))
     assert first.returncode == 0, first.stderr
-    expected = expected_deploy(cloud.source, location="europe-central2", agent=GCS_AGENT)
+    expected = expected_deploy(cloud.source, location="europe-central2", agent=GCS_AGENT, config=cloud.config)
     assert cloud.calls() == expected
     # Commands are logged (stderr) as they run: no password anywhere, only the secret's name.
     assert "+ gcloud functions deploy ingest-training-metrics" in first.stderr
@@ -190,10 +284,27 @@ def test_run_issues_the_dry_run_commands_then_a_rerun_creates_nothing(cloud: Clo
     second = cloud.run(*REQUIRED_FLAGS, "--source", str(cloud.source))
     assert second.returncode == 0, second.stderr
     calls = cloud.calls()
-    assert not [c for c in calls if "create" in c[:3] or c[:3] == ["run", "services", "update"]]
-    # Everything else is declarative and issued again, unchanged.
-    assert calls == [c for c in expected if "create" not in c[:3] and c[:3] != ["run", "services", "update"]]
+    assert not [c for c in calls if "create" in c[:4] or c[:3] == ["run", "services", "update"]]
+    assert calls == second_run(expected)
     assert "already attached" in second.stderr
+
+
+def second_run(first: list[list[str]]) -> list[list[str]]:
+    """A re-run against what the first run made: nothing created; the scheduler job, the log metric
+    and the policies updated; the declarative rest issued again, unchanged."""
+    policy_names = iter(f"projects/{PROJECT}/alertPolicies/{i}" for i in range(1, 4))
+    calls = []
+    for call in first:
+        if call[:3] in (["iam", "service-accounts", "create"], ["run", "services", "update"]):
+            continue
+        if call[:3] == ["scheduler", "jobs", "create"]:
+            call = ["scheduler", "jobs", "update", *call[3:]]
+        elif call[:3] == ["logging", "metrics", "create"]:
+            call = ["logging", "metrics", "update", *call[3:]]
+        elif call[:4] == ["alpha", "monitoring", "policies", "create"]:
+            call = ["alpha", "monitoring", "policies", "update", next(policy_names), *call[4:]]
+        calls.append(call)
+    return calls
 
 
 def test_existing_resources_are_not_created(cloud: Cloud) -> None:
@@ -203,7 +314,7 @@ def test_existing_resources_are_not_created(cloud: Cloud) -> None:
         "service_accounts": [RUNTIME_SA, TRIGGER_SA],
         "run_services": {"ingest-training-metrics": {"cloudsql_instances": ["other:europe-west1:db", CONNECTION]}},
     })
-    done = cloud.run(*REQUIRED_FLAGS, "--source", str(cloud.source))
+    done = cloud.run(*REQUIRED_FLAGS, "--source", str(cloud.source), "--no-reconcile", "--no-alerts")
     assert done.returncode == 0, done.stderr
     calls = cloud.calls()
     assert [c[:3] for c in calls if "create" in c or "update" in c] == []
@@ -233,7 +344,11 @@ def test_environment_variables_configure_like_flags(cloud: Cloud) -> None:
         ("--trigger-sa", "DEPLOY_TRIGGER_SA"), ("--dry-run", "DEPLOY_DRY_RUN"),
         ("--mlflow-service", "DEPLOY_MLFLOW_SERVICE"), ("--mlflow-sql-instance", "DEPLOY_MLFLOW_SQL_INSTANCE"),
         ("--mlflow-build-trigger", "DEPLOY_MLFLOW_BUILD_TRIGGER"), ("--yes", "DEPLOY_YES"),
-        ("--force", "DEPLOY_FORCE"),
+        ("--force", "DEPLOY_FORCE"), ("--no-reconcile", "DEPLOY_NO_RECONCILE"), ("--no-alerts", "DEPLOY_NO_ALERTS"),
+        ("--reconcile-tasks", "DEPLOY_RECONCILE_TASKS"), ("--reconcile-since", "DEPLOY_RECONCILE_SINCE"),
+        ("--schedule", "DEPLOY_SCHEDULE"), ("--time-zone", "DEPLOY_TIME_ZONE"),
+        ("--notification-channel", "DEPLOY_NOTIFICATION_CHANNEL"), ("--max-metrics-bytes", "DEPLOY_MAX_METRICS_BYTES"),
+        ("--db-pool-size", "DEPLOY_DB_POOL_SIZE"), ("--db-max-connections", "DEPLOY_DB_MAX_CONNECTIONS"),
     ]:
         line = next(line for line in help_text.splitlines() if line.strip().startswith(flag + " "))
         assert variable in line, (flag, line)
@@ -280,6 +395,45 @@ BAD_SETTINGS = {
     "fractional cpu with concurrency": (REQUIRED_FLAGS + ["--cpu", "0.5"], {},
                                         "--concurrency (DEPLOY_CONCURRENCY) above 1 needs --cpu (DEPLOY_CPU) of at least 1"),
     "misspelt flag": (REQUIRED_FLAGS + ["--bukket", "x"], {}, "unknown argument '--bukket'"),
+    # Values of the right shape that gcloud or the API would refuse only after the build.
+    "timeout beyond an event function's 540s": (REQUIRED_FLAGS + ["--timeout", "99999s"], {},
+                                               "--timeout (DEPLOY_TIMEOUT) must be at most 540s"),
+    "memory of 1Mi": (REQUIRED_FLAGS + ["--memory", "1Mi"], {}, "--memory (DEPLOY_MEMORY) must be from 128Mi to 32Gi"),
+    "zero cpu": (REQUIRED_FLAGS + ["--cpu", "0.0", "--concurrency", "1"], {}, "--cpu (DEPLOY_CPU) must be from 0.083 to 8"),
+    "20-digit concurrency": (REQUIRED_FLAGS + ["--concurrency", "9" * 20], {},
+                             "--concurrency (DEPLOY_CONCURRENCY) must be a whole number from 1 to 1000"),
+    "memory below the memory budget": (REQUIRED_FLAGS + ["--memory", "512Mi"], {},
+                                       "--memory (DEPLOY_MEMORY) 512Mi is below the 1024Mi the function's memory budget needs"),
+    "bigger files need more memory": (REQUIRED_FLAGS, {"DEPLOY_MAX_METRICS_BYTES": str(128 * 2**20)},
+                                      "is below the 1792Mi the function's memory budget needs for --max-metrics-bytes"),
+    "pool size zero": (REQUIRED_FLAGS + ["--db-pool-size", "0"], {},
+                       "--db-pool-size (DEPLOY_DB_POOL_SIZE) must be a whole number from 1 to 100"),
+    "too many connections": (REQUIRED_FLAGS + ["--db-max-connections", "80", "--reconcile-tasks", "4"], {},
+                             "--max-instances 10 x --db-pool-size 8 + --reconcile-tasks 4 x --reconcile-workers 4 = 96"
+                             " database connections, over --db-max-connections (DEPLOY_DB_MAX_CONNECTIONS) 80"),
+    "metrics filename with a slash": (REQUIRED_FLAGS + ["--metrics-filename", "a/training_metrics.json"], {},
+                                      "--metrics-filename (DEPLOY_METRICS_FILENAME) must be a file base name"),
+    "metrics filename ..": (REQUIRED_FLAGS + ["--metrics-filename", ".."], {},
+                            "--metrics-filename (DEPLOY_METRICS_FILENAME) must be a file base name"),
+    "empty metrics filename": (REQUIRED_FLAGS + ["--metrics-filename="], {},
+                               "--metrics-filename (DEPLOY_METRICS_FILENAME) must be a file base name"),
+    "trigger account is the runtime account": (
+        REQUIRED_FLAGS + ["--trigger-sa", RUNTIME_SA], {},
+        "--trigger-sa (DEPLOY_TRIGGER_SA) must not be the runtime account (--runtime-sa)"),
+    "job account is the function's": (REQUIRED_FLAGS + ["--reconcile-sa", "metrics-ingest-runtime"], {},
+                                      "--reconcile-sa must be an account of its own"),
+    "since without unit": (REQUIRED_FLAGS + ["--reconcile-since", "72"], {},
+                           "--reconcile-since (DEPLOY_RECONCILE_SINCE) must be a duration"),
+    "zero tasks": (REQUIRED_FLAGS, {"DEPLOY_RECONCILE_TASKS": "0"},
+                   "--reconcile-tasks (DEPLOY_RECONCILE_TASKS) must be a whole number from 1 to 10000"),
+    "absurd workers": (REQUIRED_FLAGS + ["--reconcile-workers", "1000000000"], {},
+                       "--reconcile-workers (DEPLOY_RECONCILE_WORKERS) must be a whole number from 1 to 256"),
+    "prefix with a comma": (REQUIRED_FLAGS + ["--reconcile-prefix", "a,b"], {},
+                            "--reconcile-prefix (DEPLOY_RECONCILE_PREFIX) must be an object-name prefix"),
+    "schedule with four fields": (REQUIRED_FLAGS + ["--schedule", "30 3 * *"], {},
+                                  "--schedule (DEPLOY_SCHEDULE) must be five cron fields"),
+    "channel by id only": (REQUIRED_FLAGS + ["--notification-channel", "12345"], {},
+                           "--notification-channel (DEPLOY_NOTIFICATION_CHANNEL) must be a channel name"),
     "flag without value": (REQUIRED_FLAGS + ["--region"], {}, "--region needs a value"),
     "teardown without instance": (without(TEARDOWN_FLAGS, "--mlflow-sql-instance"), {},
                                   "--mlflow-sql-instance (DEPLOY_MLFLOW_SQL_INSTANCE) is required"),
@@ -298,6 +452,8 @@ def test_bad_settings_fail_before_any_gcloud_call(cloud: Cloud, args: list[str],
     done = cloud.run(*args, env=env)
     assert done.returncode == 2
     assert message in done.stderr
+    # One line for the problem, one pointing at --help.
+    assert len(done.stderr.splitlines()) == 2, done.stderr
     assert cloud.calls() == []
 
 
@@ -307,6 +463,173 @@ def test_source_folder_without_the_function_is_refused(cloud: Cloud, tmp_path: P
     assert done.returncode == 2
     assert "--source (DEPLOY_SOURCE) must be the function's folder with main.py" in done.stderr
     assert cloud.calls() == []
+
+
+def iam_grants(calls: list[list[str]], member: str) -> set[tuple[str, ...]]:
+    """(command, resource, role[, condition]) of every IAM grant ``member`` receives in ``calls``."""
+    grants = set()
+    for call in calls:
+        words = [w for w in call if not w.startswith("-")]
+        flags = dict(w[2:].split("=", 1) for w in call if w.startswith("--") and "=" in w)
+        if any(w.endswith("add-iam-policy-binding") for w in words) and flags.get("member") == member:
+            command = " ".join(words[:-1])
+            grants.add((command, words[-1], flags["role"], *([flags["condition"]] if "condition" in flags else [])))
+    return grants
+
+
+def test_each_account_gets_only_its_roles(cloud: Cloud) -> None:
+    """The function reads objects without listing, the job lists and reads that bucket only, both reach the
+    one Cloud SQL instance only, and the scheduler may run that job only."""
+    done = cloud.run(*REQUIRED_FLAGS, "--source", str(cloud.source), "--dry-run")
+    assert done.returncode == 0, done.stderr
+    runs = [argv[1:] for argv in dry_run_commands(done.stdout)[0]]
+    assert iam_grants(runs, f"serviceAccount:{RUNTIME_SA}") == {
+        ("secrets add-iam-policy-binding", "metrics-ingest-db-password", "roles/secretmanager.secretAccessor"),
+        ("projects add-iam-policy-binding", PROJECT, "roles/cloudsql.client", INSTANCE_CONDITION),
+        ("storage buckets add-iam-policy-binding", f"gs://{BUCKET}", "roles/storage.legacyObjectReader"),
+    }
+    assert iam_grants(runs, f"serviceAccount:{JOB_SA}") == {
+        ("secrets add-iam-policy-binding", "metrics-ingest-db-password", "roles/secretmanager.secretAccessor"),
+        ("projects add-iam-policy-binding", PROJECT, "roles/cloudsql.client", INSTANCE_CONDITION),
+        ("storage buckets add-iam-policy-binding", f"gs://{BUCKET}", "roles/storage.objectViewer"),
+    }
+    assert iam_grants(runs, f"serviceAccount:{SCHEDULER_SA}") == {
+        ("run jobs add-iam-policy-binding", JOB, "roles/run.invoker"),
+    }
+    job = next(c for c in runs if c[:3] == ["run", "jobs", "deploy"])
+    assert f"--service-account={JOB_SA}" in job
+    scheduler = next(c for c in runs if c[:3] == ["scheduler", "jobs", "create"])
+    assert f"--oauth-service-account-email={SCHEDULER_SA}" in scheduler
+
+
+def test_grants_of_an_earlier_deploy_are_taken_back(cloud: Cloud) -> None:
+    """A project-wide cloudsql.client and a listing objectViewer left by the previous deploy.sh are removed;
+    the instance-bound grant and the get-only role stay."""
+    member = f"serviceAccount:{RUNTIME_SA}"
+    cloud.set_state({
+        "bucket_locations": {BUCKET: "EUROPE-CENTRAL2"},
+        "project_bindings": [[PROJECT, member, "roles/cloudsql.client", None]],
+        "bucket_bindings": {BUCKET: [["roles/storage.objectViewer", member]]},
+    })
+    done = cloud.run(*REQUIRED_FLAGS, "--source", str(cloud.source), "--no-reconcile", "--no-alerts")
+    assert done.returncode == 0, done.stderr
+    removes = [c for c in cloud.calls() if any(w.endswith("remove-iam-policy-binding") for w in c[:3])]
+    assert removes == [
+        ["projects", "remove-iam-policy-binding", PROJECT, f"--member={member}", "--role=roles/cloudsql.client",
+         "--condition=None"],
+        ["storage", "buckets", "remove-iam-policy-binding", f"gs://{BUCKET}", f"--member={member}",
+         "--role=roles/storage.objectViewer"],
+    ]
+    state = cloud.state()
+    assert [b for b in state["project_bindings"] if b[1] == member] == [
+        [PROJECT, member, "roles/cloudsql.client", "only platform-db"]]
+    assert state["bucket_bindings"][BUCKET] == [["roles/storage.legacyObjectReader", member]]
+
+
+def test_no_reconcile_and_no_alerts_emit_none_of_it(cloud: Cloud) -> None:
+    """--no-reconcile leaves out the job, the schedule, their accounts and the job's alert; --no-alerts
+    leaves out the metric and the policies; with both, only the function is deployed."""
+    def runs(*extra: str) -> list[list[str]]:
+        done = cloud.run(*REQUIRED_FLAGS, "--source", str(cloud.source), "--dry-run", *extra)
+        assert done.returncode == 0, done.stderr
+        return [argv[1:] for argv in dry_run_commands(done.stdout)[1]]
+
+    everything = runs()
+    assert any(c[:3] == ["run", "jobs", "deploy"] for c in everything)
+    no_job = runs("--no-reconcile")
+    assert not [c for c in no_job if c[:2] in (["run", "jobs"], ["scheduler", "jobs"]) or JOB in " ".join(c)
+                or any(JOB_SA in w or SCHEDULER_SA in w for w in c)]
+    assert no_job == expected_deploy(cloud.source, location="BUCKET_LOCATION", agent="GCS_SERVICE_AGENT",
+                                     config=cloud.config, reconcile=False)
+    no_alerts = runs("--no-alerts")
+    assert not [c for c in no_alerts if c[:2] == ["logging", "metrics"] or c[:1] == ["alpha"]]
+    function_only = runs("--no-reconcile", "--no-alerts")
+    assert function_only == expected_deploy(cloud.source, location="BUCKET_LOCATION", agent="GCS_SERVICE_AGENT",
+                                            config=cloud.config, reconcile=False, alerts=False)
+    by_env = cloud.run(*REQUIRED_FLAGS, "--source", str(cloud.source), "--dry-run",
+                       env={"DEPLOY_NO_RECONCILE": "1", "DEPLOY_NO_ALERTS": "1"})
+    assert [argv[1:] for argv in dry_run_commands(by_env.stdout)[1]] == function_only
+
+
+def test_monitoring_files_decode_as_the_apis_messages(cloud: Cloud) -> None:
+    """The log metric is a logging.v2 LogMetric whose one label extractor has its label; each policy is a
+    monitoring.v3 AlertPolicy on the right metric, with the notification channel when one is given."""
+    from google.cloud.logging_v2.types import LogMetric
+    from google.cloud.monitoring_v3.types import AlertPolicy
+    from google.protobuf import json_format
+
+    channel = f"projects/{PROJECT}/notificationChannels/1234567890"
+    done = cloud.run(*REQUIRED_FLAGS, "--source", str(cloud.source), "--dry-run", "--notification-channel", channel)
+    assert done.returncode == 0, done.stderr
+
+    def decode(name: str, message: type) -> object:
+        # ignore_unknown_fields=False: a misspelt field is an error, as the API makes it.
+        return json_format.Parse((cloud.config / name).read_text(), message.pb(message()))
+
+    metric = decode("log-metric.json", LogMetric)
+    assert metric.name == METRIC
+    assert [label.key for label in metric.metric_descriptor.labels] == list(metric.label_extractors) == ["outcome"]
+    assert metric.label_extractors["outcome"] == "EXTRACT(jsonPayload.outcome)"
+    assert 'resource.labels.service_name="ingest-training-metrics"' in metric.filter
+    assert f'resource.labels.job_name="{JOB}"' in metric.filter and "jsonPayload.outcome:*" in metric.filter
+
+    policies = {name: decode(name, AlertPolicy) for name in POLICIES}
+    for name, policy in policies.items():
+        assert policy.display_name == POLICIES[name]
+        assert list(policy.notification_channels) == [channel]
+        assert policy.documentation.content.count("First:") == 1  # what to do first, for whoever is paged
+    rejected = [c.condition_threshold.filter for c in policies["alert-rejected-or-error.json"].conditions]
+    assert len(rejected) == 2 and all(f"logging.googleapis.com/user/{METRIC}" in f for f in rejected)
+    assert all('outcome=one_of("rejected","error")' in f for f in rejected)
+    [retry] = policies["alert-retry-rate.json"].conditions
+    assert 'metric.label.outcome="retry"' in retry.condition_threshold.filter
+    assert retry.condition_threshold.duration.seconds == 1800  # sustained, not one blip
+    [failed] = policies["alert-reconcile-failed.json"].conditions
+    assert "run.googleapis.com/job/completed_execution_count" in failed.condition_threshold.filter
+    assert 'metric.label.result="failed"' in failed.condition_threshold.filter
+
+    without = cloud.run(*REQUIRED_FLAGS, "--source", str(cloud.source), "--dry-run")
+    assert without.returncode == 0
+    assert list(decode("alert-retry-rate.json", AlertPolicy).notification_channels) == []
+
+
+def test_a_policy_waits_for_a_new_log_metric(cloud: Cloud) -> None:
+    """While a just-created log metric is not yet visible to alerting ("Cannot find metric(s)"), creating the
+    policy is tried again after a wait instead of failing the deploy."""
+    cloud.set_state({"bucket_locations": {BUCKET: "EUROPE-CENTRAL2"}, "policy_metric_lag": 2})
+    done = cloud.run(*REQUIRED_FLAGS, "--source", str(cloud.source), "--no-reconcile",
+                     env={"DEPLOY_METRIC_WAIT_SECONDS": "0"})
+    assert done.returncode == 0, done.stderr
+    creates = [c for c in cloud.calls() if c[:4] == ["alpha", "monitoring", "policies", "create"]]
+    assert len(creates) == 4  # the first one three times, the second once
+    assert done.stderr.count("not visible to alerting yet") == 2
+    assert len(cloud.state()["alert_policies"]) == 2
+
+
+def test_memory_rule_matches_the_function_budget() -> None:
+    """deploy.sh's memory rule counts the same number of files in flight as functions/ingest/memory.py."""
+    from ingest import memory
+
+    text = DEPLOY.read_text()
+    assert f"readonly MEMORY_BUDGET_FILES={memory.BUDGET_FILES}\n" in text
+
+
+def test_job_image_runs_the_replay_without_the_dev_requirements(tmp_path: Path) -> None:
+    """The Dockerfile's entry point (python -m metrics_ingest, PYTHONPATH functions and the app folder) runs
+    `replay` from copies of functions/ and metrics_ingest/ alone, as the job's image holds them."""
+    for folder in ("functions", "metrics_ingest"):
+        shutil.copytree(REPO / folder, tmp_path / folder, ignore=shutil.ignore_patterns("__pycache__"))
+    dockerfile = (REPO / "Dockerfile").read_text()
+    assert 'ENTRYPOINT ["python", "-m", "metrics_ingest"]' in dockerfile
+    assert "PYTHONPATH=/app/functions:/app" in dockerfile
+    env = {**clean_env(), "PYTHONPATH": f"{tmp_path / 'functions'}{os.pathsep}{tmp_path}"}
+    done = subprocess.run([sys.executable, "-I", "-c", "import sys; sys.path[:0] = sys.argv[1].split(':');"
+                           " sys.argv = ['metrics-ingest', 'replay', '--help'];"
+                           " import runpy; runpy.run_module('metrics_ingest', run_name='__main__')",
+                           env["PYTHONPATH"]], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120,
+                          check=False)
+    assert done.returncode == 0, done.stderr
+    assert "--shard I/N" in done.stdout and "--since DURATION" in done.stdout
 
 
 def real_gcloud() -> str:
@@ -323,16 +646,33 @@ def test_every_command_is_accepted_by_the_real_gcloud_parser(cloud: Cloud, tmp_p
         [*REQUIRED_FLAGS, "--source", str(cloud.source), "--dry-run", "--bucket-location", "EU",
          "--runtime-sa", f"fn-runtime@{PROJECT}.iam.gserviceaccount.com", "--trigger-sa", "fn-trigger",
          "--db-password-secret", "pw:3", "--cpu", "0.5", "--concurrency", "1", "--function-name", "ingest"],
+        [*REQUIRED_FLAGS, "--source", str(cloud.source), "--dry-run", "--reconcile-prefix", "quick_tests/",
+         "--reconcile-since", "90s", "--reconcile-tasks", "16", "--reconcile-workers", "8", "--schedule", "*/30 1-5 * * 1",
+         "--time-zone", "Europe/Warsaw", "--notification-channel", f"projects/{PROJECT}/notificationChannels/42",
+         "--max-metrics-bytes", "1048576", "--memory", "512Mi", "--db-pool-size", "4"],
         [*TEARDOWN_FLAGS, "--dry-run", "--mlflow-service-account", MLFLOW_SA, "--mlflow-build-trigger-region",
          "europe-west1", "--final-backup-days", "90"],
     ):
         done = cloud.run(*args)
         assert done.returncode == 0, done.stderr
         commands += [argv[1:] for argv in dry_run_commands(done.stdout)[1] if argv[0] == "gcloud"]
+    # The commands only a re-run issues (updates) and those that take back an earlier deploy's grants.
+    member = f"serviceAccount:{RUNTIME_SA}"
+    cloud.set_state({
+        "bucket_locations": {BUCKET: "EUROPE-CENTRAL2"},
+        "project_bindings": [[PROJECT, member, "roles/cloudsql.client", None]],
+        "bucket_bindings": {BUCKET: [["roles/storage.objectViewer", member]]},
+    })
+    for _ in range(2):
+        done = cloud.run(*REQUIRED_FLAGS, "--source", str(cloud.source))
+        assert done.returncode == 0, done.stderr
+        commands += cloud.calls()
+    assert [c for c in commands if c[:3] == ["scheduler", "jobs", "update"]]
+    assert [c for c in commands if c[:2] == ["projects", "remove-iam-policy-binding"]]
     # One run per command shape (command and flag names) keeps this quick; every
-    # variant of the deploy itself is run, since its flag values are the ones gcloud checks.
+    # variant of the deploys themselves is run, since their flag values are the ones gcloud checks.
     def shape(argv: list[str]) -> tuple:
-        if argv[:2] == ["functions", "deploy"]:
+        if argv[:2] == ["functions", "deploy"] or argv[:3] in (["run", "jobs", "deploy"], ["scheduler", "jobs", "create"]):
             return tuple(argv)
         words = tuple(w for w in argv if not w.startswith("-"))[:3]
         return words, tuple(sorted(w.split("=", 1)[0] for w in argv if w.startswith("-")))

@@ -10,6 +10,15 @@ Example::
     $ metrics-ingest replay gs://ml-artifacts/quick_tests --workers 8 --dry-run
     $ metrics-ingest replay gs://ml-artifacts/quick_tests --workers 8
     $ metrics-ingest replay gs://ml-artifacts/quick_tests/42 --force --json > replay.json
+    $ metrics-ingest replay gs://ml-artifacts/quick_tests --since 72h      # the nightly pass
+    $ metrics-ingest replay gs://ml-artifacts/quick_tests --shard 0/4      # one of 4 machines
+
+Sharding: --shard I/N takes the objects whose name hashes (CRC32) to I, so N
+runs with I = 0..N-1 cover every object exactly once, each listing the prefix
+once. Inside a Cloud Run Job task the shard defaults to the task's own
+(CLOUD_RUN_TASK_INDEX of CLOUD_RUN_TASK_COUNT). --since DURATION (a whole
+number and s, m, h or d: 90s, 72h, 3d) keeps the objects updated within it;
+older ones are counted as skipped and never touched.
 
 Before listing, the credentials and the database (reachable, migrated) are
 checked once; a problem there is one line on stderr.
@@ -32,6 +41,18 @@ from collections.abc import Iterator
 
 from metrics_ingest.commands import describe, positive_int
 
+MAX_WORKERS = 256  # metrics_ingest.replay.MAX_WORKERS (not imported here: --help stays instant)
+
+
+def workers_count(text: str) -> int:
+    """argparse ``type=`` for --workers: 1 to MAX_WORKERS (a bad value exits 2 with the usage)."""
+    value = positive_int(text)
+    if value > MAX_WORKERS:
+        raise argparse.ArgumentTypeError(
+            f"at most {MAX_WORKERS} (each worker holds a database connection), got {value}"
+        )
+    return value
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
@@ -43,9 +64,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("uri", metavar="gs://BUCKET[/PREFIX]", help="bucket and optional object-name prefix")
     parser.add_argument(
         "--workers",
-        type=positive_int,
+        type=workers_count,
         default=4,
-        help="objects ingested in parallel, one database connection each (default 4)",
+        help=f"objects ingested in parallel, one database connection each (default 4, at most {MAX_WORKERS})",
+    )
+    parser.add_argument(
+        "--shard",
+        metavar="I/N",
+        default=None,
+        help="replay only shard I of N (0-based; default: the Cloud Run Job task's, else everything)",
+    )
+    parser.add_argument(
+        "--since",
+        metavar="DURATION",
+        default=None,
+        help="only objects updated within DURATION (e.g. 90s, 30m, 72h, 3d); default: all",
     )
     parser.add_argument(
         "--dry-run", action="store_true", help="say what would happen to each object, write nothing"
@@ -75,12 +108,17 @@ def run(args: argparse.Namespace) -> int:
         check_database,
         format_summary,
         make_storage_client,
+        one_line,
+        parse_duration,
         parse_gs_uri,
+        parse_shard,
         run_replay,
+        shard_from_env,
     )
 
     def fail(message: str, status: int) -> int:
-        print(f"metrics-ingest replay: error: {message}", file=sys.stderr)
+        # One line, clipped: an error may quote a whole HTML error page or a SQL excerpt.
+        print(f"metrics-ingest replay: error: {one_line(message, 500)}", file=sys.stderr)
         return status
 
     try:
@@ -93,6 +131,8 @@ def run(args: argparse.Namespace) -> int:
             dry_run=args.dry_run,
             force=args.force,
             settings=settings,
+            shard=parse_shard(args.shard) if args.shard is not None else shard_from_env(os.environ),
+            since=parse_duration(args.since) if args.since is not None else None,
         )
         # Both checked before listing: one clear message, not one failure per object.
         client = make_storage_client(options.workers)
@@ -108,8 +148,9 @@ def run(args: argparse.Namespace) -> int:
     import requests
     from google.api_core import exceptions as gcs_errors
 
-    target = options.target.uri
-    print(f"listing {target} ...", file=sys.stderr, flush=True)
+    target = one_line(options.target.uri, 200)
+    scope = f" (shard {options.shard})" if options.shard is not None else ""
+    print(f"listing {target}{scope} ...", file=sys.stderr, flush=True)
     try:
         with _pipeline_logs(args.verbose):
             report = run_replay(
@@ -137,11 +178,20 @@ def run(args: argparse.Namespace) -> int:
     finally:
         progress.close()
     if report.matched == 0 and not report.interrupted:
-        print(
-            f"note: no {settings.metrics_filename} under {target} ({report.listed} objects listed); "
-            "check the bucket and prefix",
-            file=sys.stderr,
-        )
+        if report.other_shards or report.outside_since:
+            # Normal for one task of many, or a quiet night: nothing to do is success.
+            print(
+                f"note: nothing to replay in {report.scope} of {target} ({report.other_shards} metrics files "
+                f"in other shards, {report.outside_since} not updated within --since)",
+                file=sys.stderr,
+            )
+        else:
+            print(
+                f"note: no {settings.metrics_filename} under {target}"
+                + (f" in {report.scope}" if report.scope else "")
+                + f" ({report.listed} objects listed); check the bucket and prefix",
+                file=sys.stderr,
+            )
     if args.json:
         json.dump(report.to_dict(), sys.stdout, indent=2)
         sys.stdout.write("\n")

@@ -15,6 +15,13 @@
 -- needs UPDATE on one column); read and insert training_metrics_ingestions (and
 -- draw its ids); connect; use the schema. Nothing else. Re-running converges:
 -- whatever else the role held on these tables is revoked first.
+--
+-- What PUBLIC (every role) gets by default and the function does not need is
+-- taken from PUBLIC: TEMPORARY on the database, and CREATE on schema public
+-- (granted to PUBLIC up to PostgreSQL 14). The non-superuser owners of tables in
+-- public and the role running this get them explicitly first, so Django's
+-- migrations keep working. Only the database's / schema's owner can revoke from
+-- PUBLIC: run this as that owner (otherwise PostgreSQL only warns).
 
 \set ON_ERROR_STOP 1
 BEGIN;
@@ -42,5 +49,29 @@ SELECT DISTINCT format('GRANT USAGE ON SCHEMA %I TO %I', n.nspname, :'role')
  WHERE c.oid IN (to_regclass(quote_ident(:'quicktest_table')), 'training_metrics_ingestions'::regclass) \gexec
 
 SELECT format('GRANT CONNECT ON DATABASE %I TO %I', current_database(), :'role') \gexec
+
+-- Who may have relied on PUBLIC's defaults keeps them, explicitly.
+SELECT format('GRANT TEMPORARY ON DATABASE %I TO %I', current_database(), k.rolname)
+  FROM (SELECT DISTINCT r.rolname FROM pg_class c
+          JOIN pg_namespace n ON n.oid = c.relnamespace JOIN pg_roles r ON r.oid = c.relowner
+         WHERE n.nspname = 'public' AND NOT r.rolsuper AND r.rolname <> :'role'
+        UNION
+        SELECT rolname FROM pg_roles WHERE rolname = current_user AND NOT rolsuper AND rolname <> :'role') k
+ WHERE has_database_privilege('public', current_database(), 'TEMPORARY') \gexec
+SELECT format('GRANT CREATE ON SCHEMA public TO %I', k.rolname)
+  FROM (SELECT DISTINCT r.rolname FROM pg_class c
+          JOIN pg_namespace n ON n.oid = c.relnamespace JOIN pg_roles r ON r.oid = c.relowner
+         WHERE n.nspname = 'public' AND NOT r.rolsuper AND r.rolname <> :'role'
+        UNION
+        SELECT rolname FROM pg_roles WHERE rolname = current_user AND NOT rolsuper AND rolname <> :'role') k
+ WHERE to_regnamespace('public') IS NOT NULL AND has_schema_privilege('public', 'public', 'CREATE') \gexec
+
+SELECT format('REVOKE TEMPORARY ON DATABASE %I FROM PUBLIC, %I', current_database(), :'role') \gexec
+SELECT format('REVOKE CREATE ON SCHEMA public FROM PUBLIC, %I', :'role')
+ WHERE to_regnamespace('public') IS NOT NULL \gexec
+SELECT DISTINCT format('REVOKE CREATE ON SCHEMA %I FROM %I', n.nspname, :'role')
+  FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+ WHERE c.oid IN (to_regclass(quote_ident(:'quicktest_table')), 'training_metrics_ingestions'::regclass)
+   AND n.nspname <> 'public' \gexec
 
 COMMIT;
