@@ -30,12 +30,12 @@ readonly APIS=(
   storage.googleapis.com sqladmin.googleapis.com secretmanager.googleapis.com
   iam.googleapis.com logging.googleapis.com cloudscheduler.googleapis.com monitoring.googleapis.com
 )
-# The function's memory budget (functions/ingest/memory.py): BUDGET_FILES files
-# at MAX_METRICS_BYTES in flight, each costing PARSE_FACTOR x its size while
-# parsed, on top of the runtime itself. Keep in step with memory.py
-# (tests/test_deploy.py compares BUDGET_FILES).
-readonly MEMORY_BUDGET_FILES=2
-readonly MEMORY_PARSE_FACTOR=6
+# The memory budget (functions/ingest/memory.py): files in flight are admitted
+# up to MEMORY_BUDGET_BYTES together, each weighing PARSE_COST x its size (the
+# measured worst case). The function and the job get the instance's memory less
+# the runtime as their budget, and one file at the cap must fit it alone.
+# Keep PARSE_COST in step with memory.py (tests/test_deploy.py compares them).
+readonly MEMORY_PARSE_COST=30
 readonly MEMORY_RUNTIME_MIB=256
 # Limits Cloud Run functions (2nd gen, event-driven) enforce; gcloud or the API
 # would refuse beyond them, after the build.
@@ -78,8 +78,8 @@ Deploy, optional:
   --timeout DURATION           DEPLOY_TIMEOUT: default 300s
   --concurrency N              DEPLOY_CONCURRENCY: default 8 (most events are other objects)
   --max-instances N            DEPLOY_MAX_INSTANCES: default 10 (times the pool size: under max_connections)
-  --max-metrics-bytes N        DEPLOY_MAX_METRICS_BYTES: default 67108864; larger files are rejected unread
-                               (--memory must hold $MEMORY_BUDGET_FILES such files being parsed: refused otherwise)
+  --max-metrics-bytes N        DEPLOY_MAX_METRICS_BYTES: default 16777216; larger files are rejected unread
+                               (--memory must hold the function's memory budget: refused otherwise)
   --db-pool-size N             DEPLOY_DB_POOL_SIZE: default 8, database connections per function instance
   --db-max-connections N       DEPLOY_DB_MAX_CONNECTIONS: optional, the database's max_connections left for us;
                                refused when max-instances x pool size + job tasks x workers exceeds it
@@ -170,7 +170,7 @@ TIMEOUT=${DEPLOY_TIMEOUT:-300s}
 CONCURRENCY=${DEPLOY_CONCURRENCY:-8}
 MAX_INSTANCES=${DEPLOY_MAX_INSTANCES:-10}
 SOURCE_DIR=${DEPLOY_SOURCE:-$SCRIPT_DIR/functions}
-MAX_METRICS_BYTES=${DEPLOY_MAX_METRICS_BYTES:-67108864}
+MAX_METRICS_BYTES=${DEPLOY_MAX_METRICS_BYTES:-16777216}
 DB_POOL_SIZE=${DEPLOY_DB_POOL_SIZE:-8}
 DB_MAX_CONNECTIONS=${DEPLOY_DB_MAX_CONNECTIONS:-}
 NO_RECONCILE=${DEPLOY_NO_RECONCILE:-0}
@@ -325,6 +325,16 @@ check_int() {
 }
 # mebibytes SIZE: a --memory value (512Mi, 1Gi, 1G, 2GB, 512M, 512MB) in MiB, rounded down;
 # nothing for a malformed or absurd value.
+# The least memory (MiB) an instance needs: the runtime and one file at the cap.
+memory_needed_mib() {
+  echo $((MEMORY_RUNTIME_MIB + (MEMORY_PARSE_COST * MAX_METRICS_BYTES + 1048575) / 1048576))
+}
+
+# The memory budget (bytes) of an instance of SIZE: what the runtime leaves.
+memory_budget_bytes() {
+  echo $((($(mebibytes "$1") - MEMORY_RUNTIME_MIB) * 1048576))
+}
+
 mebibytes() {
   local number unit
   [[ $1 =~ ^([1-9][0-9]{0,5})(Mi|Gi|M|G|MB|GB)$ ]] || return 0
@@ -340,7 +350,7 @@ mebibytes() {
 readonly RE_PROJECT='^[a-z][-a-z0-9]{4,28}[a-z0-9]$'
 readonly RE_REGION='^[a-z]+-[a-z]+[0-9]+$'
 readonly RE_SA='^([a-z][-a-z0-9]{4,28}[a-z0-9]|[a-z][-a-z0-9]{4,28}[a-z0-9]@[-a-z0-9.]+\.gserviceaccount\.com)$'
-readonly RE_IDENT='^[A-Za-z_][A-Za-z0-9_]{0,62}$'
+readonly RE_TABLE='^([A-Za-z_][A-Za-z0-9_]{0,62}\.)?[A-Za-z_][A-Za-z0-9_]{0,62}$'
 readonly RE_POSITIVE='^[1-9][0-9]*$'
 readonly RE_CLOUD_RUN_NAME='^[a-z]([-a-z0-9]{0,61}[a-z0-9])?$'
 
@@ -371,7 +381,7 @@ if [[ $ACTION == deploy ]]; then
   check "$RUNTIME_SA" "$RE_SA" --runtime-sa DEPLOY_RUNTIME_SA "a service account name (6-30 chars) or email"
   check "$TRIGGER_SA" "$RE_SA" --trigger-sa DEPLOY_TRIGGER_SA "a service account name (6-30 chars) or email"
   check "$BUCKET_LOCATION" '^[A-Za-z0-9-]+$' --bucket-location DEPLOY_BUCKET_LOCATION "a location such as eu or europe-central2"
-  check "$QUICKTEST_TABLE" "$RE_IDENT" --quicktest-table DEPLOY_QUICKTEST_TABLE "a plain table name"
+  check "$QUICKTEST_TABLE" "$RE_TABLE" --quicktest-table DEPLOY_QUICKTEST_TABLE "a table name, optionally schema-qualified (schema.table)"
   # The function matches base names: a '/' never matches one, '.' and '..' name no file.
   if [[ ! $METRICS_FILENAME =~ ^[A-Za-z0-9_.-]{1,255}$ || $METRICS_FILENAME == *..* || $METRICS_FILENAME == . ]]; then
     ERRORS+=("--metrics-filename (DEPLOY_METRICS_FILENAME) must be a file base name (letters, digits, _ - .; no '/', not empty, no '..'); got '$METRICS_FILENAME'")
@@ -398,9 +408,9 @@ if [[ $ACTION == deploy ]]; then
     if ((memory_mib < MIN_MEMORY_MIB || memory_mib > MAX_MEMORY_MIB)); then
       ERRORS+=("--memory (DEPLOY_MEMORY) must be from ${MIN_MEMORY_MIB}Mi to $((MAX_MEMORY_MIB / 1024))Gi; got '$MEMORY'")
     elif [[ $MAX_METRICS_BYTES =~ ^[0-9]{1,10}$ ]]; then
-      needed_mib=$((MEMORY_RUNTIME_MIB + (MEMORY_BUDGET_FILES * MEMORY_PARSE_FACTOR * MAX_METRICS_BYTES + 1048575) / 1048576))
+      needed_mib=$(memory_needed_mib)
       if ((memory_mib < needed_mib)); then
-        ERRORS+=("--memory (DEPLOY_MEMORY) $MEMORY is below the ${needed_mib}Mi the function's memory budget needs for --max-metrics-bytes $MAX_METRICS_BYTES ($MEMORY_BUDGET_FILES files x ${MEMORY_PARSE_FACTOR}x + ${MEMORY_RUNTIME_MIB}Mi); raise --memory or lower --max-metrics-bytes")
+        ERRORS+=("--memory (DEPLOY_MEMORY) $MEMORY is below the ${needed_mib}Mi the function's memory budget needs for --max-metrics-bytes $MAX_METRICS_BYTES (${MEMORY_RUNTIME_MIB}Mi runtime + one file at ${MEMORY_PARSE_COST}x its size); raise --memory or lower --max-metrics-bytes")
       fi
     fi
   fi
@@ -433,6 +443,8 @@ if [[ $ACTION == deploy ]]; then
     job_mib=$(mebibytes "$RECONCILE_MEMORY")
     if [[ -z $job_mib ]] || ((job_mib < 512 || job_mib > MAX_MEMORY_MIB)); then
       ERRORS+=("--reconcile-memory (DEPLOY_RECONCILE_MEMORY) must be a size from 512Mi to 32Gi; got '$RECONCILE_MEMORY'")
+    elif [[ $MAX_METRICS_BYTES =~ ^[0-9]{1,10}$ ]] && ((job_mib < $(memory_needed_mib))); then
+      ERRORS+=("--reconcile-memory (DEPLOY_RECONCILE_MEMORY) $RECONCILE_MEMORY is below the $(memory_needed_mib)Mi one file at --max-metrics-bytes $MAX_METRICS_BYTES needs; raise it or lower --max-metrics-bytes")
     fi
     check "$RECONCILE_SA" "$RE_SA" --reconcile-sa DEPLOY_RECONCILE_SA "a service account name (6-30 chars) or email"
     check "$SCHEDULER_SA" "$RE_SA" --scheduler-sa DEPLOY_SCHEDULER_SA "a service account name (6-30 chars) or email"
@@ -491,7 +503,7 @@ else
     --mlflow-service-account DEPLOY_MLFLOW_SERVICE_ACCOUNT "a service account email"
   check "$FINAL_BACKUP_DAYS" '^([1-9]|[1-9][0-9]|[12][0-9][0-9]|3[0-5][0-9]|36[0-5])$' --final-backup-days \
     DEPLOY_FINAL_BACKUP_DAYS "a number of days from 1 to 365"
-  check "$QUICKTEST_TABLE" "$RE_IDENT" --quicktest-table DEPLOY_QUICKTEST_TABLE "a plain table name"
+  check "$QUICKTEST_TABLE" "$RE_TABLE" --quicktest-table DEPLOY_QUICKTEST_TABLE "a table name, optionally schema-qualified (schema.table)"
   check_bool "$YES" DEPLOY_YES
   check_bool "$FORCE" DEPLOY_FORCE
 fi
@@ -662,7 +674,8 @@ do_deploy() {
   # No password here: libpq reads PGPASSWORD, which comes from Secret Manager.
   database_url="host=/cloudsql/$INSTANCE dbname=$DB_NAME user=$DB_USER"
   env_vars="DATABASE_URL=$database_url,QUICKTEST_TABLE=$QUICKTEST_TABLE,METRICS_FILENAME=$METRICS_FILENAME"
-  env_vars+=",MAX_METRICS_BYTES=$MAX_METRICS_BYTES,DB_POOL_SIZE=$DB_POOL_SIZE"
+  env_vars+=",MAX_METRICS_BYTES=$MAX_METRICS_BYTES,MEMORY_BUDGET_BYTES=$(memory_budget_bytes "$MEMORY")"
+  env_vars+=",DB_POOL_SIZE=$DB_POOL_SIZE"
   env_vars+=",PGAPPNAME=$FUNCTION_NAME,PGCONNECT_TIMEOUT=10"
 
   run gcloud functions deploy "$FUNCTION_NAME" --gen2 --project="$PROJECT" --region="$REGION" \
@@ -739,7 +752,8 @@ deploy_reconcile() {
   target="gs://$BUCKET"
   [[ -z $RECONCILE_PREFIX ]] || target+="/$RECONCILE_PREFIX"
   env_vars="DATABASE_URL=$database_url,QUICKTEST_TABLE=$QUICKTEST_TABLE,METRICS_FILENAME=$METRICS_FILENAME"
-  env_vars+=",MAX_METRICS_BYTES=$MAX_METRICS_BYTES,PGAPPNAME=$RECONCILE_JOB,PGCONNECT_TIMEOUT=10"
+  env_vars+=",MAX_METRICS_BYTES=$MAX_METRICS_BYTES,MEMORY_BUDGET_BYTES=$(memory_budget_bytes "$RECONCILE_MEMORY")"
+  env_vars+=",PGAPPNAME=$RECONCILE_JOB,PGCONNECT_TIMEOUT=10"
   # The image's entry point is `python -m metrics_ingest` (Dockerfile); --verbose
   # logs each object's JSON line, which the log-based metric counts.
   args="replay,$target,--since,$RECONCILE_SINCE,--workers,$RECONCILE_WORKERS,--verbose"
@@ -930,21 +944,27 @@ First: open the execution in Cloud Run > Jobs > $RECONCILE_JOB and read the fail
 # --- teardown-mlflow -----------------------------------------------------------------
 
 # The rows whose history only MLflow still holds: an MLflow run id and no
-# training_history_json. psql quotes the table name (:"table").
-AT_RISK_SQL="SELECT id, mlflow_run_id, gcs_artifacts_path FROM :\"table\"
+# training_history_json. psql quotes the names (:"schema".:"table"); an
+# unqualified table is found through the search path.
+AT_RISK_SQL="SELECT id, mlflow_run_id, gcs_artifacts_path FROM QUICKTEST_TABLE
 WHERE btrim(coalesce(mlflow_run_id, '')) <> ''
   AND (training_history_json IS NULL OR training_history_json IN ('null'::jsonb, '{}'::jsonb))
 ORDER BY id;"
 
 at_risk_rows() {
-  local conn=()
+  local conn=() schema='' qualified=':"table"'
+  if [[ $QUICKTEST_TABLE == *.* ]]; then
+    schema=${QUICKTEST_TABLE%%.*}
+    qualified=':"schema".:"table"'
+  fi
   [[ -n $DATABASE_URL_SETTING ]] && conn=(--dbname="$DATABASE_URL_SETTING")
   if ! command -v psql >/dev/null 2>&1; then
     note "$PROG: psql not found on PATH: it is needed to check the QuickTest rows before deleting MLflow"
     return 1
   fi
   psql "${conn[@]}" --no-psqlrc --quiet --tuples-only --no-align --field-separator=$'\t' \
-    --set=ON_ERROR_STOP=1 --set=table="$QUICKTEST_TABLE" <<<"$AT_RISK_SQL"
+    --set=ON_ERROR_STOP=1 --set=schema="$schema" --set=table="${QUICKTEST_TABLE#*.}" \
+    <<<"${AT_RISK_SQL/QUICKTEST_TABLE/$qualified}"
 }
 
 do_teardown() {

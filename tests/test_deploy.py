@@ -88,7 +88,7 @@ def expected_reconcile(*, tasks: int = 1) -> list[list[str]]:
          "--cpu=1", f"--service-account={JOB_SA}", f"--set-cloudsql-instances={CONNECTION}",
          "--set-secrets=PGPASSWORD=metrics-ingest-db-password:latest",
          f"--set-env-vars={DB_URL},QUICKTEST_TABLE=ml_platform_quicktest,METRICS_FILENAME=training_metrics.json,"
-         f"MAX_METRICS_BYTES=67108864,PGAPPNAME={JOB},PGCONNECT_TIMEOUT=10",
+         f"MAX_METRICS_BYTES=16777216,MEMORY_BUDGET_BYTES={(2048 - 256) * 2**20},PGAPPNAME={JOB},PGCONNECT_TIMEOUT=10",
          f"--args=replay,gs://{BUCKET},--since,72h,--workers,4,--verbose", "--quiet"],
         ["run", "jobs", "add-iam-policy-binding", JOB, f"--project={PROJECT}", f"--region={REGION}",
          f"--member=serviceAccount:{SCHEDULER_SA}", "--role=roles/run.invoker"],
@@ -159,7 +159,7 @@ def expected_deploy(
          "--timeout=300s", "--concurrency=8", "--max-instances=10",
          f"--set-env-vars={DB_URL},"
          "QUICKTEST_TABLE=ml_platform_quicktest,METRICS_FILENAME=training_metrics.json,"
-         "MAX_METRICS_BYTES=67108864,DB_POOL_SIZE=8,"
+         f"MAX_METRICS_BYTES=16777216,MEMORY_BUDGET_BYTES={(1024 - 256) * 2**20},DB_POOL_SIZE=8,"
          "PGAPPNAME=ingest-training-metrics,PGCONNECT_TIMEOUT=10",
          "--set-secrets=PGPASSWORD=metrics-ingest-db-password:latest"],
         ["functions", "add-invoker-policy-binding", "ingest-training-metrics", f"--project={PROJECT}",
@@ -403,9 +403,13 @@ BAD_SETTINGS = {
     "20-digit concurrency": (REQUIRED_FLAGS + ["--concurrency", "9" * 20], {},
                              "--concurrency (DEPLOY_CONCURRENCY) must be a whole number from 1 to 1000"),
     "memory below the memory budget": (REQUIRED_FLAGS + ["--memory", "512Mi"], {},
-                                       "--memory (DEPLOY_MEMORY) 512Mi is below the 1024Mi the function's memory budget needs"),
-    "bigger files need more memory": (REQUIRED_FLAGS, {"DEPLOY_MAX_METRICS_BYTES": str(128 * 2**20)},
-                                      "is below the 1792Mi the function's memory budget needs for --max-metrics-bytes"),
+                                       "--memory (DEPLOY_MEMORY) 512Mi is below the 736Mi the function's memory budget needs"),
+    "the job needs memory for one file": (REQUIRED_FLAGS + ["--memory", "4Gi", "--reconcile-memory", "1Gi"],
+                                          {"DEPLOY_MAX_METRICS_BYTES": str(64 * 2**20)},
+                                          "--reconcile-memory (DEPLOY_RECONCILE_MEMORY) 1Gi is below the 2176Mi"),
+    "bigger files need more memory": (REQUIRED_FLAGS + ["--reconcile-memory", "8Gi"],
+                                      {"DEPLOY_MAX_METRICS_BYTES": str(128 * 2**20)},
+                                      "is below the 4096Mi the function's memory budget needs for --max-metrics-bytes"),
     "pool size zero": (REQUIRED_FLAGS + ["--db-pool-size", "0"], {},
                        "--db-pool-size (DEPLOY_DB_POOL_SIZE) must be a whole number from 1 to 100"),
     "too many connections": (REQUIRED_FLAGS + ["--db-max-connections", "80", "--reconcile-tasks", "4"], {},
@@ -607,11 +611,14 @@ def test_a_policy_waits_for_a_new_log_metric(cloud: Cloud) -> None:
 
 
 def test_memory_rule_matches_the_function_budget() -> None:
-    """deploy.sh's memory rule counts the same number of files in flight as functions/ingest/memory.py."""
+    """deploy.sh's memory rule uses functions/ingest/memory.py's per-byte parse cost, and the default
+    budget is what deploy.sh gives the default 1 GiB instance."""
     from ingest import memory
 
     text = DEPLOY.read_text()
-    assert f"readonly MEMORY_BUDGET_FILES={memory.BUDGET_FILES}\n" in text
+    assert memory.BUDGET_BYTES == (1024 - 256) * 2**20
+    assert "readonly MEMORY_RUNTIME_MIB=256\n" in text
+    assert f"readonly MEMORY_PARSE_COST={memory.PARSE_COST_PER_BYTE}\n" in text
 
 
 def test_job_image_runs_the_replay_without_the_dev_requirements(tmp_path: Path) -> None:
@@ -782,6 +789,16 @@ def test_teardown_refuses_while_rows_depend_on_mlflow(cloud: Cloud, platform_url
     assert "refusing" in done.stderr and "nothing deleted" in done.stderr
     assert cloud.calls() == []
     assert cloud.state() == MLFLOW_STATE
+
+
+def test_teardown_checks_a_schema_qualified_table(cloud: Cloud, platform_url: str) -> None:
+    """With QUICKTEST_TABLE as schema.table, the teardown's check reads that table and still refuses."""
+    set_rows(platform_url, SAFE_ROWS + AT_RISK_ROWS)
+    cloud.set_state(MLFLOW_STATE)
+    done = teardown(cloud, platform_url, "--yes", "--quicktest-table", "public.ml_platform_quicktest")
+    assert done.returncode == 1, done.stderr
+    assert "2 QuickTest row(s) have an MLflow run id but no training_history_json" in done.stderr
+    assert cloud.calls() == []
 
 
 def test_teardown_refuses_when_the_database_cannot_be_checked(cloud: Cloud, platform_url: str) -> None:

@@ -14,6 +14,8 @@ import os
 import re
 from collections.abc import Mapping
 
+from ingest.memory import BUDGET_BYTES
+
 
 def _positive_int(env: Mapping[str, str], name: str, default: int) -> int:
     raw = env.get(name)
@@ -168,6 +170,9 @@ class Settings:
         db_connect_timeout: seconds to wait for a database connection
             (``DB_CONNECT_TIMEOUT_SECONDS``, default 10).
         db_pool_size: most database connections per process (``DB_POOL_SIZE``, default 8).
+        memory_budget_bytes: memory for files in flight per process
+            (``MEMORY_BUDGET_BYTES``, default 768 MiB: a 1 GiB instance less its
+            runtime); ``deploy.sh`` sets it from ``--memory`` (see ``ingest.memory``).
 
     Example::
 
@@ -184,6 +189,7 @@ class Settings:
     gcs_timeout: float = 30.0
     db_connect_timeout: int = 10
     db_pool_size: int = 8
+    memory_budget_bytes: int = BUDGET_BYTES
 
     def __post_init__(self) -> None:
         quicktest_table_parts(self.quicktest_table)
@@ -216,4 +222,5 @@ class Settings:
             gcs_timeout=_positive_float(env, "GCS_TIMEOUT_SECONDS", defaults.gcs_timeout),
             db_connect_timeout=_positive_int(env, "DB_CONNECT_TIMEOUT_SECONDS", defaults.db_connect_timeout),
             db_pool_size=_positive_int(env, "DB_POOL_SIZE", defaults.db_pool_size),
+            memory_budget_bytes=_positive_int(env, "MEMORY_BUDGET_BYTES", defaults.memory_budget_bytes),
         )

@@ -34,8 +34,9 @@ if TYPE_CHECKING:
 # Memory per byte of file at the worst (the measured 27x of ``[{},{},...]``,
 # the downloaded bytes included, plus room for the download buffer's growth).
 PARSE_COST_PER_BYTE = 30
-# Memory for files in flight per process: the deployed 1 GiB less the runtime
-# (~75 MiB measured, more while serving) and allocator headroom.
+# The default memory for files in flight per process (MEMORY_BUDGET_BYTES): a
+# 1 GiB instance less the runtime (~75 MiB measured, more while serving) and
+# allocator headroom. deploy.sh sets it from the instance's --memory.
 BUDGET_BYTES = 768 * 2**20
 # The largest MAX_METRICS_BYTES whose worst case fits the budget alone (25.6 MiB):
 # above it, one dense file at the cap can still exceed the instance's memory.
@@ -88,17 +89,17 @@ _budgets_lock = threading.Lock()
 
 
 def memory_budget(settings: Settings) -> MemoryBudget:
-    """The process's budget (``BUDGET_BYTES``, shared by every thread).
+    """The process's budget (``settings.memory_budget_bytes``, shared by every thread).
 
-    One per ``max_metrics_bytes`` value, so that tests with a cap of their own
-    do not wait on each other; a deployment has one.
+    One per (cap, budget) pair, so that tests with settings of their own do not
+    wait on each other; a deployment has one.
     """
-    key = settings.max_metrics_bytes
+    key = (settings.max_metrics_bytes, settings.memory_budget_bytes)
     found = _budgets.get(key)
     if found is not None:
         return found
     with _budgets_lock:
-        return _budgets.setdefault(key, MemoryBudget(BUDGET_BYTES))
+        return _budgets.setdefault(key, MemoryBudget(settings.memory_budget_bytes))
 
 
 def memory_weight(ref: ObjectRef, settings: Settings) -> int:
