@@ -1,0 +1,119 @@
+"""A TCP relay in front of PostgreSQL that counts the queries clients send.
+
+psycopg2 sends every statement, BEGIN and COMMIT included, as one simple
+Query message ('Q') and waits for the answer, so the count of 'Q' messages
+is the count of round trips, measured on the wire rather than assumed.
+
+Example::
+
+    with QueryCounter(platform_db.url) as counter:
+        settings = platform_db.settings(database_url=counter.url)
+        ...
+        counter.reset(); ingest_object(ref, settings=settings); counter.queries  # -> 2
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import struct
+import threading
+from typing import Any
+
+from psycopg2.extensions import make_dsn, parse_dsn
+
+_SPECIAL_REQUESTS = {80877103, 80877104, 80877102}  # SSLRequest, GSSENCRequest, CancelRequest
+
+
+class QueryCounter:
+    """Relays 127.0.0.1:<port> to the server of ``url``; ``queries`` counts 'Q' messages since ``reset``."""
+
+    def __init__(self, url: str) -> None:
+        self._target = parse_dsn(url)
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        port = self._listener.getsockname()[1]
+        self.url = make_dsn(
+            **{k: v for k, v in self._target.items() if k not in ("host", "port", "hostaddr")},
+            host="127.0.0.1", port=str(port), sslmode="disable", gssencmode="disable",
+        )  # fmt: skip
+        self._lock = threading.Lock()
+        self._queries = 0
+        self._sockets: list[socket.socket] = []
+        self._closed = False
+
+    @property
+    def queries(self) -> int:
+        with self._lock:
+            return self._queries
+
+    def reset(self) -> None:
+        with self._lock:
+            self._queries = 0
+
+    def __enter__(self) -> QueryCounter:
+        threading.Thread(target=self._accept, daemon=True).start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._closed = True
+        self._listener.close()
+        for sock in self._sockets:
+            with contextlib.suppress(OSError):
+                sock.close()
+
+    def _upstream(self) -> socket.socket:
+        host = self._target.get("host") or "/tmp"
+        port = int(self._target.get("port") or 5432)
+        if host.startswith("/"):
+            sock = socket.socket(socket.AF_UNIX)
+            sock.connect(f"{host}/.s.PGSQL.{port}")
+            return sock
+        return socket.create_connection((host, port))
+
+    def _accept(self) -> None:
+        while not self._closed:
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                return
+            server = self._upstream()
+            self._sockets += [client, server]
+            threading.Thread(target=self._client_to_server, args=(client, server), daemon=True).start()
+            threading.Thread(target=self._pipe, args=(server, client), daemon=True).start()
+
+    @staticmethod
+    def _pipe(src: socket.socket, dst: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            while data := src.recv(65536):
+                dst.sendall(data)
+        with contextlib.suppress(OSError):
+            dst.shutdown(socket.SHUT_WR)
+
+    def _client_to_server(self, src: socket.socket, dst: socket.socket) -> None:
+        buffer = b""
+        started = False  # before the startup message, messages have no type byte
+        with contextlib.suppress(OSError):
+            while data := src.recv(65536):
+                dst.sendall(data)
+                buffer += data
+                while True:
+                    if not started:
+                        if len(buffer) < 8:
+                            break
+                        length, code = struct.unpack("!ii", buffer[:8])
+                        if len(buffer) < length:
+                            break
+                        buffer = buffer[length:]
+                        started = code not in _SPECIAL_REQUESTS
+                        continue
+                    if len(buffer) < 5:
+                        break
+                    kind, length = buffer[:1], struct.unpack("!i", buffer[1:5])[0]
+                    if len(buffer) < 1 + length:
+                        break
+                    buffer = buffer[1 + length :]
+                    if kind == b"Q":
+                        with self._lock:
+                            self._queries += 1
+        with contextlib.suppress(OSError):
+            dst.shutdown(socket.SHUT_WR)
