@@ -148,3 +148,16 @@ def test_single_statement_reads_and_records_hand_back_a_transactional_connection
         raise RuntimeError("the block fails after the update")
     assert platform_db.history(row_id) is None
     assert [r["outcome"] for r in platform_db.ingestions(BUCKET, ref.name)] == ["rejected"]
+
+
+def test_raw_text_is_stored_with_the_added_keys_winning(platform_db: PlatformDb) -> None:
+    """The file's own text is stored with the added top-level keys appended: they replace the file's own (a forged source), as jsonb's || would."""
+    row_id, folder = platform_db.new_quicktest()
+    settings = platform_db.settings()
+    ref = _ref(folder, 3)
+    raw = '\n {"epochs": [0], "source": "forged", "note": "caf\u00e9 {}"} \n\t'
+    added = {"schema_version": 1, "source": {"bucket": BUCKET, "object": ref.name, "generation": "3"}}
+    with store.connection(settings) as conn:
+        written = store.write(conn, settings, ref, added, raw_text=raw, event_id="e", epochs=1, duration_ms=1.0)
+    assert written.outcome == "ingested"
+    assert platform_db.history(row_id) == {"epochs": [0], "note": "caf\u00e9 {}", **added}

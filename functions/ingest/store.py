@@ -393,9 +393,12 @@ def write(
 ) -> WriteResult:
     """Write the history into the row if ``ref`` is newer than what it holds; record the outcome.
 
-    The row receives ``history``; or, with ``raw_text`` (the file's own JSON,
-    already validated), ``raw_text::jsonb || history`` (``history`` then holds
-    only the top-level keys to add or replace).
+    The row receives ``history``; or, with ``raw_text`` (the file's own JSON
+    object, already validated), that object with ``history``'s keys (then
+    only the top-level keys to add or replace) appended before its closing
+    brace: jsonb keeps the last of duplicate keys, so this stores what
+    ``raw_text::jsonb || history`` would, with one jsonb parse instead of two
+    parses and a merge.
 
     One round trip (see ``_WRITE``): the row lock, the generation comparison
     under it, the one record of the event and the row update commit together.
@@ -403,7 +406,13 @@ def write(
     from psycopg2 import sql
 
     payload = json.dumps(history, allow_nan=False, separators=(",", ":"))
-    value = "%(raw_text)s::jsonb || %(payload)s::jsonb" if raw_text is not None else "%(payload)s::jsonb"
+    if raw_text is not None and history:
+        # The text's last character, once JSON whitespace is trimmed, is its closing brace.
+        value = "(left(rtrim(%(raw_text)s, E' \\t\\r\\n'), -1) || ',' || substr(%(payload)s, 2))::jsonb"
+    elif raw_text is not None:
+        value = "%(raw_text)s::jsonb"
+    else:
+        value = "%(payload)s::jsonb"
     params = {
         **_params(Record(ref, "ingested", event_id=event_id, epochs=epochs, duration_ms=duration_ms)),
         "force": force,
