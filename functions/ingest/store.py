@@ -367,7 +367,7 @@ _WRITE = (
     + _insert_from("e", quicktest_id="id", outcome="outcome", reason="reason",
                    forced="outcome = 'ingested' AND coalesce(forced, false)", where="true")  # fmt: skip
     + " ON CONFLICT DO NOTHING RETURNING outcome),"
-    " upd AS (UPDATE {table} SET training_history_json = {value}"
+    " upd AS (UPDATE {table} SET training_history_json = %(payload)s::jsonb"
     " WHERE id = (SELECT id FROM e) AND EXISTS (SELECT 1 FROM rec WHERE outcome = 'ingested') RETURNING id),"
     " dup AS ("
     + _insert_from("e", quicktest_id="id", outcome="'duplicate'", reason="%(duplicate)s", forced="false",
@@ -407,20 +407,20 @@ def write(
 
     payload = json.dumps(history, allow_nan=False, separators=(",", ":"))
     if raw_text is not None and history:
-        # The text's last character, once JSON whitespace is trimmed, is its closing brace.
-        value = "(left(rtrim(%(raw_text)s, E' \\t\\r\\n'), -1) || ',' || substr(%(payload)s, 2))::jsonb"
+        # The text's last character, JSON whitespace aside, is its closing brace.
+        # Spliced here: a transient copy of the text costs less than PostgreSQL's
+        # character-counting string functions or a jsonb merge (~0.5-3 ms per 0.5 MB).
+        end = len(raw_text.rstrip(" \t\r\n")) - 1
+        payload = "".join((raw_text[:end], ",", payload[1:]))
     elif raw_text is not None:
-        value = "%(raw_text)s::jsonb"
-    else:
-        value = "%(payload)s::jsonb"
+        payload = raw_text
     params = {
         **_params(Record(ref, "ingested", event_id=event_id, epochs=epochs, duration_ms=duration_ms)),
         "force": force,
-        "raw_text": raw_text,
         "payload": payload,
     }
     with _one_statement(conn) as cur:
-        cur.execute(sql.SQL(_WRITE).format(table=_table(settings), value=sql.SQL(value)), params)
+        cur.execute(sql.SQL(_WRITE).format(table=_table(settings)), params)
         quicktest_id, outcome, reason, forced, updated = cur.fetchone()
     quicktest_id = None if quicktest_id is None else int(quicktest_id)
     if outcome == "ingested":
