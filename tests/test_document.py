@@ -253,3 +253,7 @@ def test_prepare_keeps_the_file_text_when_only_top_level_keys_are_added() -> Non
     assert {**json.loads(prepared.text), **prepared.added} == prepared.document
     for changed in (b'{"epochs": [0], "loss": {"loss": [NaN]}}', b'{"epochs": [0], "loss": {"loss": [1e999]}}'):
         assert document.prepare(changed).text is None
+    # Literals PostgreSQL's numeric refuses (over 16,383 digits after the point): the parsed values are stored.
+    for exotic in (b'{"epochs": [0], "loss": {"loss": [1e-20000]}}', b'{"epochs": [0], "loss": {"loss": [0.' + b"0" * 20000 + b'1]}}'):
+        assert document.prepare(exotic).text is None
+    assert document.prepare(b'{"epochs": [0], "loss": {"loss": [1e-05]}}').text is not None

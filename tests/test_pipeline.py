@@ -230,6 +230,14 @@ def test_nan_tokens_are_stored_as_null(platform_db: PlatformDb, artifacts: Artif
     assert history["loss"]["loss"] == [None, 0.5] and history["final_metrics"]["x"] is None
 
 
+def test_numbers_postgresql_numeric_refuses_as_written_are_stored_as_read(platform_db: PlatformDb, artifacts: Artifacts) -> None:
+    """1e-20000 and a 20,000-digit fraction (beyond numeric's 16,383 digits) are ingested as the floats they read as, not refused by the database."""
+    row_id, folder = platform_db.new_quicktest()
+    resource = artifacts.upload(folder, b'{"epochs": [0, 1], "loss": {"loss": [1e-20000, 0.' + b"0" * 20000 + b'5]}}')
+    assert _ingest(platform_db, resource).outcome == "ingested"
+    assert platform_db.history(row_id)["loss"]["loss"] == [0.0, 0.0]
+
+
 @pytest.mark.parametrize(
     "fault",
     [Fault("GET", "", status=503, times=10_000), Fault("GET", "", status=None, delay=2.0, times=10_000)],

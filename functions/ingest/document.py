@@ -72,7 +72,8 @@ _DEPTH_STEP = tuple(1 if c in b"[{" else -1 if c in b"]}" else 0 for c in range(
 # it) and a UTF-16 surrogate (paired ones decode to one character; a lone
 # one is not Unicode text). Only a file containing one is walked to name the place.
 _SUSPECT_ESCAPE = re.compile(r"\\u(?:0000|[dD][89a-fA-F])")
-_INT64_MAX = 2**63 - 1
+_DIGITS_AS_ZERO = str.maketrans("123456789", "000000000")
+_LONG_DIGITS = "0" * 1000
 
 
 def load_document(data: bytes, *, max_depth: int = MAX_DEPTH) -> dict[str, Any]:
@@ -90,14 +91,15 @@ def parse(data: bytes, *, max_depth: int = MAX_DEPTH) -> Any:
 
 
 def _parse(data: bytes, max_depth: int) -> tuple[str, Any, bool]:
-    """(text, value, whether NaN/Infinity tokens were read as null)."""
+    """(text, value, whether the text cannot be stored as written: NaN/Infinity
+    tokens read as null, or a number literal PostgreSQL's numeric refuses)."""
     if not data or data.isspace():  # not strip(): that copies a large file
         raise Rejected("the file is empty")
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise Rejected(f"the file is not valid UTF-8 (byte {exc.start}: {exc.reason})") from None
-    unclosed, values = _scan(text, max_depth)
+    unclosed, values, exotic = _scan(text, max_depth)
     limit = max_values()
     if values > limit:
         # Before parsing (the parse would cost ~100 bytes per value) and before
@@ -117,7 +119,7 @@ def _parse(data: bytes, max_depth: int) -> tuple[str, Any, bool]:
         return None
 
     try:
-        return text, json.loads(text, parse_constant=constant), bool(constants)
+        return text, json.loads(text, parse_constant=constant), bool(constants) or exotic
     except json.JSONDecodeError as exc:
         if exc.pos >= len(text.rstrip()) or exc.msg.startswith("Unterminated string") or unclosed > 0:
             raise Rejected(
@@ -171,8 +173,9 @@ def check_depth(text: str, max_depth: int = MAX_DEPTH) -> int:
     return _scan(text, max_depth)[0]
 
 
-def _scan(text: str, max_depth: int) -> tuple[int, int]:
-    """(depth left open at the end, about how many values the text holds), in linear time.
+def _scan(text: str, max_depth: int) -> tuple[int, int, bool]:
+    """(depth left open at the end, about how many values the text holds,
+    whether a number literal may be one PostgreSQL cannot store), in linear time.
 
     Strings are blanked (an unterminated one runs to the end of the text, so
     no input makes the scan go back over it), everything but brackets is
@@ -181,8 +184,17 @@ def _scan(text: str, max_depth: int) -> tuple[int, int]:
     The value count is what separates them (commas outside strings) plus one
     per array or object: exact for a file without empty containers, an upper
     bound otherwise.
+
+    PostgreSQL's numeric takes at most 16,383 digits after the point:
+    ``1e-20000`` or a 20,000-digit fraction fails there, though Python reads
+    it (as 0.0 or a nearby float). A run of 1,000 digits or an exponent of
+    -1000 or below (either is rare enough to over-match) marks the text as
+    not storable verbatim: the parsed values are stored instead.
     """
     blanked = _STRING.sub("", text)
+    zeros = blanked.translate(_DIGITS_AS_ZERO)
+    exotic = _LONG_DIGITS in zeros or "e-0000" in zeros or "E-0000" in zeros
+    del zeros
     commas = blanked.count(",")
     steps = blanked.translate(_NOT_BRACKET).encode("ascii", "replace")
     del blanked
@@ -193,7 +205,7 @@ def _scan(text: str, max_depth: int) -> tuple[int, int]:
         if max(running) > max_depth:
             raise Rejected(f"the JSON is nested more than {max_depth} levels deep")
         depth = running[-1]
-    return depth, commas + steps.count(b"[") + steps.count(b"{")
+    return depth, commas + steps.count(b"[") + steps.count(b"{"), exotic
 
 
 def validate(doc: Any, text: str | None = None) -> None:
@@ -245,10 +257,10 @@ class Prepared:
 
 def prepare(data: bytes, *, max_depth: int = MAX_DEPTH) -> Prepared:
     """Bytes -> :class:`Prepared` (see :func:`load_document`)."""
-    text, doc, constants = _parse(data, max_depth)
+    text, doc, rewrite = _parse(data, max_depth)
     validate(doc, text)
     out, changed = _normalize(doc)
-    if changed or constants:
+    if changed or rewrite:
         return Prepared(out, None, {})
     return Prepared(out, text, {key: out[key] for key in out if key not in doc})
 
