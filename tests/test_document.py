@@ -257,3 +257,34 @@ def test_prepare_keeps_the_file_text_when_only_top_level_keys_are_added() -> Non
     for exotic in (b'{"epochs": [0], "loss": {"loss": [1e-20000]}}', b'{"epochs": [0], "loss": {"loss": [0.' + b"0" * 20000 + b'1]}}'):
         assert document.prepare(exotic).text is None
     assert document.prepare(b'{"epochs": [0], "loss": {"loss": [1e-05]}}').text is not None
+
+
+def test_random_edits_get_the_same_verdict_from_both_validators() -> None:
+    """400 random edits of a complete document: the compiled validator and the reference Python jsonschema agree on every one, and a rejection names a path."""
+    import random
+
+    rng = random.Random(12)
+    plain = Draft202012Validator(document.schema())
+    compiled = document._validator()
+    values = [None, True, 0, -1, 3.0, 0.5, 2**63, "x", "", "n" * 300, [], [1], [None, 2.5], {}, {"a": 1}, {"": 1}]
+    for _ in range(400):
+        doc = v1_document(2, bins=2)
+        target: Any = doc
+        for _depth in range(rng.randrange(1, 5)):  # walk down to a random container
+            keys = list(target) if isinstance(target, dict) else list(range(len(target)))
+            if not keys:
+                break
+            key = rng.choice(keys)
+            if not isinstance(target[key], (dict, list)) or rng.random() < 0.3:
+                break
+            target = target[key]
+        if isinstance(target, dict) and (rng.random() < 0.3 or not target):
+            target[rng.choice(["new", "", "x" * 257, "mean", "histogram"])] = rng.choice(values)
+        elif target:
+            key = rng.choice(list(target) if isinstance(target, dict) else list(range(len(target))))
+            target[key] = rng.choice(values)
+        verdict = plain.is_valid(doc)
+        assert compiled.is_valid(doc) == verdict, doc
+        if not verdict:
+            with pytest.raises(Rejected, match=r"^at \$"):
+                document.validate(doc)
