@@ -198,9 +198,8 @@ def _run(
     # generation is a duplicate whatever size its event claims.
     with store.connection(settings) as conn:
         known = store.check(
-            conn, settings, ref, force=force,
-            record=None if dry_run else store.Record(ref, "", event_id, duration_ms=_ms(started)),
-        )  # fmt: skip
+            conn, settings, ref, force=force, record=not dry_run, event_id=event_id, duration_ms=_ms(started)
+        )
     state = known.state
     if known.outcome is not None:
         return finish(known.outcome, known.reason, state.quicktest_id)

@@ -300,7 +300,16 @@ class Known:
     reason: str | None
 
 
-def check(conn: Any, settings: Settings, ref: ObjectRef, *, force: bool = False, record: Record | None = None) -> Known:
+def check(
+    conn: Any,
+    settings: Settings,
+    ref: ObjectRef,
+    *,
+    force: bool = False,
+    record: bool = False,
+    event_id: str | None = None,
+    duration_ms: float = 0.0,
+) -> Known:
     """The row's state and the outcome the database alone decides (no row,
     duplicate, superseded; see :func:`decide_before_download`); with
     ``record``, that outcome is recorded by the same statement. One round
@@ -308,13 +317,17 @@ def check(conn: Any, settings: Settings, ref: ObjectRef, *, force: bool = False,
 
     Example::
 
-        known = check(conn, settings, ref, record=Record(ref, "", event_id="e1"))
-        if known.outcome is not None:   # decided and recorded
-            ...
+        known = check(conn, settings, ref, record=True, event_id="e1")
+        if known.outcome is not None:   # decided, and recorded
+            print(known.outcome, known.reason)
     """
     from psycopg2 import sql
 
-    params = {**_params(record or Record(ref, "")), "force": force, "record": record is not None}
+    params = {
+        **_params(Record(ref, "", event_id=event_id, duration_ms=duration_ms)),
+        "force": force,
+        "record": record,
+    }
     with _one_statement(conn) as cur:
         cur.execute(sql.SQL(_KNOWN).format(table=_table(settings)), params)
         quicktest_id, current, done, outcome, reason = cur.fetchone()
