@@ -150,6 +150,7 @@ def connection(settings: Settings) -> Iterator[Any]:
     except psycopg2.Error as exc:
         raise TransientError(f"database error: {type(exc).__name__}: {str(exc).strip()}") from exc
 
+
 @dataclasses.dataclass(frozen=True)
 class RowState:
     """What the database knows about an object before anything is downloaded."""
