@@ -22,6 +22,7 @@ Run from the repository root (starts PostgreSQL from pip and a GCS emulator)::
 
     python bench/bench_ingest.py                                   # ~60 s on 2 cores
     python bench/bench_ingest.py --before 3a157e2 --rows 100000    # before/after in one run
+    python bench/bench_ingest.py --before 3a157e2 --db-latency-ms 1 # each database query 1 ms away
     python bench/bench_ingest.py --events 4000 --files 60 --rows 1000000
 """
 
@@ -57,6 +58,7 @@ from psycopg2 import sql  # noqa: E402
 from metrics_ingest.localstack.emulator import GcsEmulator  # noqa: E402
 from metrics_ingest.migrations import apply_migrations, create_dev_platform_table  # noqa: E402
 from tests.support.documents import megabyte_document  # noqa: E402
+from tests.support.wire import QueryCounter  # noqa: E402
 
 BUCKET = "bench-artifacts"
 EMPTY_FUNCTION = textwrap.dedent(
@@ -218,7 +220,8 @@ def bench_nonmatching(ours: str, empty: str, n: int) -> None:
 # ---------------------------------------------------------------- 2. matching file
 
 
-def bench_matching(targets: dict[str, tuple[str, Path]], db_url: str, files: int, metrics: int) -> None:
+def bench_matching(targets: dict[str, tuple[str, Path]], db_url: str, files: int, metrics: int,
+                   db_latency_ms: float = 0.0) -> None:
     """``targets``: label ('after', maybe 'before') -> (function URL, its log file)."""
     doc = megabyte_document(metrics)
     data = json.dumps(doc, indent=2).encode()
@@ -279,7 +282,8 @@ def bench_matching(targets: dict[str, tuple[str, Path]], db_url: str, files: int
     conn.close()
     f50, f95 = pct(times["floor"], 50), pct(times["floor"], 95)
     print(f"\n2. Matching file, {len(data) / 1e6:.2f} MB (50 epochs x {metrics} metrics + 4 histograms x 50 bins, indent=2),"
-          f" {files} generations (ratio to the floor)")  # fmt: skip
+          f" {files} generations (ratio to the floor)"
+          + (f"; every database query {db_latency_ms:g} ms later (modelled latency)" if db_latency_ms else ""))  # fmt: skip
     line("floor (download + json.loads + one UPDATE, in process): p50", f"{f50 * 1000:.1f} ms")
     line("floor: p95", f"{f95 * 1000:.1f} ms")
     for label, (_, log) in targets.items():
@@ -508,6 +512,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--before", metavar="REV",
                         help="also measure the function as it was at this git revision, in the same run")  # fmt: skip
     parser.add_argument("--only-documents", action="store_true", help="section 5 only (no servers, no database)")
+    parser.add_argument("--db-latency-ms", type=float, default=0.0,
+                        help="section 2: hold every database query this long (a modelled remote database; default 0)")  # fmt: skip
     args = parser.parse_args(argv)
     started = time.perf_counter()
     print(f"bench_ingest: python {sys.version.split()[0]}, {os.cpu_count()} CPUs")
@@ -537,9 +543,13 @@ def run(args: argparse.Namespace, before: Path | None) -> None:
             os.environ.setdefault("GOOGLE_CLOUD_PROJECT", "bench")
             empty_source = Path(tmp) / "empty_main.py"
             empty_source.write_text(EMPTY_FUNCTION)
+            relays = contextlib.ExitStack()
+            if args.db_latency_ms:
+                # Every query of the function and of the floor waits that long: a remote database.
+                db_url = relays.enter_context(QueryCounter(db_url, args.db_latency_ms / 1000)).url
             env = {"PYTHONPATH": str(ROOT / "functions"), "DATABASE_URL": db_url,
                    "STORAGE_EMULATOR_HOST": emulator.url, "GOOGLE_CLOUD_PROJECT": "bench"}  # fmt: skip
-            with contextlib.ExitStack() as servers:
+            with relays, contextlib.ExitStack() as servers:
                 ours = servers.enter_context(
                     function_server(ROOT / "functions" / "main.py", "ingest_training_metrics", env, Path(tmp) / "ours.log")
                 )
@@ -551,7 +561,7 @@ def run(args: argparse.Namespace, before: Path | None) -> None:
                                                                 "ingest_training_metrics", old_env, Path(tmp) / "old.log"))  # fmt: skip
                     targets = {"before": (old, Path(tmp) / "old.log"), **targets}
                 bench_nonmatching(ours, empty, args.events)
-                bench_matching(targets, db_url, args.files, args.metrics)
+                bench_matching(targets, db_url, args.files, args.metrics, args.db_latency_ms)
 
 
 if __name__ == "__main__":

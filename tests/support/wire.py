@@ -3,6 +3,8 @@
 psycopg2 sends every statement, BEGIN and COMMIT included, as one simple
 Query message ('Q') and waits for the answer, so the count of 'Q' messages
 is the count of round trips, measured on the wire rather than assumed.
+With ``delay_s``, each query is held that long before it is passed on: a
+modelled network round trip (a remote Cloud SQL), for benchmarks.
 
 Example::
 
@@ -18,6 +20,7 @@ import contextlib
 import socket
 import struct
 import threading
+import time
 from typing import Any
 
 from psycopg2.extensions import make_dsn, parse_dsn
@@ -28,7 +31,8 @@ _SPECIAL_REQUESTS = {80877103, 80877104, 80877102}  # SSLRequest, GSSENCRequest,
 class QueryCounter:
     """Relays 127.0.0.1:<port> to the server of ``url``; ``queries`` counts 'Q' messages since ``reset``."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, delay_s: float = 0.0) -> None:
+        self._delay_s = delay_s
         self._target = parse_dsn(url)
         self._listener = socket.create_server(("127.0.0.1", 0))
         port = self._listener.getsockname()[1]
@@ -90,30 +94,35 @@ class QueryCounter:
             dst.shutdown(socket.SHUT_WR)
 
     def _client_to_server(self, src: socket.socket, dst: socket.socket) -> None:
-        buffer = b""
+        header = b""  # the start of the next message, until its length is known
+        skip = 0  # bytes of the current message's body still to pass
         started = False  # before the startup message, messages have no type byte
         with contextlib.suppress(OSError):
-            while data := src.recv(65536):
-                dst.sendall(data)
-                buffer += data
-                while True:
-                    if not started:
-                        if len(buffer) < 8:
-                            break
-                        length, code = struct.unpack("!ii", buffer[:8])
-                        if len(buffer) < length:
-                            break
-                        buffer = buffer[length:]
-                        started = code not in _SPECIAL_REQUESTS
+            while data := src.recv(262144):
+                queries, view = 0, memoryview(data)
+                while view:
+                    if skip:
+                        taken = min(skip, len(view))
+                        skip, view = skip - taken, view[taken:]
                         continue
-                    if len(buffer) < 5:
+                    need = 8 if not started else 5
+                    taken = min(need - len(header), len(view))
+                    header, view = header + bytes(view[:taken]), view[taken:]
+                    if len(header) < need:
                         break
-                    kind, length = buffer[:1], struct.unpack("!i", buffer[1:5])[0]
-                    if len(buffer) < 1 + length:
-                        break
-                    buffer = buffer[1 + length :]
-                    if kind == b"Q":
-                        with self._lock:
-                            self._queries += 1
+                    if not started:
+                        length, code = struct.unpack("!ii", header)
+                        started = code not in _SPECIAL_REQUESTS
+                        skip = length - 8
+                    else:
+                        queries += header[:1] == b"Q"
+                        skip = struct.unpack("!i", header[1:5])[0] - 4
+                    header = b""
+                if queries:
+                    with self._lock:
+                        self._queries += queries
+                    if self._delay_s:
+                        time.sleep(self._delay_s)
+                dst.sendall(data)
         with contextlib.suppress(OSError):
             dst.shutdown(socket.SHUT_WR)
