@@ -256,22 +256,27 @@ def _params(record: Record) -> dict[str, Any]:
 
 # The row and the generations of the event's object, as CTEs ``q`` (the row,
 # at most one) and ``g`` (exactly one line): ``current`` is the newest
-# ingested generation of this object from the log, or, only when the log
-# knows nothing of it (a row filled before the log existed, a wiped log), the
-# generation named by the row's own ``source``: reading into a large jsonb
-# costs a decompression, and CASE evaluates that subquery only when needed.
+# ingested generation of this object from the log (an index probe from the
+# top), or, only when the log knows nothing of it (a row filled before the
+# log existed, a wiped log), the generation named by the row's own
+# ``source``: reading into a large jsonb costs a decompression, so coalesce
+# evaluates that subquery only when needed, and ``OFFSET 0`` keeps it from
+# being inlined (four references would read the jsonb four times).
+# ``this_one``: an index probe for this very generation. ``g`` is
+# materialized: the statements below refer to ``current`` often, and each
+# reference to an inlined one would repeat the subquery in the plan.
 _ROW_AND_GENERATIONS = (
     "q AS (SELECT id FROM {table} WHERE gcs_artifacts_path IN (%(path)s, %(path_slash)s) ORDER BY id DESC LIMIT 1),"
-    f" r AS (SELECT max(generation) AS newest, coalesce(bool_or(generation = %(generation)s), false) AS this_one"
-    f" FROM {INGESTIONS_TABLE}"
+    " g AS MATERIALIZED (SELECT q.id,"
+    f" EXISTS (SELECT 1 FROM {INGESTIONS_TABLE} WHERE bucket = %(bucket)s AND object_name = %(object_name)s"
+    " AND generation = %(generation)s AND outcome = 'ingested') AS this_one,"
+    f" coalesce((SELECT max(generation) FROM {INGESTIONS_TABLE}"
     " WHERE bucket = %(bucket)s AND object_name = %(object_name)s AND outcome = 'ingested'),"
-    " s AS (SELECT q.id, r.newest, r.this_one,"
-    " CASE WHEN r.newest IS NULL AND q.id IS NOT NULL THEN"
-    " (SELECT x.training_history_json -> 'source' FROM {table} x WHERE x.id = q.id) END AS source"
-    " FROM r LEFT JOIN q ON true),"
-    " g AS (SELECT id, this_one, coalesce(newest, CASE"
-    " WHEN source ->> 'bucket' = %(bucket)s AND source ->> 'object' = %(object_name)s"
-    " AND source ->> 'generation' ~ '^[0-9]{{1,19}}$' THEN (source ->> 'generation')::numeric END) AS current FROM s)"
+    " (SELECT CASE WHEN s ->> 'bucket' = %(bucket)s AND s ->> 'object' = %(object_name)s"
+    " AND s ->> 'generation' ~ '^[0-9]{{1,19}}$' THEN (s ->> 'generation')::numeric END"
+    " FROM (SELECT x.training_history_json -> 'source' AS s FROM {table} x WHERE x.id = q.id OFFSET 0) y)"
+    ") AS current"
+    " FROM (SELECT 1) one LEFT JOIN q ON true)"
 )
 
 # What the database alone decides, before any download (see decide_before_download):
