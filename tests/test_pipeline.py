@@ -495,3 +495,21 @@ def test_already_ingested_generation_is_a_duplicate_whatever_size_its_event_clai
         "ingested", "duplicate", "duplicate"
     ]
     assert platform_db.history(row_id)["epochs"] == [0, 1, 2]
+
+
+def test_file_postgresql_could_not_store_is_rejected_before_the_database(platform_db: PlatformDb, artifacts: Artifacts) -> None:
+    """A schema-valid dense file of more values than x-maxValues (jsonb's limits) is recorded rejected with a reason, never sent to PostgreSQL; the row keeps its history."""
+    from ingest import document
+
+    before = {"epochs": [0], "note": "previous history"}
+    row_id, folder = platform_db.new_quicktest(history=before)
+    series = "[" + "1," * 99 + "1]"
+    raw = '{"epochs": [' + ",".join(map(str, range(100))) + '], "metrics": {' + ",".join(
+        f'"m{i}": {series}' for i in range(document.max_values() // 100 + 10)) + "}}"  # fmt: skip
+    resource = artifacts.upload(folder, raw.encode())
+    result = _ingest(platform_db, resource)
+    assert result.outcome == "rejected"
+    assert "values (numbers, strings, names); at most 4,000,000 are accepted" in (result.reason or "")
+    assert platform_db.history(row_id) == before
+    [record] = platform_db.ingestions("ml-artifacts", resource["name"])
+    assert (record["outcome"], record["reason"]) == ("rejected", result.reason)
