@@ -9,10 +9,20 @@
    importing functions_framework alone (what any Python function pays).
 4. Row lookup by gcs_artifacts_path on a 1,000,000-row platform table (after
    `metrics-ingest migrate`): the plan and the time, against a primary-key lookup.
+5. Parse alone and validation alone (``ingest.document``), on the benchmark
+   file and a 20 MB file, each in a fresh interpreter: time (median) and peak
+   RSS; and json.loads against orjson on those and on dense worst cases.
+
+With ``--before REV`` (a git revision), the function as it was at REV is
+exported beside it and measured in the same run: the matching file through
+its own functions-framework server (section 2), its cold start (3) and its
+parse and validation (5), so "before" and "after" share the machine's state.
 
 Run from the repository root (starts PostgreSQL from pip and a GCS emulator)::
 
-    python bench/bench_ingest.py                                   # ~45 s on 2 cores
+    python bench/bench_ingest.py                                   # ~60 s on 2 cores
+    python bench/bench_ingest.py --before 3a157e2 --rows 100000    # before/after in one run
+    python bench/bench_ingest.py --before 3a157e2 --db-latency-ms 1 # each database query 1 ms away
     python bench/bench_ingest.py --events 4000 --files 60 --rows 1000000
 """
 
@@ -48,6 +58,7 @@ from psycopg2 import sql  # noqa: E402
 from metrics_ingest.localstack.emulator import GcsEmulator  # noqa: E402
 from metrics_ingest.migrations import apply_migrations, create_dev_platform_table  # noqa: E402
 from tests.support.documents import megabyte_document  # noqa: E402
+from tests.support.wire import QueryCounter  # noqa: E402
 
 BUCKET = "bench-artifacts"
 EMPTY_FUNCTION = textwrap.dedent(
@@ -209,26 +220,30 @@ def bench_nonmatching(ours: str, empty: str, n: int) -> None:
 # ---------------------------------------------------------------- 2. matching file
 
 
-def bench_matching(ours: str, db_url: str, files: int, log: Path, metrics: int) -> None:
+def bench_matching(targets: dict[str, tuple[str, Path]], db_url: str, files: int, metrics: int,
+                   db_latency_ms: float = 0.0) -> None:
+    """``targets``: label ('after', maybe 'before') -> (function URL, its log file)."""
     doc = megabyte_document(metrics)
     data = json.dumps(doc, indent=2).encode()
     bucket = storage.Client().bucket(BUCKET)
     conn = psycopg2.connect(db_url)
+    row_ids: dict[str, int] = {}
     with conn, conn.cursor() as cur:
-        cur.execute("INSERT INTO ml_platform_quicktest (gcs_artifacts_path) VALUES (%s), (%s) RETURNING id",
-                    (f"gs://{BUCKET}/quick_tests/e2e", f"gs://{BUCKET}/quick_tests/floor"))  # fmt: skip
-        e2e_id, floor_id = (r[0] for r in cur.fetchall())
+        for folder in [*targets, "floor"]:
+            cur.execute("INSERT INTO ml_platform_quicktest (gcs_artifacts_path) VALUES (%s) RETURNING id",
+                        (f"gs://{BUCKET}/quick_tests/{folder}",))  # fmt: skip
+            row_ids[folder] = cur.fetchone()[0]
 
     def upload(folder: str) -> dict[str, Any]:
         blob = bucket.blob(f"quick_tests/{folder}/training_metrics.json")
         blob.upload_from_string(data, content_type="application/json")
         return resource_of(blob)
 
-    def e2e(session: requests.Session) -> float:
-        resource = upload("e2e")
+    def e2e(session: requests.Session, label: str) -> float:
+        resource = upload(label)
         headers, body = event(resource)
         t = time.perf_counter()
-        response = session.post(ours, headers=headers, data=body)
+        response = session.post(targets[label][0], headers=headers, data=body)
         elapsed = time.perf_counter() - t
         assert response.status_code == 200, response.text
         return elapsed
@@ -240,72 +255,89 @@ def bench_matching(ours: str, db_url: str, files: int, log: Path, metrics: int) 
         json.loads(raw)
         with conn, conn.cursor() as cur:
             cur.execute("UPDATE ml_platform_quicktest SET training_history_json = %s::jsonb WHERE id = %s",
-                        (raw.decode(), floor_id))  # fmt: skip
+                        (raw.decode(), row_ids["floor"]))  # fmt: skip
         return time.perf_counter() - t
 
-    times: dict[str, list[float]] = {"e2e": [], "floor": []}
+    times: dict[str, list[float]] = {label: [] for label in [*targets, "floor"]}
     with requests.Session() as session:
-        e2e(session), floor()  # warm up: first-use imports, pool, validator
-        for _ in range(files):
-            times["e2e"].append(e2e(session))
+        for label in targets:  # warm up: first-use imports, pool, validator
+            e2e(session, label)
+        floor()
+        for i in range(files):
+            # Alternating order: neither side always runs right after the other.
+            order = list(targets) if i % 2 == 0 else list(reversed(targets))
+            for label in order:
+                times[label].append(e2e(session, label))
             times["floor"].append(floor())
-    with conn, conn.cursor() as cur:
-        cur.execute("SELECT training_history_json -> 'source' ->> 'generation' FROM ml_platform_quicktest WHERE id = %s",
-                    (e2e_id,))  # fmt: skip
-        row_generation = cur.fetchone()[0]
-        cur.execute("SELECT count(*) FROM training_metrics_ingestions WHERE outcome = 'ingested' AND quicktest_id = %s",
-                    (e2e_id,))  # fmt: skip
-        ingested = cur.fetchone()[0]
+    for label in targets:
+        with conn, conn.cursor() as cur:
+            cur.execute("SELECT training_history_json -> 'source' ->> 'generation' FROM ml_platform_quicktest"
+                        " WHERE id = %s", (row_ids[label],))  # fmt: skip
+            row_generation = cur.fetchone()[0]
+            cur.execute("SELECT count(*) FROM training_metrics_ingestions WHERE outcome = 'ingested'"
+                        " AND quicktest_id = %s", (row_ids[label],))  # fmt: skip
+            ingested = cur.fetchone()[0]
+        assert ingested == files + 1, f"{label}: expected {files + 1} ingested generations, found {ingested}"
+        assert row_generation == str(bucket.get_blob(f"quick_tests/{label}/training_metrics.json").generation)
     conn.close()
-    assert ingested == files + 1, f"expected {files + 1} ingested generations, found {ingested}"
-    assert row_generation == bucket.get_blob("quick_tests/e2e/training_metrics.json").generation.__str__()
-    e50, e95 = pct(times["e2e"], 50), pct(times["e2e"], 95)
     f50, f95 = pct(times["floor"], 50), pct(times["floor"], 95)
     print(f"\n2. Matching file, {len(data) / 1e6:.2f} MB (50 epochs x {metrics} metrics + 4 histograms x 50 bins, indent=2),"
-          f" {files} generations (ratio to the floor)")  # fmt: skip
+          f" {files} generations (ratio to the floor)"
+          + (f"; every database query {db_latency_ms:g} ms later (modelled latency)" if db_latency_ms else ""))  # fmt: skip
     line("floor (download + json.loads + one UPDATE, in process): p50", f"{f50 * 1000:.1f} ms")
     line("floor: p95", f"{f95 * 1000:.1f} ms")
-    line("event -> committed row through the function: p50", f"{e50 * 1000:.1f} ms", e50 / f50, "goal <= 1.5x")
-    line("event -> committed row through the function: p95", f"{e95 * 1000:.1f} ms", e95 / f95, "goal <= 1.5x")
-    own = [e["duration_ms"] for e in map(json.loads, filter(lambda x: x.startswith("{"), log.read_text().splitlines()))
-           if e.get("outcome") == "ingested"][1:]  # fmt: skip
-    line("  of which inside ingest_object (its log's duration_ms): p50", f"{statistics.median(own):.1f} ms",
-         statistics.median(own) / 1000 / f50)  # fmt: skip
+    for label, (_, log) in targets.items():
+        e50, e95 = pct(times[label], 50), pct(times[label], 95)
+        line(f"[{label}] event -> committed row through the function: p50", f"{e50 * 1000:.1f} ms", e50 / f50,
+             "goal <= 1.25x")  # fmt: skip
+        line(f"[{label}] event -> committed row through the function: p95", f"{e95 * 1000:.1f} ms", e95 / f95,
+             "goal <= 1.25x")  # fmt: skip
+        own = [e["duration_ms"] for e in map(json.loads, filter(lambda x: x.startswith("{"), log.read_text().splitlines()))
+               if e.get("outcome") == "ingested"][1:]  # fmt: skip
+        line(f"[{label}]   of which inside ingest_object (its log's duration_ms): p50",
+             f"{statistics.median(own):.1f} ms", statistics.median(own) / 1000 / f50)  # fmt: skip
 
 
 # ---------------------------------------------------------------- 3. cold start
 
 
-def bench_cold_start(runs: int) -> None:
+def bench_cold_start(runs: int, before: Path | None = None) -> None:
     probe = textwrap.dedent(
         """
         import sys, time
         t = time.perf_counter()
         import {module}
         elapsed = time.perf_counter() - t
-        heavy = [m for m in ("google.cloud.storage", "psycopg2", "jsonschema") if m in sys.modules]
+        heavy = [m for m in ("google.cloud.storage", "psycopg2", "jsonschema", "jsonschema_rs") if m in sys.modules]
         print(elapsed, ",".join(heavy))
         """
     )
-    env = {**os.environ, "PYTHONPATH": str(ROOT / "functions")}
+    trees = {"after": ROOT / "functions", **({"before": before / "functions"} if before else {})}
 
-    def measure(module: str) -> tuple[float, str]:
+    def measure(module: str, functions: Path) -> tuple[float, str]:
+        env = {**os.environ, "PYTHONPATH": str(functions)}
         result = subprocess.run([sys.executable, "-c", probe.format(module=module)], env=env, capture_output=True,
-                                text=True, check=True, cwd=ROOT / "functions")  # fmt: skip
+                                text=True, check=True, cwd=functions)  # fmt: skip
         seconds, heavy = result.stdout.split()[0], (result.stdout.split() + [""])[1]
         return float(seconds), heavy
 
-    measure("main"), measure("functions_framework")  # warm the file cache
-    base, ours, heavy = [], [], ""
+    for functions in trees.values():
+        measure("main", functions), measure("functions_framework", functions)  # warm the file cache
+    base: list[float] = []
+    ours: dict[str, list[float]] = {label: [] for label in trees}
+    heavy: dict[str, str] = {}
     for _ in range(runs):
-        base.append(measure("functions_framework")[0])
-        seconds, heavy = measure("main")
-        ours.append(seconds)
-    b, o = statistics.median(base), statistics.median(ours)
+        base.append(measure("functions_framework", ROOT / "functions")[0])
+        for label, functions in trees.items():
+            seconds, heavy[label] = measure("main", functions)
+            ours[label].append(seconds)
+    b = statistics.median(base)
     print(f"\n3. Cold start: import in a fresh interpreter, median of {runs}")
     line("import functions_framework (any Python function pays this)", f"{b * 1000:.0f} ms")
-    line("import functions/main.py", f"{o * 1000:.0f} ms", o / b, "goal < 300 ms")
-    line("heavy clients loaded at import", heavy or "none (load on first use)")
+    for label in trees:
+        o = statistics.median(ours[label])
+        line(f"[{label}] import functions/main.py", f"{o * 1000:.0f} ms", o / b, "goal < 300 ms")
+        line(f"[{label}] heavy clients loaded at import", heavy[label] or "none (load on first use)")
 
 
 # ---------------------------------------------------------------- 4. row lookup
@@ -359,6 +391,123 @@ def bench_lookup(admin_url: str, rows: int, repeats: int = 300) -> None:
          "index lookup" if index_scan else "NOT AN INDEX LOOKUP")  # fmt: skip
 
 
+# ---------------------------------------------------------------- 5. parse and validate alone
+
+# Run in a fresh interpreter per (tree, file) so peak RSS is that work's alone:
+# VmHWM (the address space's peak RSS, reset by exec, unlike ru_maxrss, which
+# a child inherits from this large process) is read before and after each step.
+_DOCUMENT_PROBE = textwrap.dedent(
+    """
+    import inspect, json, resource, statistics, sys, time
+    from ingest import document
+    data = open(sys.argv[1], "rb").read()
+    repeats = int(sys.argv[2])
+    def peak():
+        return next(int(l.split()[1]) * 1024 for l in open("/proc/self/status") if l.startswith("VmHWM:"))
+    with_text = "text" in inspect.signature(document.validate).parameters
+    document.validate({"epochs": []})  # the validator is built once per process: not the file's cost
+    rss0 = peak()
+    doc = document.parse(data)
+    text = data.decode()
+    rss1 = peak()
+    document.validate(doc, text) if with_text else document.validate(doc)
+    rss2 = peak()
+    def timed(step):
+        out = []
+        for _ in range(repeats):
+            t = time.perf_counter()
+            step()
+            out.append(time.perf_counter() - t)
+        return statistics.median(out)
+    parse_s = timed(lambda: document.parse(data))
+    validate_s = timed(lambda: document.validate(doc, text) if with_text else document.validate(doc))
+    print(json.dumps({"parse_s": parse_s, "validate_s": validate_s, "parse_rss": rss1 - rss0, "validate_rss": rss2 - rss1}))
+    """
+)
+
+_PARSER_PROBE = textwrap.dedent(
+    """
+    import json, resource, sys, time
+    data = open(sys.argv[1], "rb").read()
+    parser = sys.argv[2]
+    if parser == "orjson":
+        import orjson
+        parse = orjson.loads  # takes the bytes; checks UTF-8 itself
+    else:
+        parse = lambda raw: json.loads(raw.decode("utf-8"), parse_constant=lambda _: None)  # as ingest.document does
+    def peak():
+        return next(int(l.split()[1]) * 1024 for l in open("/proc/self/status") if l.startswith("VmHWM:"))
+    rss0 = peak()
+    t = time.perf_counter()
+    value = parse(data)
+    elapsed = time.perf_counter() - t
+    rss1 = peak()
+    print(json.dumps({"s": elapsed, "rss": rss1 - rss0}))
+    """
+)
+
+
+def _probe(script: str, functions: Path, *args: str) -> dict[str, float]:
+    env = {**os.environ, "PYTHONPATH": str(functions)}
+    result = subprocess.run([sys.executable, "-c", script, *args], env=env, capture_output=True, text=True,
+                            check=True, cwd=functions)  # fmt: skip
+    return json.loads(result.stdout.splitlines()[-1])
+
+
+def bench_documents(tmp: Path, before: Path | None) -> None:
+    files: dict[str, tuple[Path, int]] = {}
+
+    def write(label: str, data: bytes, repeats: int) -> None:
+        path = tmp / f"{label.split()[0]}.json"
+        path.write_bytes(data)
+        files[label] = (path, repeats)
+
+    bench = json.dumps(megabyte_document(140), indent=2).encode()
+    write(f"bench {len(bench) / 1e6:.2f} MB", bench, 30)
+    big = json.dumps(megabyte_document(13_800), indent=2).encode()
+    write(f"big {len(big) / 1e6:.1f} MB", big, 3)
+    trees = {**({"before": before / "functions"} if before else {}), "after": ROOT / "functions"}
+    print("\n5. Parse alone and validation alone (ingest.document), fresh interpreters; time median, peak RSS; best of 3")
+    for label, (path, repeats) in files.items():
+        # Alternating fresh interpreters, best of 3 per tree: a noisy neighbour only ever slows a run.
+        runs: dict[str, list[dict[str, float]]] = {tree: [] for tree in trees}
+        for _ in range(3):
+            for tree, functions in trees.items():
+                runs[tree].append(_probe(_DOCUMENT_PROBE, functions, str(path), str(repeats)))
+        results = {tree: {k: min(r[k] for r in rs) for k in rs[0]} for tree, rs in runs.items()}
+        base = results.get("before")
+        for step in ("parse", "validate"):
+            for tree, r in results.items():
+                ratio = r[f"{step}_s"] / base[f"{step}_s"] if base and tree == "after" else None
+                line(f"[{tree}] {step} {label}", f"{r[f'{step}_s'] * 1000:9.2f} ms {r[f'{step}_rss'] / 2**20:6.1f} MiB",
+                     ratio, "vs before (time)" if ratio is not None else "")  # fmt: skip
+    # json.loads (what ingest.document uses) against orjson. Dense worst cases
+    # sit at the schema's x-maxValues (4,000,000 values): the most a file may hold.
+    write("dense-ints 8.0 MB, 4M values", b'{"epochs": [], "v": [' + b"1," * 3_999_999 + b"1]}", 1)
+    write("dense-floats 20 MB, 4M values", b'{"epochs": [], "v": [' + b"0.123," * 3_999_999 + b"0.123]}", 1)
+    print("   json.loads(bytes.decode()) against orjson.loads(bytes): time, peak RSS (fresh interpreters, best of 3)")
+    for label, (path, _) in files.items():
+        size = path.stat().st_size
+        plain = fast = {"s": float("inf"), "rss": float("inf")}
+        for _ in range(3):  # alternating, best of 3
+            p = _probe(_PARSER_PROBE, ROOT / "functions", str(path), "json")
+            o = _probe(_PARSER_PROBE, ROOT / "functions", str(path), "orjson")
+            plain = {k: min(plain[k], p[k]) for k in p}
+            fast = {k: min(fast[k], o[k]) for k in o}
+        line(f"json.loads   {label}", f"{plain['s'] * 1000:9.1f} ms {plain['rss'] / size:5.1f}x size")
+        line(f"orjson.loads {label}", f"{fast['s'] * 1000:9.1f} ms {fast['rss'] / size:5.1f}x size", fast["s"] / plain["s"],
+             f"time vs json; RSS {fast['rss'] / max(plain['rss'], 1):.2f}x")  # fmt: skip
+
+
+def export_revision(rev: str, tmp: Path) -> Path:
+    """The repository's files at ``rev`` (git archive), for the "before" measurements."""
+    folder = tmp / f"before-{rev}"
+    folder.mkdir()
+    archive = subprocess.run(["git", "-C", str(ROOT), "archive", rev], capture_output=True, check=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(folder)], input=archive, check=True)
+    return folder
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--events", type=int, default=2000, help="non-matching events per function (default 2000)")
@@ -369,10 +518,30 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cold-runs", type=int, default=7, help="fresh interpreters per import measured (default 7)")
     parser.add_argument("--database-url", default=os.environ.get("BENCH_DATABASE_URL"),
                         help="a superuser URL of a PostgreSQL to use (default: start one with pgserver)")  # fmt: skip
+    parser.add_argument("--before", metavar="REV",
+                        help="also measure the function as it was at this git revision, in the same run")  # fmt: skip
+    parser.add_argument("--only-documents", action="store_true", help="section 5 only (no servers, no database)")
+    parser.add_argument("--db-latency-ms", type=float, default=0.0,
+                        help="section 2: hold every database query this long (a modelled remote database; default 0)")  # fmt: skip
     args = parser.parse_args(argv)
     started = time.perf_counter()
     print(f"bench_ingest: python {sys.version.split()[0]}, {os.cpu_count()} CPUs")
-    bench_cold_start(args.cold_runs)
+    scratch = Path(tempfile.mkdtemp(prefix="bench-ingest-"))
+    try:
+        before = export_revision(args.before, scratch) if args.before else None
+        if args.only_documents:
+            bench_documents(scratch, before)
+            return 0
+        bench_cold_start(args.cold_runs, before)
+        bench_documents(scratch, before)
+        run(args, before)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    print(f"\ntotal {time.perf_counter() - started:.0f} s")
+    return 0
+
+
+def run(args: argparse.Namespace, before: Path | None) -> None:
     with postgres(args.database_url) as admin_url, GcsEmulator() as emulator, tempfile.TemporaryDirectory() as tmp:
         bench_lookup(admin_url, args.rows)
         with scratch_database(admin_url, "ingest") as db_url:
@@ -383,16 +552,25 @@ def main(argv: list[str] | None = None) -> int:
             os.environ.setdefault("GOOGLE_CLOUD_PROJECT", "bench")
             empty_source = Path(tmp) / "empty_main.py"
             empty_source.write_text(EMPTY_FUNCTION)
+            relays = contextlib.ExitStack()
+            if args.db_latency_ms:
+                # Every query of the function and of the floor waits that long: a remote database.
+                db_url = relays.enter_context(QueryCounter(db_url, args.db_latency_ms / 1000)).url
             env = {"PYTHONPATH": str(ROOT / "functions"), "DATABASE_URL": db_url,
                    "STORAGE_EMULATOR_HOST": emulator.url, "GOOGLE_CLOUD_PROJECT": "bench"}  # fmt: skip
-            with (
-                function_server(ROOT / "functions" / "main.py", "ingest_training_metrics", env, Path(tmp) / "ours.log") as ours,
-                function_server(empty_source, "noop", env, Path(tmp) / "empty.log") as empty,
-            ):
+            with relays, contextlib.ExitStack() as servers:
+                ours = servers.enter_context(
+                    function_server(ROOT / "functions" / "main.py", "ingest_training_metrics", env, Path(tmp) / "ours.log")
+                )
+                empty = servers.enter_context(function_server(empty_source, "noop", env, Path(tmp) / "empty.log"))
+                targets = {"after": (ours, Path(tmp) / "ours.log")}
+                if before is not None:
+                    old_env = {**env, "PYTHONPATH": str(before / "functions")}
+                    old = servers.enter_context(function_server(before / "functions" / "main.py",
+                                                                "ingest_training_metrics", old_env, Path(tmp) / "old.log"))  # fmt: skip
+                    targets = {"before": (old, Path(tmp) / "old.log"), **targets}
                 bench_nonmatching(ours, empty, args.events)
-                bench_matching(ours, db_url, args.files, Path(tmp) / "ours.log", args.metrics)
-    print(f"\ntotal {time.perf_counter() - started:.0f} s")
-    return 0
+                bench_matching(targets, db_url, args.files, args.metrics, args.db_latency_ms)
 
 
 if __name__ == "__main__":

@@ -207,7 +207,7 @@ class StageTimer:
     """
 
     STAGES = {
-        "db": [(store, "read_state"), (store, "write"), (store, "record")],
+        "db": [(store, "check"), (store, "read_state"), (store, "write"), (store, "record")],
         "gcs": [(gcs_module, "download")],
         "prepare": [(document_module, "prepare")],
         "file": [(replay_module, "ingest_object")],

@@ -5,7 +5,7 @@ Deployed from this folder with entry point ``ingest_training_metrics`` and
 (``--retry``). Returning acknowledges the event; raising makes the platform
 redeliver it, which only transient faults do (see ``ingest.errors``).
 
-Kept cheap to import (cold start): the GCS client, psycopg2 and jsonschema
+Kept cheap to import (cold start): the GCS client, psycopg2 and jsonschema-rs
 load inside ``ingest`` on the first matching event.
 
 Example (local)::

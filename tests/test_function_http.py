@@ -181,7 +181,7 @@ def test_function_module_imports_without_heavy_clients() -> None:
 
     probe = (
         "import sys, main\n"
-        "print(','.join(m for m in ('google.cloud.storage', 'psycopg2', 'jsonschema', 'tensorflow', 'metrics_ingest')"
+        "print(','.join(m for m in ('google.cloud.storage', 'psycopg2', 'jsonschema', 'jsonschema_rs', 'tensorflow', 'metrics_ingest')"
         " if m in sys.modules))\n"
         "print(callable(main.ingest_training_metrics))\n"
     )

@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 from psycopg2 import sql
 
+from ingest import store
 from ingest.errors import TransientError
 from ingest.objects import ObjectRef
 from ingest.pipeline import IngestResult, ingest_object
@@ -179,6 +180,12 @@ HOSTILE: list[tuple[str, bytes, str | None, str]] = [
     ("invalid-utf8", b'{"epochs": [], "params": {"x": "\xff\xfe"}}', None, "not valid UTF-8"),
     ("deep-nesting", b'{"epochs": [], "params": {"p": ' + b"[" * 20_000 + b"]" * 20_000 + b"}}", None, "nested more than"),
     ("nul-character", b'{"epochs": [], "params": {"x": "a\\u0000b"}}', None, "PostgreSQL cannot store"),
+    # Caught before the database, named with their JSON path (issue 10, defect 9), no interpreter advice.
+    ("lone-surrogate-name", b'{"epochs": [0], "params": {"a\\ud800": 1}}', None, "at $.params: the name 'a\\ud800' holds a lone"),
+    ("huge-integer", b'{"epochs": [0], "final_metrics": {"n": ' + b"9" * 5000 + b"}}", None, "at $.final_metrics.n: an integer of 5000 digits"),
+    # The schema's bounds (defect 10).
+    ("float-epochs", b'{"epochs": [0.0, 1.0]}', None, "at $.epochs[0]: expected an integer"),
+    ("error-10k-over", dumps({"epochs": [], "status": "failed", "error": "x" * 70_000}), None, "at $.error: longer than 65536"),
     ("gzip-bomb", _bomb(200_000), "gzip", "inflates to more than MAX_METRICS_BYTES"),
     ("gzip-corrupt", b"\x1f\x8b\x08\x00garbage-garbage", "gzip", "gzip stream"),
     ("over-cap-plain", b'{"epochs": [], "params": {"pad": "' + b"x" * 150_000 + b'"}}', None, "MAX_METRICS_BYTES"),
@@ -221,6 +228,14 @@ def test_nan_tokens_are_stored_as_null(platform_db: PlatformDb, artifacts: Artif
     assert _ingest(platform_db, resource).outcome == "ingested"
     history = platform_db.history(row_id)
     assert history["loss"]["loss"] == [None, 0.5] and history["final_metrics"]["x"] is None
+
+
+def test_numbers_postgresql_numeric_refuses_as_written_are_stored_as_read(platform_db: PlatformDb, artifacts: Artifacts) -> None:
+    """1e-20000 and a 20,000-digit fraction (beyond numeric's 16,383 digits) are ingested as the floats they read as, not refused by the database."""
+    row_id, folder = platform_db.new_quicktest()
+    resource = artifacts.upload(folder, b'{"epochs": [0, 1], "loss": {"loss": [1e-20000, 0.' + b"0" * 20000 + b'5]}}')
+    assert _ingest(platform_db, resource).outcome == "ingested"
+    assert platform_db.history(row_id)["loss"]["loss"] == [0.0, 0.0]
 
 
 @pytest.mark.parametrize(
@@ -389,3 +404,112 @@ def test_unexpected_failure_is_logged_as_one_json_line_then_raised(
     assert (entry["severity"], entry["outcome"], entry["event_id"], entry["error"]) == ("ERROR", "error", "evt-1", "AttributeError")
     assert entry["object"] == f"gs://ml-artifacts/{resource['name']}" and "Traceback" in entry["exception"]
     assert platform_db.ingestions("ml-artifacts", resource["name"]) == []
+
+
+def test_round_trips_per_first_ingestion_and_per_duplicate(platform_db: PlatformDb, artifacts: Artifacts) -> None:
+    """Counted on the wire: a first ingestion costs 2 database round trips, a duplicate 1, a superseded generation 1."""
+    from tests.support.wire import QueryCounter
+
+    row_id, folder = platform_db.new_quicktest()
+    old = artifacts.upload(folder, dumps(v1_document(2)))
+    new = artifacts.upload(folder, dumps(v1_document(3)))
+    with QueryCounter(platform_db.url) as counter:
+        settings = platform_db.settings(database_url=counter.url, db_pool_size=1)
+        _ingest(platform_db, artifacts.upload(platform_db.new_quicktest()[1], dumps(v1_document(1))), settings=settings)
+        counter.reset()  # the pool's connection is open: what follows is per event
+        assert _ingest(platform_db, new, settings=settings).outcome == "ingested"
+        assert counter.queries == 2  # check (row, generations), then the guarded write
+        counter.reset()
+        assert _ingest(platform_db, new, settings=settings).outcome == "duplicate"
+        assert counter.queries == 1  # decided and recorded by one statement
+        counter.reset()
+        assert _ingest(platform_db, old, settings=settings).outcome == "superseded"
+        assert counter.queries == 1
+        store.close_pools()  # the relay's connections go before the relay does
+    assert platform_db.history(row_id)["source"]["generation"] == new["generation"]
+    outcomes = [r["outcome"] for r in platform_db.ingestions("ml-artifacts", new["name"])]
+    assert sorted(outcomes) == ["duplicate", "ingested", "superseded"]  # one record per event
+
+
+def test_write_keeps_the_lock_and_the_guard_in_one_round_trip(platform_db: PlatformDb) -> None:
+    """While another transaction holds the row lock, the one-round-trip write waits, then sees that writer's newer generation."""
+    row_id, folder = platform_db.new_quicktest()
+    name = f"{folder}/training_metrics.json"
+    settings = platform_db.settings()
+    blocker = platform_db.connect()
+    cur = blocker.cursor()
+    cur.execute(sql.SQL("SELECT id FROM {} WHERE id = %s FOR UPDATE").format(sql.Identifier(platform_db.table)), (row_id,))
+    outcome: list[str] = []
+
+    def older_writer() -> None:
+        with store.connection(settings) as conn:
+            outcome.append(store.write(conn, settings, ObjectRef("ml-artifacts", name, 5), {"epochs": [0]},
+                                       event_id="old", epochs=1, duration_ms=1.0).outcome)  # fmt: skip
+
+    worker = threading.Thread(target=older_writer)
+    worker.start()
+    worker.join(1.0)
+    assert worker.is_alive()  # waiting for the row lock
+    # The lock holder ingests a newer generation and commits.
+    cur.execute(
+        "INSERT INTO training_metrics_ingestions (bucket, object_name, generation, quicktest_id, outcome)"
+        " VALUES ('ml-artifacts', %s, 9, %s, 'ingested')",
+        (name, row_id),
+    )
+    cur.execute(sql.SQL("UPDATE {} SET training_history_json = '{{\"epochs\": [0, 1]}}' WHERE id = %s").format(
+        sql.Identifier(platform_db.table)), (row_id,))  # fmt: skip
+    blocker.commit()
+    blocker.close()
+    worker.join(10)
+    assert outcome == ["superseded"]
+    assert platform_db.history(row_id) == {"epochs": [0, 1]}
+
+
+def test_empty_path_segment_cannot_overwrite_the_other_names_history(platform_db: PlatformDb, artifacts: Artifacts) -> None:
+    """F//training_metrics.json shares F/training_metrics.json's row: it is refused with a reason, so its older generation cannot overwrite the newer history."""
+    row_id, folder = platform_db.new_quicktest()
+    older = artifacts.upload(folder + "/", dumps(v1_document(2, status="running")))  # F//training_metrics.json
+    assert "//" in older["name"]
+    newer = artifacts.upload(folder, dumps(v1_document(4)))
+    assert _ingest(platform_db, newer).outcome == "ingested"
+    result = _ingest(platform_db, older)
+    assert result.outcome == "rejected" and "empty path segment" in (result.reason or "")
+    assert platform_db.history(row_id)["epochs"] == [0, 1, 2, 3]
+    assert platform_db.history(row_id)["source"]["object"] == newer["name"]
+    [record] = platform_db.ingestions("ml-artifacts", older["name"])
+    assert record["outcome"] == "rejected"
+
+
+def test_already_ingested_generation_is_a_duplicate_whatever_size_its_event_claims(
+    platform_db: PlatformDb, artifacts: Artifacts
+) -> None:
+    """A redelivered generation whose event claims a huge size, or replayed after the cap came down, is a duplicate, not rejected."""
+    row_id, folder = platform_db.new_quicktest()
+    resource = artifacts.upload(folder, dumps(v1_document(3)))
+    assert _ingest(platform_db, resource).outcome == "ingested"
+    huge = _ingest(platform_db, {**resource, "size": str(2**40)})
+    assert huge.outcome == "duplicate"
+    lowered = _ingest(platform_db, resource, settings=platform_db.settings(max_metrics_bytes=10))
+    assert lowered.outcome == "duplicate"
+    assert [r["outcome"] for r in platform_db.ingestions("ml-artifacts", resource["name"])] == [
+        "ingested", "duplicate", "duplicate"
+    ]
+    assert platform_db.history(row_id)["epochs"] == [0, 1, 2]
+
+
+def test_file_postgresql_could_not_store_is_rejected_before_the_database(platform_db: PlatformDb, artifacts: Artifacts) -> None:
+    """A schema-valid dense file of more values than x-maxValues (jsonb's limits) is recorded rejected with a reason, never sent to PostgreSQL; the row keeps its history."""
+    from ingest import document
+
+    before = {"epochs": [0], "note": "previous history"}
+    row_id, folder = platform_db.new_quicktest(history=before)
+    series = "[" + "1," * 99 + "1]"
+    raw = '{"epochs": [' + ",".join(map(str, range(100))) + '], "metrics": {' + ",".join(
+        f'"m{i}": {series}' for i in range(document.max_values() // 100 + 10)) + "}}"  # fmt: skip
+    resource = artifacts.upload(folder, raw.encode())
+    result = _ingest(platform_db, resource)
+    assert result.outcome == "rejected"
+    assert "values (numbers, strings, names); at most 4,000,000 are accepted" in (result.reason or "")
+    assert platform_db.history(row_id) == before
+    [record] = platform_db.ingestions("ml-artifacts", resource["name"])
+    assert (record["outcome"], record["reason"]) == ("rejected", result.reason)

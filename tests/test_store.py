@@ -148,3 +148,47 @@ def test_single_statement_reads_and_records_hand_back_a_transactional_connection
         raise RuntimeError("the block fails after the update")
     assert platform_db.history(row_id) is None
     assert [r["outcome"] for r in platform_db.ingestions(BUCKET, ref.name)] == ["rejected"]
+
+
+def test_raw_text_is_stored_with_the_added_keys_winning(platform_db: PlatformDb) -> None:
+    """The file's own text is stored with the added top-level keys appended: they replace the file's own (a forged source), as jsonb's || would."""
+    row_id, folder = platform_db.new_quicktest()
+    settings = platform_db.settings()
+    ref = _ref(folder, 3)
+    raw = '\n {"epochs": [0], "source": "forged", "note": "caf\u00e9 {}"} \n\t'
+    added = {"schema_version": 1, "source": {"bucket": BUCKET, "object": ref.name, "generation": "3"}}
+    with store.connection(settings) as conn:
+        written = store.write(conn, settings, ref, added, raw_text=raw, event_id="e", epochs=1, duration_ms=1.0)
+    assert written.outcome == "ingested"
+    assert platform_db.history(row_id) == {"epochs": [0], "note": "caf\u00e9 {}", **added}
+
+
+@pytest.mark.slow
+def test_a_file_at_the_value_limit_is_storable(platform_db: PlatformDb) -> None:
+    """A file at the reader's value limit (x-maxValues) is stored by PostgreSQL, so the limit decides before the database, never the database's own failure."""
+    from ingest import document
+
+    limit = document.max_values()
+    series = "[" + "1," * 99 + "1]"  # 100 epochs x 39,500 metrics: ~3.99 million values, 8.3 MB
+    raw = '{"epochs": [' + ",".join(map(str, range(100))) + '], "metrics": {' + ",".join(
+        f'"m{i}": {series}' for i in range(39_500)) + "}}"  # fmt: skip
+    assert 0.99 * limit < document._scan(raw, 64)[1] <= limit
+    prepared = document.prepare(raw.encode())
+    assert prepared.text is not None
+    del prepared
+    row_id, folder = platform_db.new_quicktest()
+    settings = platform_db.settings()
+    with store.connection(settings) as conn:
+        written = store.write(conn, settings, _ref(folder, 1), {"schema_version": 1}, raw_text=raw, event_id="e",
+                              epochs=1, duration_ms=1.0)  # fmt: skip
+    assert written.outcome == "ingested"
+    conn = platform_db.connect()
+    try:
+        with conn, conn.cursor() as cur:
+            cur.execute("SELECT training_history_json -> 'metrics' -> 'm39499' -> 99 FROM ml_platform_quicktest"
+                        " WHERE id = %s", (row_id,))  # fmt: skip
+            assert cur.fetchone()[0] == 1
+            # The value is replaced at once: the next tests' rows stay small.
+            cur.execute("UPDATE ml_platform_quicktest SET training_history_json = NULL WHERE id = %s", (row_id,))
+    finally:
+        conn.close()

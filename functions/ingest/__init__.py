@@ -2,5 +2,5 @@
 
 The Cloud Function (``functions/main.py``) and ``metrics-ingest replay`` share
 one code path: :func:`ingest.pipeline.ingest_object`. Importing this package
-is cheap: the GCS client, psycopg2 and jsonschema load on first use.
+is cheap: the GCS client, psycopg2 and the schema validator (jsonschema-rs) load on first use.
 """

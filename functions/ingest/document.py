@@ -5,9 +5,14 @@ back the normalized document, or :class:`ingest.errors.Rejected` with a reason
 a platform engineer understands.
 
 The format's one machine-readable definition is
-``schema/training_metrics.v1.schema.json`` (JSON Schema 2020-12). What JSON
-Schema cannot say (series aligned to ``epochs``, ``epochs`` strictly
-increasing, histogram rows one shorter than ``bin_edges``) is checked here.
+``schema/training_metrics.v1.schema.json`` (JSON Schema 2020-12), checked by
+``jsonschema-rs`` (a compiled validator: no per-keyword code of ours). What
+JSON Schema cannot say is checked here, each bound read from the schema file:
+series aligned to ``epochs``, ``epochs`` strictly increasing and spelled as
+integers, histogram rows one shorter than ``bin_edges``, an unknown top-level
+value's size (``x-maxJsonBytes``), and what PostgreSQL's jsonb cannot store
+(a NUL or a lone surrogate in a string, more than ``x-maxValues`` values),
+so such a file is rejected with its JSON path before the database is asked.
 
 Example::
 
@@ -24,11 +29,12 @@ import itertools
 import json
 import math
 import re
-from collections.abc import Callable, Iterable, Mapping
+import sys
+from collections.abc import Callable, Iterator
 from importlib import resources
 from typing import Any
 
-from ingest.errors import Rejected
+from ingest.errors import Rejected, printable
 
 SCHEMA_RESOURCE = "training_metrics.v1.schema.json"
 MAX_DEPTH = 64
@@ -62,6 +68,14 @@ _STRING = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*(?:"|\\?\Z)', re.DOTALL)
 _NOT_BRACKET = str.maketrans("", "", "0123456789+-.eE,: \t\r\n" + "truefalsnNIiy")
 _DEPTH_CHUNK = 1 << 20
 _DEPTH_STEP = tuple(1 if c in b"[{" else -1 if c in b"]}" else 0 for c in range(256))
+# Escapes that make a string PostgreSQL cannot store: \u0000 (jsonb refuses
+# it) and a UTF-16 surrogate (paired ones decode to one character; a lone
+# one is not Unicode text). Only a file containing one is walked to name the place.
+_SUSPECT_ESCAPE = re.compile(r"\\u(?:0000|[dD][89a-fA-F])")
+_DIGITS_AS_ZERO = str.maketrans("123456789", "000000000")
+_LONG_DIGITS = "0" * 1000
+_LOW_EXPONENT = re.compile(r"e-\d{4}")
+_LOW_EXPONENT_UPPER = re.compile(r"E-\d{4}")
 
 
 def load_document(data: bytes, *, max_depth: int = MAX_DEPTH) -> dict[str, Any]:
@@ -74,19 +88,30 @@ def load_document(data: bytes, *, max_depth: int = MAX_DEPTH) -> dict[str, Any]:
 
 
 def parse(data: bytes, *, max_depth: int = MAX_DEPTH) -> Any:
-    """Strict UTF-8, nesting depth guard, then JSON with NaN/Infinity read as null."""
+    """Strict UTF-8, nesting depth and value-count guards, then JSON with NaN/Infinity read as null."""
     return _parse(data, max_depth)[1]
 
 
 def _parse(data: bytes, max_depth: int) -> tuple[str, Any, bool]:
-    """(text, value, whether NaN/Infinity tokens were read as null)."""
+    """(text, value, whether the text cannot be stored as written: NaN/Infinity
+    tokens read as null, or a number literal PostgreSQL's numeric refuses)."""
     if not data or data.isspace():  # not strip(): that copies a large file
         raise Rejected("the file is empty")
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise Rejected(f"the file is not valid UTF-8 (byte {exc.start}: {exc.reason})") from None
-    unclosed = check_depth(text, max_depth)
+    unclosed, values, exotic = _scan(text, max_depth)
+    limit = max_values()
+    if values > limit:
+        # Before parsing (the parse would cost ~100 bytes per value) and before
+        # PostgreSQL, which fails on such a document with "total size of jsonb
+        # object elements exceeds the maximum" or "invalid memory alloc request
+        # size", the same way on every retry.
+        raise Rejected(
+            f"the file holds about {values:,} values (numbers, strings, names); at most {limit:,} are accepted"
+            " (x-maxValues in the schema: PostgreSQL's jsonb cannot store much more in one document)"
+        )
     constants: list[str] = []
 
     def constant(token: str) -> None:
@@ -96,29 +121,89 @@ def _parse(data: bytes, max_depth: int) -> tuple[str, Any, bool]:
         return None
 
     try:
-        return text, json.loads(text, parse_constant=constant), bool(constants)
+        return text, json.loads(text, parse_constant=constant), bool(constants) or exotic
     except json.JSONDecodeError as exc:
         if exc.pos >= len(text.rstrip()) or exc.msg.startswith("Unterminated string") or unclosed > 0:
             raise Rejected(
                 f"the JSON ends early at line {exc.lineno} column {exc.colno} (truncated file?): {exc.msg}"
             ) from None
         raise Rejected(f"the file is not JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
-    except (ValueError, RecursionError) as exc:  # e.g. an integer literal of > 4300 digits
-        raise Rejected(_clip(f"the file is not usable JSON: {exc}")) from None
+    except ValueError:  # an integer literal longer than Python converts (4300 digits by default)
+        raise Rejected(_huge_integer(text)) from None
+    except RecursionError:  # not expected below MAX_DEPTH; named rather than retried
+        raise Rejected(f"the JSON is nested too deeply to parse (limit {max_depth} levels)") from None
+
+
+class _HugeInt:
+    """Stands in for an integer literal too long to convert, to find its JSON path."""
+
+    def __init__(self, digits: int) -> None:
+        self.digits = digits
+
+
+def _huge_integer(text: str) -> str:
+    """The reason for an integer literal too long to convert, naming where it is."""
+    limit = sys.get_int_max_str_digits() or 4300
+    try:
+        doc = json.loads(text, parse_int=lambda s: _HugeInt(len(s)) if len(s) > limit else int(s),
+                         parse_constant=lambda _: None)  # fmt: skip
+    except ValueError:  # the text is bad further on too: no path to name
+        return f"the file holds an integer of more than {limit} digits"
+    for where, value in _walk(doc):
+        if isinstance(value, _HugeInt):
+            return f"at {where}: an integer of {value.digits} digits (at most {limit})"
+    return f"the file holds an integer of more than {limit} digits"
+
+
+def _walk(value: Any, where: str = "$") -> Iterator[tuple[str, Any]]:
+    """(JSON path, value) for ``value`` and everything inside it, depth first."""
+    yield where, value
+    if isinstance(value, dict):
+        for key, item in value.items():
+            yield from _walk(item, f"{where}.{key}")
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            yield from _walk(item, f"{where}[{i}]")
 
 
 def check_depth(text: str, max_depth: int = MAX_DEPTH) -> int:
     """Reject nesting deeper than ``max_depth`` before parsing, in linear time.
 
+    Returns the depth left open at the end (> 0: the text stops inside a
+    structure, e.g. truncated); mismatched bracket kinds are the parser's to report.
+    """
+    return _scan(text, max_depth)[0]
+
+
+def _scan(text: str, max_depth: int) -> tuple[int, int, bool]:
+    """(depth left open at the end, about how many values the text holds,
+    whether a number literal may be one PostgreSQL cannot store), in linear time.
+
     Strings are blanked (an unterminated one runs to the end of the text, so
     no input makes the scan go back over it), everything but brackets is
     deleted, and the running depth is summed by C iterators: about 40 ns per
     bracket, seconds at worst for a MAX_METRICS_BYTES file of brackets alone.
+    The value count is what separates them (commas outside strings) plus one
+    per array or object: exact for a file without empty containers, an upper
+    bound otherwise.
 
-    Returns the depth left open at the end (> 0: the text stops inside a
-    structure, e.g. truncated); mismatched bracket kinds are the parser's to report.
+    PostgreSQL's numeric takes at most 16,383 digits after the point:
+    ``1e-20000`` or a 20,000-digit fraction fails there, though Python reads
+    it (as 0.0 or a nearby float). A run of 1,000 digits or an exponent of
+    -1000 or below (either is rare enough to over-match) marks the text as
+    not storable verbatim: the parsed values are stored instead.
     """
-    steps = _STRING.sub("", text).translate(_NOT_BRACKET).encode("ascii", "replace")
+    blanked = _STRING.sub("", text)
+    # Searches that run at memory speed: a long needle of one character, and
+    # regexes with a literal prefix ("e-0000" in the zeroed text would crawl).
+    exotic = (
+        _LONG_DIGITS in blanked.translate(_DIGITS_AS_ZERO)
+        or _LOW_EXPONENT.search(blanked) is not None
+        or _LOW_EXPONENT_UPPER.search(blanked) is not None
+    )
+    commas = blanked.count(",")
+    steps = blanked.translate(_NOT_BRACKET).encode("ascii", "replace")
+    del blanked
     depth = 0
     for start in range(0, len(steps), _DEPTH_CHUNK):  # chunked: a deep start stops early
         chunk = steps[start : start + _DEPTH_CHUNK]
@@ -126,17 +211,33 @@ def check_depth(text: str, max_depth: int = MAX_DEPTH) -> int:
         if max(running) > max_depth:
             raise Rejected(f"the JSON is nested more than {max_depth} levels deep")
         depth = running[-1]
-    return depth
+    return depth, commas + steps.count(b"[") + steps.count(b"{"), exotic
 
 
-def validate(doc: Any) -> None:
-    """Check ``doc`` against the schema, then the rules the schema cannot state."""
+def validate(doc: Any, text: str | None = None) -> None:
+    """Check ``doc`` against the schema, then the rules the schema cannot state.
+
+    ``text``, the JSON ``doc`` was parsed from, lets a file without suspect
+    escapes skip the walk for strings PostgreSQL cannot store.
+    """
     if not isinstance(doc, dict):
         raise Rejected(f"the top-level value is {_json_type(doc)}, expected a JSON object")
-    # The first error is enough to name the problem, and cheap to find.
-    error = next(iter(_validator().iter_errors(doc)), None)
-    if error is not None:
-        raise Rejected(_describe(error))
+    # A one-character search runs at memory speed ('\\u' would cost ~100x more).
+    if text is None or ("\\" in text and _SUSPECT_ESCAPE.search(text)):
+        _check_strings(doc)  # also before the validator, which cannot take a lone surrogate
+    validator = _validator()
+    if not validator.is_valid(doc):
+        # The first error is enough to name the problem. A number too large for
+        # a float (1e999) was parsed as infinity, which the validator sees as
+        # null; judged as the number it is written as, it may pass after all.
+        if _has_non_finite(doc):
+            finite = _finite_copy(doc)
+            error = next(iter(validator.iter_errors(finite)), None)
+        else:
+            error = next(iter(validator.iter_errors(doc)), None)
+        if error is not None:
+            raise Rejected(_describe(error))
+    _check_unknown_values(doc)
     _check_alignment(doc)
 
 
@@ -162,16 +263,21 @@ class Prepared:
 
 def prepare(data: bytes, *, max_depth: int = MAX_DEPTH) -> Prepared:
     """Bytes -> :class:`Prepared` (see :func:`load_document`)."""
-    text, doc, constants = _parse(data, max_depth)
-    validate(doc)
-    out, changed = _normalize(doc)
-    if changed or constants:
+    text, doc, rewrite = _parse(data, max_depth)
+    validate(doc, text)
+    out, changed = _normalize(doc, parsed=True)
+    if changed or rewrite:
         return Prepared(out, None, {})
     return Prepared(out, text, {key: out[key] for key in out if key not in doc})
 
 
-def _normalize(doc: dict[str, Any]) -> tuple[dict[str, Any], bool]:
-    """The normalized document, and whether anything below the top level changed."""
+def _normalize(doc: dict[str, Any], parsed: bool = False) -> tuple[dict[str, Any], bool]:
+    """The normalized document, and whether anything below the top level changed.
+
+    ``parsed``: ``doc`` comes from :func:`_parse`, where NaN tokens became
+    None, so the only non-finite floats are overflowing literals (infinities),
+    found by C-speed membership tests instead of a check per value.
+    """
     out = {key: doc[key] if key in doc else make() for key, make in _DEFAULTS}
     for key, value in doc.items():
         out.setdefault(key, value)
@@ -179,7 +285,11 @@ def _normalize(doc: dict[str, Any]) -> tuple[dict[str, Any], bool]:
 
     def finite(values: list[Any]) -> list[Any]:
         nonlocal changed
-        if any(type(v) is float and not math.isfinite(v) for v in values):
+        if (
+            (math.inf in values or -math.inf in values)
+            if parsed
+            else any(type(v) is float and not math.isfinite(v) for v in values)
+        ):
             changed = True
             return [None if type(v) is float and not math.isfinite(v) else v for v in values]
         return values
@@ -208,154 +318,83 @@ def schema() -> dict[str, Any]:
     return json.loads(resources.files("ingest").joinpath("schema", SCHEMA_RESOURCE).read_text("utf-8"))
 
 
+def max_values() -> int:
+    """The most values one file may hold (the schema's ``x-maxValues``)."""
+    return int(schema()["x-maxValues"])
+
+
 @functools.cache
 def _validator() -> Any:
-    """One validator, built on first use (jsonschema costs ~100 ms to import)."""
-    from jsonschema import Draft202012Validator, validators
+    """The compiled validator, built on first use (the function's cold start does not pay for it)."""
+    import jsonschema_rs
 
-    base = Draft202012Validator.VALIDATORS
-    shortcuts: dict[int, Callable[[list[Any]], bool] | None] = {}
-
-    def shortcut(subschema: Any) -> Callable[[list[Any]], bool] | None:
-        key = id(subschema)  # the schema's dicts live as long as the validator
-        if key not in shortcuts:
-            shortcuts[key] = _all_satisfy(subschema) if isinstance(subschema, dict) else None
-        return shortcuts[key]
-
-    # A file is thousands of numbers in a few hundred arrays and maps: sent
-    # one by one through the generic machinery they cost ~20x a C-speed check.
-    # Where a keyword applies a simple subschema to every element (items),
-    # value (additionalProperties) or key (propertyNames) and all of them pass
-    # the shortcut, the generic check is skipped; otherwise it runs, so the
-    # outcome and the error message are exactly jsonschema's.
-    def items(validator: Any, sub: Any, instance: Any, where: Any) -> Iterable[Any]:
-        check = shortcut(sub) if isinstance(instance, list) else None
-        if check is None or not check(instance):
-            yield from base["items"](validator, sub, instance, where)
-
-    def additional_properties(validator: Any, sub: Any, instance: Any, where: Any) -> Iterable[Any]:
-        simple = isinstance(instance, dict) and "properties" not in where and "patternProperties" not in where
-        check = shortcut(sub) if simple else None
-        if check is None or not check(list(instance.values())):
-            yield from base["additionalProperties"](validator, sub, instance, where)
-
-    def property_names(validator: Any, sub: Any, instance: Any, where: Any) -> Iterable[Any]:
-        check = shortcut(sub) if isinstance(instance, dict) else None
-        if check is None or not check(list(instance)):
-            yield from base["propertyNames"](validator, sub, instance, where)
-
-    # jsonschema's own ``properties`` (descend into each declared property
-    # present), minus the descent for a value that passes its shortcut: a
-    # tower's mean/std/min/max/norm series, ``epochs``, ``saved_at``...
-    def properties(validator: Any, declared: Any, instance: Any, where: Any) -> Iterable[Any]:
-        if not validator.is_type(instance, "object"):
-            return
-        for name, sub in declared.items():
-            if name in instance:
-                check = shortcut(sub)
-                if check is not None and check([instance[name]]):
-                    continue
-                yield from validator.descend(instance[name], sub, path=name, schema_path=name)
-
-    Draft202012Validator.check_schema(schema())
-    cls = validators.extend(
-        Draft202012Validator,
-        {
-            "items": items,
-            "additionalProperties": additional_properties,
-            "propertyNames": property_names,
-            "properties": properties,
-        },
-    )
-    # The format has no recursive references: inlining them once spares the
-    # validator a reference lookup per series.
-    return cls(_inline_refs(schema(), schema().get("$defs", {})))
+    return jsonschema_rs.validator_for(schema())
 
 
-def _inline_refs(node: Any, definitions: Mapping[str, Any]) -> Any:
-    if isinstance(node, dict):
-        ref = node.get("$ref")
-        if isinstance(ref, str) and ref.startswith("#/$defs/") and len(node) == 1:
-            return _inline_refs(definitions[ref[len("#/$defs/") :]], definitions)
-        return {key: _inline_refs(value, definitions) for key, value in node.items()}
-    if isinstance(node, list):
-        return [_inline_refs(item, definitions) for item in node]
-    return node
+def _check_strings(doc: dict[str, Any]) -> None:
+    """Reject a name or string holding a NUL or a lone surrogate, naming where it is."""
+    for where, value in _walk(doc):
+        names = value.keys() if isinstance(value, dict) else ()
+        for text, what in itertools.chain(((k, "the name") for k in names), [(value, "the string")]):
+            if not isinstance(text, str):
+                continue
+            if "\x00" in text:
+                problem = "a NUL character (\\u0000)"
+            elif _encodable(text):
+                continue
+            else:
+                problem = "a lone UTF-16 surrogate (half of a pair, not a character)"
+            shown = printable(repr(text), 80)
+            raise Rejected(f"at {where}: {what} {shown} holds {problem}, which PostgreSQL cannot store")
 
 
-_NUMBER_OR_NULL = frozenset({float, int, type(None)})
-_NUMBER = frozenset({float, int})
-_INT = frozenset({int})
-_STR = frozenset({str})
-_BOOL = frozenset({bool})
-_LIST = frozenset({list})
-_LIST_OR_NULL = frozenset({list, type(None)})
-# Exact Python types per JSON type; "integer" leaves out 3.0, which then takes the generic check.
-_PY_TYPES: dict[str, frozenset[type]] = {
-    "string": _STR,
-    "number": _NUMBER,
-    "integer": _INT,
-    "boolean": _BOOL,
-    "null": frozenset({type(None)}),
-    "array": _LIST,
-    "object": frozenset({dict}),
-}
+def _encodable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
-def _all_satisfy(sub: Mapping[str, Any]) -> Callable[[list[Any]], bool] | None:
-    """A C-speed test that every item of a list satisfies ``sub``, for the simple
-    subschemas the format uses (a type, minimum, string lengths, arrays (or
-    null) of those, minItems);
-    None for anything else. Exact type sets: bool is not a number, as in JSON Schema."""
-    keys = set(sub)
-    types = sub.get("type")
-    types = {types} if isinstance(types, str) else set(types or ())
+def _has_non_finite(value: Any) -> bool:
+    return any(type(v) is float and not math.isfinite(v) for _, v in _walk(value))
 
-    def typed(allowed: frozenset[type]) -> Callable[[list[Any]], bool]:
-        return lambda xs: all(map(allowed.__contains__, map(type, xs)))
 
-    if keys <= {"type", "minimum"}:
-        minimum = sub.get("minimum")
-        if types == {"number", "null"} and minimum is None:
-            return typed(_NUMBER_OR_NULL)
-        if types == {"number"} and minimum is None:
-            return typed(_NUMBER)
-        if types == {"integer"}:
-            low = -math.inf if minimum is None else minimum
-            return lambda xs: typed(_INT)(xs) and (not xs or min(xs) >= low)
-        if minimum is None and types and types <= _PY_TYPES.keys():  # e.g. params: string/number/boolean/null
-            return typed(frozenset().union(*(_PY_TYPES[t] for t in types)))
-        return None
-    if types == {"string"} and keys <= {"type", "minLength", "maxLength"}:
-        low, high = sub.get("minLength", 0), sub.get("maxLength", math.inf)
+def _finite_copy(value: Any) -> Any:
+    """``value`` with each infinity as a finite non-integer number of its sign: for the
+    validator, an overflowing literal (1e999) is a number, as the file spells it."""
+    if type(value) is float and not math.isfinite(value):
+        return math.copysign(0.5, value)
+    if isinstance(value, dict):
+        return {key: _finite_copy(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_finite_copy(item) for item in value]
+    return value
 
-        def strings(xs: list[Any]) -> bool:
-            if not typed(_STR)(xs):
-                return False
-            lengths = list(map(len, xs))
-            return not lengths or (min(lengths) >= low and max(lengths) <= high)
 
-        return strings
-    if types == {"array"} and keys in ({"type", "items"}, {"type", "items", "minItems"}) and isinstance(sub["items"], dict):
-        inner = _all_satisfy(sub["items"])
-        if inner is None:
-            return None
-        shortest = sub.get("minItems", 0)
-        return lambda xs: typed(_LIST)(xs) and all(map(inner, xs)) and (not xs or min(map(len, xs)) >= shortest)
-    if types == {"array", "null"} and keys == {"type", "items"} and isinstance(sub["items"], dict):
-        inner = _all_satisfy(sub["items"])
-        if inner is None:
-            return None
-        return lambda xs: typed(_LIST_OR_NULL)(xs) and all(inner(x) for x in xs if x is not None)
-    return None
+def _check_unknown_values(doc: dict[str, Any]) -> None:
+    """A top-level value the schema does not define is kept, up to its ``x-maxJsonBytes``."""
+    known = schema()["properties"]
+    limit = int(schema()["$defs"]["unknownValue"]["x-maxJsonBytes"])
+    for key, value in doc.items():
+        if key in known or isinstance(value, (bool, int, float)) or value is None:
+            continue
+        size = len(json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode("utf-8"))
+        if size > limit:
+            raise Rejected(
+                f"at $.{key}: an unknown top-level value of {size:,} bytes as JSON;"
+                f" at most {limit:,} are kept (x-maxJsonBytes in the schema)"
+            )
 
 
 def _check_alignment(doc: dict[str, Any]) -> None:
     epochs = doc["epochs"]
     n = len(epochs)
-    for i in range(1, n):
-        if epochs[i] <= epochs[i - 1]:
-            raise Rejected(f"epochs must strictly increase: epochs[{i}] = {epochs[i]} follows {epochs[i - 1]}")
+    for i, epoch in enumerate(epochs):
+        if type(epoch) is not int:  # 3.0: an integer to JSON Schema, but not how an epoch is written
+            raise Rejected(f"at $.epochs[{i}]: expected an integer written without a fraction, got {epoch!r}")
+        if i and epoch <= epochs[i - 1]:
+            raise Rejected(f"epochs must strictly increase: epochs[{i}] = {epoch} follows {epochs[i - 1]}")
     for key in _SERIES_MAPS:
         for name, series in doc.get(key, {}).items():
             _check_length(f"{key}.{name}", series, n)
@@ -395,19 +434,58 @@ def _check_length(where: str, series: list[Any], n: int) -> None:
         )
 
 
+def _path(parts: Any) -> str:
+    return "$" + "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in parts)
+
+
 def _describe(error: Any) -> str:
-    """A jsonschema error -> 'at $.loss.val_loss[3]: expected number or null, got string'."""
-    where = "$" + "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in error.absolute_path)
-    if error.validator == "type":
-        expected = error.validator_value
-        expected = " or ".join(expected) if isinstance(expected, list) else expected
-        return _clip(f"at {where}: expected {expected}, got {_json_type(error.instance)}")
-    if error.validator == "required":
-        return _clip(f"at {where}: {error.message}")
+    """A jsonschema-rs error -> 'at $.loss.val_loss[3]: expected number or null, got a string'.
+
+    Built from the error's location and keyword, never from a quoted
+    instance alone: a value can be megabytes long.
+    """
+    where = _path(error.instance_path)
+    kind = error.kind
+    name = kind.name
+    if name == "type":
+        return _clip(f"at {where}: expected {' or '.join(_types(error))}, got {_json_type(error.instance)}")
+    if name == "required":
+        return _clip(f"at {where}: '{kind.property}' is a required property")
+    if name == "propertyNames":
+        inner = kind.error
+        shown = printable(repr(inner.instance), 60)
+        return _clip(f"at {where}: the name {shown} breaks the schema's {inner.kind.name} {_limit(inner.kind)}")
+    limits = {
+        "maxLength": "longer than {} characters",
+        "minLength": "shorter than {} characters",
+        "maxItems": "more than {} items",
+        "minItems": "fewer than {} items",
+        "maxProperties": "more than {} keys",
+    }
+    if name in limits:
+        return _clip(f"at {where}: {limits[name].format(_limit(kind))}")
     message = error.message
     if len(message) > 200:
-        message = f"{error.validator} {json.dumps(error.validator_value)[:100]} not satisfied"
+        message = f"the schema's {name} {_limit(kind)} is not satisfied"
     return _clip(f"at {where}: {message}")
+
+
+def _types(error: Any) -> list[str]:
+    """The ``type`` keyword's list in the schema's own order (the error's is sorted)."""
+    node: Any = schema()
+    try:
+        for part in error.schema_path:
+            node = node[part]
+    except (KeyError, IndexError, TypeError):
+        return list(error.kind.types)
+    return [node] if isinstance(node, str) else list(node)
+
+
+def _limit(kind: Any) -> str:
+    value = getattr(kind, "limit", None)
+    if value is None:
+        value = getattr(kind, "value", "")
+    return printable(json.dumps(value) if not isinstance(value, str) else value, 100)
 
 
 def _json_type(value: Any) -> str:

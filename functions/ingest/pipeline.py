@@ -1,8 +1,11 @@
 """THE ingestion code path, shared by the Cloud Function and ``metrics-ingest replay``.
 
-Steps, cheapest first: name filter -> size from the event -> what the database
-already knows (row, recorded generations) -> bounded download of exactly the
-event's generation -> decode, parse, validate, normalize -> one guarded write.
+Steps, cheapest first: name filter -> what the database already knows (row,
+recorded generations; a duplicate or superseded generation is decided and
+recorded in the same round trip) -> size from the event -> bounded download
+of exactly the event's generation -> decode, parse, validate, normalize ->
+one guarded write (one round trip). A first ingestion costs two database
+round trips, a duplicate one.
 Every outcome is recorded in ``training_metrics_ingestions``; transient faults
 raise :class:`ingest.errors.TransientError` so the event is redelivered.
 
@@ -177,20 +180,38 @@ def _run(
             store.run(settings, lambda conn: store.record(conn, rec))
         return result
 
+    if "" in ref.name.split("/"):
+        # 'F//training_metrics.json' and 'F/training_metrics.json' are two
+        # objects with one folder, hence one row, but separate generation
+        # histories: an older generation of one would overwrite the other's newer one.
+        return settle(
+            "rejected",
+            "the object name has an empty path segment ('//' or a leading '/'): it would share its QuickTest row"
+            " with the name without it; upload to the folder's own training_metrics.json",
+            None,
+        )
+    # What the database knows decides first (no row, duplicate, superseded),
+    # and is recorded by the same statement: a redelivered or replayed
+    # generation is a duplicate whatever size its event claims.
     # Each database step runs once more on a fresh connection if its pooled
     # one died (restart, failover): reads, and writes guarded by generation.
     # (A record whose commit was acknowledged to no one may be written twice:
     # the log gains a line, the row never changes twice.)
-    state = store.run(settings, lambda conn: store.read_state(conn, settings, ref))
+    known = store.run(
+        settings,
+        lambda conn: store.check(
+            conn, settings, ref, force=force, record=not dry_run, event_id=event_id, duration_ms=_ms(started)
+        ),
+    )
+    state = known.state
+    if known.outcome is not None:
+        return finish(known.outcome, known.reason, state.quicktest_id)
     if ref.size is not None and ref.size > settings.max_metrics_bytes:
         return settle(
             "rejected",
             f"the object is {ref.size} bytes, over MAX_METRICS_BYTES ({settings.max_metrics_bytes}); not downloaded",
             state.quicktest_id,
         )
-    decided = store.decide_before_download(state, ref, force)
-    if decided is not None:
-        return settle(*decided, state.quicktest_id)
 
     try:
         data = gcs.download(ref, settings, gcs=client)

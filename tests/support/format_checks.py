@@ -1,7 +1,8 @@
 """Checks of training_metrics.json shared by both sides' tests.
 
 ``check_document(doc)`` validates against the shared JSON Schema
-(functions/ingest/schema/training_metrics.v1.schema.json, read by path), then
+(functions/ingest/schema/training_metrics.v1.schema.json, read by path) with
+the library the function uses (jsonschema-rs, Draft 2020-12), then
 serializes ``doc`` as strict JSON (no NaN/Infinity: the file format forbids
 them) and hands the bytes to the function's own reader,
 ``ingest.document.prepare``, the code that ingests the file in production. The
@@ -29,7 +30,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-import jsonschema
+import jsonschema_rs
 from ingest import document as function_reader
 from ingest.errors import Rejected
 
@@ -37,18 +38,17 @@ SCHEMA_PATH = Path(__file__).resolve().parents[2] / "functions" / "ingest" / "sc
 
 
 @functools.cache
-def _validator() -> jsonschema.protocols.Validator:
+def _validator() -> Any:
     schema = json.loads(SCHEMA_PATH.read_text())
-    cls = jsonschema.validators.validator_for(schema)
-    cls.check_schema(schema)
-    return cls(schema)
+    jsonschema_rs.meta.validate(schema)  # the schema itself is valid Draft 2020-12
+    return jsonschema_rs.validator_for(schema)
 
 
 def check_schema(doc: Any) -> None:
     """AssertionError listing every place ``doc`` breaks the JSON Schema."""
-    errors = sorted(_validator().iter_errors(doc), key=lambda e: list(e.absolute_path))
+    errors = sorted(_validator().iter_errors(doc), key=lambda e: list(map(str, e.instance_path)))
     if errors:
-        lines = [f"{'/'.join(map(str, e.absolute_path)) or '<root>'}: {e.message}" for e in errors[:20]]
+        lines = [f"{'/'.join(map(str, e.instance_path)) or '<root>'}: {e.message[:300]}" for e in errors[:20]]
         raise AssertionError("training_metrics.json does not match the schema:\n" + "\n".join(lines))
 
 
@@ -73,14 +73,18 @@ def _non_finite_paths(value: Any, where: str = "$") -> list[str]:
     return []
 
 
+def _assert_finite(doc: Any) -> None:
+    bad = _non_finite_paths(doc)
+    assert not bad, "non-finite numbers (the format writes null): " + ", ".join(bad[:10])
+
+
 def check_with_function_reader(doc: Any) -> dict[str, Any]:
     """Strict JSON bytes of ``doc`` through ``ingest.document.prepare``; returns what it would store.
 
     AssertionError when ``doc`` holds a non-finite number, when the reader
     rejects the bytes (with the reader's reason) or when it would change a value.
     """
-    bad = _non_finite_paths(doc)
-    assert not bad, "non-finite numbers (the format writes null): " + ", ".join(bad[:10])
+    _assert_finite(doc)
     data = json.dumps(doc, allow_nan=False, ensure_ascii=False).encode("utf-8")
     try:
         prepared = function_reader.prepare(data)
@@ -92,6 +96,9 @@ def check_with_function_reader(doc: Any) -> dict[str, Any]:
 
 
 def check_document(doc: Any) -> None:
-    """Schema, then the function's reader; AssertionError naming the first kind of problem found."""
+    """Numbers JSON can spell, the schema, then the function's reader; AssertionError naming the first kind of problem found."""
+    # First: the validator cannot judge NaN or an infinity (JSON has no token
+    # for them), so it would only say "not a number or null".
+    _assert_finite(doc)
     check_schema(doc)
     check_with_function_reader(doc)
