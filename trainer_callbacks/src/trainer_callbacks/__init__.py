@@ -20,7 +20,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from trainer_callbacks.collector import MetricsCollector
+from trainer_callbacks.collector import MetricsCollector, TrainingTerminated
 from trainer_callbacks.storage import MetricsSaveError, MetricsUploadError, RetryPolicy
 
 __all__ = [
@@ -30,6 +30,7 @@ __all__ = [
     "MetricsSaveError",
     "MetricsUploadError",
     "RetryPolicy",
+    "TrainingTerminated",
     "WeightNormCallback",
     "WeightStatsCallback",
 ]

@@ -6,6 +6,7 @@ import bisect
 import copy
 import logging
 import os
+import signal
 import threading
 import time
 import traceback
@@ -33,6 +34,22 @@ _ERROR_CHARS = min(4000, limits.MAX_ERROR_LENGTH or 4000)
 _UNDECIDED = "undecided"  # resume=None, training not started: calls are journaled
 _TO_READ = "to-read"  # the existing file must be read (and continued) before anything else
 _READY = "ready"  # continuing a file read, or a new document
+
+
+class TrainingTerminated(SystemExit):
+    """Raised in the training thread when the process receives SIGTERM inside a
+    collector's ``with`` block (Vertex AI's notice of preemption, a job cancelled).
+
+    It unwinds ``fit()`` so that the block saves the epochs so far as ``failed``,
+    then ends the process with status 143 (128 + SIGTERM), as the signal would have.
+    """
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(128 + signum)
+        self.signum = signum
+
+    def __str__(self) -> str:
+        return f"terminated by {signal.Signals(self.signum).name} (preempted or cancelled)"
 
 
 class MetricsCollector:
@@ -80,6 +97,10 @@ class MetricsCollector:
             training goes on, the next flush or the final save carries everything.
         fallback_dir: where the document goes when a save fails, whatever failed
             (default ``$TMPDIR/trainer_callbacks``).
+        save_on_sigterm: inside the ``with`` block, turn SIGTERM (preemption) into
+            :class:`TrainingTerminated`, so the epochs so far are saved before the
+            process ends (default True). Only from the main thread, and only while
+            SIGTERM has its default handler: a handler of your own is left alone.
         client: a ``google.cloud.storage.Client`` to use (default: created at the first save).
 
     Names and values are checked when they are logged: ``log_*`` raise
@@ -108,6 +129,7 @@ class MetricsCollector:
         flush_retry: RetryPolicy | None = None,
         fallback_dir: str | os.PathLike[str] | None = None,
         client: Any = None,
+        save_on_sigterm: bool = True,
     ) -> None:
         if resume is not None and not isinstance(resume, bool):
             raise ValueError(
@@ -122,6 +144,8 @@ class MetricsCollector:
         self.store = MetricsStore(output_path, filename=filename, retry=retry, fallback_dir=fallback_dir, client=client)
         self.resume = resume
         self.flush_every = flush_every
+        self.save_on_sigterm = save_on_sigterm
+        self._saved_sigterm: Any = None
         self.flush_retry = flush_retry or DEFAULT_FLUSH_RETRY
         # _lock guards the document; _write_lock makes writes one at a time and in
         # order, and guards _generation. A background flush holds _write_lock
@@ -672,11 +696,31 @@ class MetricsCollector:
         # continued (or GCS that cannot be reached) stops the job before it trains.
         # With resume=None nothing is read yet: that waits for training to start.
         self._ensure_loaded()
+        self._install_sigterm()
         return self
+
+    def _install_sigterm(self) -> None:
+        # Without this, a preempted job dies where it stands and the file keeps
+        # only its last flush; the restarted run would lack the epochs since.
+        if not self.save_on_sigterm or threading.current_thread() is not threading.main_thread():
+            return
+        if signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
+            return
+
+        def terminate(signum: int, frame: Any) -> None:
+            raise TrainingTerminated(signum)
+
+        self._saved_sigterm = signal.signal(signal.SIGTERM, terminate)
+
+    def _restore_sigterm(self) -> None:
+        if self._saved_sigterm is not None:
+            signal.signal(signal.SIGTERM, self._saved_sigterm)
+            self._saved_sigterm = None
 
     def __exit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
+        self._restore_sigterm()
         if exc is None:
             self.save(status="completed")
             return
