@@ -273,15 +273,6 @@ def test_migrate_option_creates_the_role_with_the_password_from_the_environment(
     assert stored_password(platform_db.admin_url, role).startswith("SCRAM-SHA-256$")
 
 
-def _as(url: str, statement: str) -> None:
-    conn = psycopg2.connect(url)
-    try:
-        with conn, conn.cursor() as cur:
-            cur.execute(statement)
-    finally:
-        conn.close()
-
-
 @pytest.mark.parametrize("how", ["python", "psql"])
 def test_public_defaults_are_taken_from_the_role_but_kept_for_table_owners(
     scratch_database: Callable[[str], str], scratch_role: Callable[[str], str], how: str
@@ -290,15 +281,15 @@ def test_public_defaults_are_taken_from_the_role_but_kept_for_table_owners(
     afterwards do neither, while the platform's own (non-superuser) table owner still can."""
     url = scratch_database("fnpublic")
     owner, owner_password = scratch_role("django"), "pw-django"
-    _as(url, f'CREATE ROLE "{owner}" LOGIN PASSWORD \'{owner_password}\'')
+    query(url, f'CREATE ROLE "{owner}" LOGIN PASSWORD \'{owner_password}\'')
     create_dev_platform_table(url)
     apply_migrations(url)
-    _as(url, f'ALTER TABLE ml_platform_quicktest OWNER TO "{owner}"')
-    _as(url, "GRANT CREATE ON SCHEMA public TO PUBLIC")  # PostgreSQL <= 14's default
+    query(url, f'ALTER TABLE ml_platform_quicktest OWNER TO "{owner}"')
+    query(url, "GRANT CREATE ON SCHEMA public TO PUBLIC")  # PostgreSQL <= 14's default
     role, password = scratch_role("fnpub"), "pw-fnpub"
-    _as(url, f'CREATE ROLE "{role}" LOGIN PASSWORD \'{password}\'')
+    query(url, f'CREATE ROLE "{role}" LOGIN PASSWORD \'{password}\'')
     # Before: PUBLIC's defaults reach the role too.
-    _as(with_params(url, user=role, password=password), "CREATE TEMP TABLE before_t (x int)")
+    query(with_params(url, user=role, password=password), "CREATE TEMP TABLE before_t (x int)")
 
     if how == "python":
         grant_function_role(url, role)
@@ -313,13 +304,13 @@ def test_public_defaults_are_taken_from_the_role_but_kept_for_table_owners(
     as_role = with_params(url, user=role, password=password)
     for statement in ("CREATE TEMP TABLE t (x int)", "CREATE TABLE public.t (x int)", "CREATE TABLE t2 (x int)"):
         with pytest.raises(psycopg2.errors.InsufficientPrivilege):
-            _as(as_role, statement)
+            query(as_role, statement)
     assert query(url, "SELECT has_database_privilege('public', current_database(), 'TEMPORARY'),"
                       " has_schema_privilege('public', 'public', 'CREATE')") == [(False, False)]
     # The platform's owner (Django) keeps what it used: its migrations still create tables.
     as_owner = with_params(url, user=owner, password=owner_password)
-    _as(as_owner, "CREATE TABLE public.django_new_table (x int)")
-    _as(as_owner, "CREATE TEMP TABLE scratch (x int)")
+    query(as_owner, "CREATE TABLE public.django_new_table (x int)")
+    query(as_owner, "CREATE TEMP TABLE scratch (x int)")
     # The role still does its job's reads.
     conn = psycopg2.connect(as_role)
     try:

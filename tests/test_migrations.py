@@ -49,15 +49,6 @@ def fresh_db(scratch_database: Callable[[str], str]) -> str:
     return scratch_database("migrate")
 
 
-def _execute(url: str, statement: str) -> None:
-    conn = psycopg2.connect(url)
-    try:
-        with conn, conn.cursor() as cur:
-            cur.execute(statement)
-    finally:
-        conn.close()
-
-
 def _path_indexes(url: str, table: str) -> list[str]:
     return [
         name
@@ -119,7 +110,7 @@ def test_path_index_is_added_once_the_platform_table_exists(fresh_db: str) -> No
 def test_existing_index_on_the_path_is_reused(fresh_db: str) -> None:
     """A platform table that already has an index on gcs_artifacts_path (Django db_index) gets no second one."""
     create_dev_platform_table(fresh_db)
-    _execute(fresh_db, "CREATE INDEX django_path_idx ON ml_platform_quicktest (gcs_artifacts_path)")
+    query(fresh_db, "CREATE INDEX django_path_idx ON ml_platform_quicktest (gcs_artifacts_path)")
     apply_migrations(fresh_db)
     assert _path_indexes(fresh_db, "ml_platform_quicktest") == ["django_path_idx"]
 
