@@ -8,7 +8,6 @@ import subprocess
 import sys
 from collections.abc import Callable
 
-import psycopg2
 import pytest
 from psycopg2.extensions import parse_dsn
 
