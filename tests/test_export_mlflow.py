@@ -419,3 +419,24 @@ def test_a_negative_step_is_reported_not_exported(
     assert code == 1
     assert by_id(report)[row_id]["outcome"] == "failed" and "step -3" in by_id(report)[row_id]["reason"]
     assert env.history(row_id) is None
+
+
+def test_all_adds_rows_with_a_history_but_no_file(
+    env: PlatformDb, artifacts: Artifacts, mlflow_server: MlflowServer, seeded: dict[str, Any],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """--all also exports a row whose history is only the old Django cache (no file in its folder) and leaves
+    a row whose folder has a file as it is; without --all neither is selected."""
+    cache_id, cache_folder = add_row(env, seeded["ids"]["deleted"], history={"epochs": [0], "loss": {"loss": [1.0]}})
+    filed_id, filed_folder = add_row(env, seeded["ids"]["edge"], history={"epochs": [0]})
+    artifacts.upload(filed_folder, b'{"epochs": [0]}')
+    url = mlflow_server.database_url
+    assert export(capsys, "--mlflow-database-url", url)[1]["selected"] == 0
+    code, report = export(capsys, "--mlflow-database-url", url, "--all")
+    assert code == 0, report
+    rows = by_id(report)
+    assert rows[cache_id]["outcome"] == "exported" and rows[cache_id]["verification"] == "verified"
+    assert rows[filed_id]["outcome"] == "exists"
+    assert env.history(cache_id)["mlflow"]["run_id"] == seeded["ids"]["deleted"]
+    assert env.history(filed_id) == {"epochs": [0]}
+    assert artifacts.bucket.get_blob(f"{cache_folder}/training_metrics.json") is not None

@@ -129,7 +129,7 @@ def run(args: argparse.Namespace) -> int:
             settings=settings,
         )
         # Everything checked once before the first row: one clear line, not one failure per row.
-        client = make_storage_client(options.workers) if options.mode in ("export", "dry-run") else None
+        client = make_storage_client(options.workers) if options.needs_gcs else None
         check_database(settings)
         source.check()
     except (UsageError, MappingFileError, ValueError) as exc:

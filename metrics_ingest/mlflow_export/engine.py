@@ -47,7 +47,7 @@ from ingest.config import Settings
 from ingest.errors import TransientError
 from ingest.objects import ObjectRef
 from ingest.pipeline import IngestResult, ingest_object
-from metrics_ingest.mlflow_export.mapping import MappingError, NameRules, build_document, dumps
+from metrics_ingest.mlflow_export.mapping import MappingError, NameRules, Plan, build_document, dumps
 from metrics_ingest.mlflow_export.model import MlflowRun, Source, SourceError
 from metrics_ingest.mlflow_export.verify import verify_document
 from metrics_ingest.replay import Progress, UsageError, _Interrupt
@@ -159,6 +159,11 @@ class ExportOptions:
             raise UsageError("--verify-only checks the rows against MLflow; it cannot be combined with --dry-run or --output-dir")
         if self.verify_only and self.select_all:
             raise UsageError("--verify-only selects the rows whose history came from MLflow; --all does not apply")
+
+    @property
+    def needs_gcs(self) -> bool:
+        """Whether GCS is read or written: an export, or a dry run of one (it looks for existing files)."""
+        return not self.verify_only and self.output_dir is None
 
     @property
     def mode(self) -> str:
@@ -320,13 +325,12 @@ def run_export(
     settings = options.settings or Settings.from_env()
     if settings.db_pool_size < options.workers:
         settings = dataclasses.replace(settings, db_pool_size=options.workers)
-    needs_gcs = options.mode in ("export", "dry-run")
-    if client is None and needs_gcs:
+    if client is None and options.needs_gcs:
         from metrics_ingest.replay import make_storage_client
 
         client = make_storage_client(options.workers)
     report = ExportReport(options.source.description, options.mode, options.workers, uuid.uuid4().hex[:12])
-    context = _Context(options, settings, client, report.run_id, report)
+    context = _Context(options, settings, client if options.needs_gcs else None, report.run_id, report)
     started = time.perf_counter()
     rows = select_rows(settings, options)
     report.selected = len(rows)
@@ -392,7 +396,10 @@ def _group(group: list[QuickTestRow], context: _Context, stopping: Callable[[], 
     todo: list[QuickTestRow] = []
     for row in group:
         started = time.perf_counter()
-        early = _precheck(row, context)
+        try:
+            early = _precheck(row, context)
+        except Exception as exc:  # noqa: BLE001 - e.g. GCS refusing the existence check: reported per row
+            early = RowOutcome(row, "failed", f"{type(exc).__name__}: {exc}")
         if early is not None:
             early.duration_ms = (time.perf_counter() - started) * 1000
             yield early
@@ -409,7 +416,12 @@ def _group(group: list[QuickTestRow], context: _Context, stopping: Callable[[], 
         return
     finally:
         context.timed("read", started)
-    histories = read_histories(context.settings, [r.id for r in todo]) if options.verify_only else {}
+    try:
+        histories = read_histories(context.settings, [r.id for r in todo]) if options.verify_only else {}
+    except Exception as exc:  # noqa: BLE001 - the platform database went away: these rows are reported
+        for row in todo:
+            yield RowOutcome(row, "failed", f"reading the rows failed: {type(exc).__name__}: {exc}")
+        return
     for row in todo:
         if stopping():
             return
@@ -434,9 +446,9 @@ def _precheck(row: QuickTestRow, context: _Context) -> RowOutcome | None:
         return RowOutcome(row, "failed", f"no QuickTest row with id {row.id}")
     if not row.run_id:
         return RowOutcome(row, "failed", "the row has no mlflow_run_id")
-    if context.options.mode in ("export", "dry-run") and row.folder() is None:
+    if context.client is not None and row.folder() is None:
         return RowOutcome(row, "failed", f"gcs_artifacts_path {row.path!r} is not gs://BUCKET/FOLDER")
-    if context.options.mode in ("export", "dry-run") and row.has_history:
+    if context.client is not None and row.has_history:
         blob = _existing_blob(row, context)
         if blob is not None:
             return RowOutcome(row, "exists", "the folder already has a metrics file and the row a history; left as they are",
@@ -486,7 +498,7 @@ def _export_row(row: QuickTestRow, run: MlflowRun, context: _Context) -> RowOutc
         return outcome
     if options.dry_run:
         outcome.placements = export.plan.describe(run.params)
-        blob = _existing_blob(row, context)
+        blob = _existing_blob(row, context) if context.client is not None else None
         if blob is not None:
             outcome.outcome, outcome.destination = "exists", _uri(blob)
             outcome.reason = "the folder already has a metrics file; it would be left as it is" + (
@@ -494,11 +506,11 @@ def _export_row(row: QuickTestRow, run: MlflowRun, context: _Context) -> RowOutc
             )
         return outcome
     if options.output_dir is not None:
-        return _write_local(outcome, data, run, context)
-    return _upload_and_ingest(outcome, data, run, context)
+        return _write_local(outcome, data, run, export.plan, context)
+    return _upload_and_ingest(outcome, data, run, export.plan, context)
 
 
-def _write_local(outcome: RowOutcome, data: bytes, run: MlflowRun, context: _Context) -> RowOutcome:
+def _write_local(outcome: RowOutcome, data: bytes, run: MlflowRun, plan: Plan, context: _Context) -> RowOutcome:
     started = time.perf_counter()
     row = outcome.row
     folder = row.folder()
@@ -511,7 +523,7 @@ def _write_local(outcome: RowOutcome, data: bytes, run: MlflowRun, context: _Con
     outcome.destination = str(target)
     context.timed("write", started)
     started = time.perf_counter()
-    difference = verify_document(json.loads(target.read_bytes()), run, context.options.rules)
+    difference = verify_document(json.loads(target.read_bytes()), run, context.options.rules, plan)
     context.timed("verify", started)
     outcome.verification, outcome.reason = ("verified", None) if difference is None else ("mismatch", difference)
     return outcome
@@ -528,7 +540,7 @@ def _ingest(ref: ObjectRef, context: _Context) -> IngestResult:
     return retrying(ingest_object, ref, settings=context.settings, event_id=event_id, client=context.client)
 
 
-def _upload_and_ingest(outcome: RowOutcome, data: bytes, run: MlflowRun, context: _Context) -> RowOutcome:
+def _upload_and_ingest(outcome: RowOutcome, data: bytes, run: MlflowRun, plan: Plan, context: _Context) -> RowOutcome:
     from google.api_core import exceptions as gcs_errors
 
     settings = context.settings
@@ -582,7 +594,7 @@ def _upload_and_ingest(outcome: RowOutcome, data: bytes, run: MlflowRun, context
     started = time.perf_counter()
     history = read_histories(settings, [row.id]).get(row.id)
     if isinstance(history, dict) and (history.get("mlflow") or {}).get("run_id") == run.run_id:
-        difference = verify_document(history, run, context.options.rules)
+        difference = verify_document(history, run, context.options.rules, plan)
         outcome.verification = "verified" if difference is None else "mismatch"
         if difference is not None:
             outcome.reason = difference

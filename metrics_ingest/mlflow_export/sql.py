@@ -1,7 +1,8 @@
 """Read MLflow runs straight from MLflow's backend database (PostgreSQL), read-only.
 
 The fast path: for a group of runs, four queries (runs, params, tags, metrics,
-each ``WHERE run_uuid = ANY(%s)``), never one query per metric. The session is
+each ``WHERE run_uuid = ANY(%s)``; the metrics come back one row per metric
+with its points as arrays), never one query per metric. The session is
 read-only and the four queries share one REPEATABLE READ snapshot, so a group
 is read as of one moment even while MLflow still writes.
 
@@ -147,17 +148,16 @@ class SqlSource:
         cur.execute("SELECT run_uuid, key, value FROM tags WHERE run_uuid = ANY(%s)", (found,))
         for run_id, key, value in cur.fetchall():
             runs[run_id].tags[key] = value
+        # One row per (run, metric) with its points as three arrays: ~50x fewer rows for
+        # psycopg2 to build than one per point, and the arrays are parsed in C.
         cur.execute(
-            "SELECT run_uuid, key, step, timestamp, CASE WHEN is_nan THEN 'NaN'::float8 ELSE value END"
-            " FROM metrics WHERE run_uuid = ANY(%s)",
+            "SELECT run_uuid, key, array_agg(step), array_agg(timestamp),"
+            " array_agg(CASE WHEN is_nan THEN 'NaN'::float8 ELSE value END)"
+            " FROM metrics WHERE run_uuid = ANY(%s) GROUP BY run_uuid, key",
             (found,),
         )
-        for run_id, key, step, timestamp, value in cur.fetchall():
-            metrics = runs[run_id].metrics
-            points = metrics.get(key)
-            if points is None:
-                points = metrics[key] = []
-            points.append(Point(step, timestamp, value))
+        for run_id, key, steps, timestamps, values in cur.fetchall():
+            runs[run_id].metrics[key] = list(map(Point, steps, timestamps, values))
         return runs
 
 

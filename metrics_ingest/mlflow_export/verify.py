@@ -19,7 +19,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from metrics_ingest.mlflow_export.mapping import Location, MappingError, NameRules, plan_run
+from metrics_ingest.mlflow_export.mapping import Location, MappingError, NameRules, Plan, plan_run
 from metrics_ingest.mlflow_export.model import MlflowRun, Point, clean_value, order_value
 
 
@@ -29,17 +29,21 @@ def expected_values(points: list[Point]) -> dict[int, float | None]:
     return {p.step: clean_value(p.value) for p in ordered}  # later points overwrite earlier ones
 
 
-def verify_document(doc: Mapping[str, Any], run: MlflowRun, rules: NameRules) -> str | None:
-    """None when ``doc`` holds exactly ``run``'s history; else the first difference, in words."""
+def verify_document(doc: Mapping[str, Any], run: MlflowRun, rules: NameRules, plan: Plan | None = None) -> str | None:
+    """None when ``doc`` holds exactly ``run``'s history; else the first difference, in words.
+
+    ``plan`` (where each key lives) may be passed when already made for ``run`` with ``rules``.
+    """
     if not isinstance(doc, Mapping):
         return "the row has no history"
     mlflow = doc.get("mlflow")
     if not isinstance(mlflow, Mapping) or mlflow.get("run_id") != run.run_id:
         return f"the document is not the export of run {run.run_id} (mlflow.run_id is {_short(mlflow)})"
-    try:
-        plan = plan_run(run, rules)
-    except MappingError as exc:
-        return str(exc)
+    if plan is None:
+        try:
+            plan = plan_run(run, rules)
+        except MappingError as exc:
+            return str(exc)
     epochs = doc.get("epochs")
     if epochs != plan.epochs:
         return f"epochs differ: MLflow has steps {_short(plan.epochs)}, the document {_short(epochs)}"
