@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import copy
+import io
 import json
 from pathlib import Path
 
 import pytest
 
 from metrics_ingest.mlflow_export import MappingFileError, MlflowRun, NameRules, Point, build_document, verify_document
+from metrics_ingest.mlflow_export.engine import ExportProgress, QuickTestRow, RowOutcome
 from tests.support.format_checks import check_document
 
 
@@ -133,3 +135,25 @@ def test_verification_names_the_first_difference() -> None:
     filled = copy.deepcopy(doc)
     filled["metrics"]["auc"][0] = 0.0
     assert "MLflow has nothing" in verify_document(filled, run, NameRules.default())
+
+
+def test_progress_is_a_bar_on_a_terminal_and_lines_otherwise() -> None:
+    """On a terminal the bar counts rows and prints only rows not done; elsewhere each row gets one line."""
+    done = RowOutcome(QuickTestRow(1, "a" * 32, "gs://b/q/1"), "exported", verification="verified", epochs=3, points=9)
+    missing = RowOutcome(QuickTestRow(2, "b" * 32, "gs://b/q/2"), "missing_run", "MLflow has no run 'bbb'")
+    for tty in (True, False):
+        stream = io.StringIO()
+        progress = ExportProgress(stream, dry_run=False, tty=tty)
+        progress.selected(2)
+        progress.update(done)
+        progress.update(missing)
+        progress.close()
+        text = stream.getvalue()
+        assert "missing_run        quicktest 2 (run " + "b" * 32 + ") (MLflow has no run 'bbb')" in text
+        if tty:
+            assert "2/2" in text and "quicktest 1" not in text
+        else:
+            assert text.splitlines()[:2] == [
+                "selected 2 QuickTest rows",
+                "exported+verified  quicktest 1 (run " + "a" * 32 + "): 3 epochs, 9 points",
+            ]

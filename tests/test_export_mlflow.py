@@ -27,6 +27,9 @@ from tests.support.mlflow_server import MlflowServer
 from tests.support.platform_db import Artifacts, PlatformDb
 from tests.test_deploy import MLFLOW_STATE, Cloud, cloud, teardown  # noqa: F401  (the fake gcloud world of deploy.sh's tests)
 
+# A real MLflow tracking server (started once per session, ~15-60 s with its seeding) backs every test here.
+pytestmark = pytest.mark.slow
+
 T0 = 1_790_000_000_000  # ms
 TOWERS = ("query", "candidate")
 KERAS = ("loss", "total_loss", "regularization_loss", "factorized_top_k/top_100_categorical_accuracy")
