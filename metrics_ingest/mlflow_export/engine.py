@@ -267,12 +267,17 @@ def select_rows(settings: Settings, options: ExportOptions) -> list[QuickTestRow
     return rows
 
 
-def read_histories(settings: Settings, ids: list[int]) -> dict[int, Any]:
-    """The rows' ``training_history_json`` as the platform reads it (jsonb, parsed)."""
+def read_histories(settings: Settings, ids: list[int], conn: Any = None) -> dict[int, Any]:
+    """The rows' ``training_history_json`` as the platform reads it (jsonb, parsed).
+
+    ``conn``: a connection to reuse (one transaction is used and ended); None opens and closes one.
+    """
     import psycopg2
     from psycopg2 import sql
 
-    conn = psycopg2.connect(settings.database_url or "", connect_timeout=settings.db_connect_timeout)
+    own = conn is None
+    if own:
+        conn = psycopg2.connect(settings.database_url or "", connect_timeout=settings.db_connect_timeout)
     try:
         with conn, conn.cursor() as cur:
             cur.execute(
@@ -283,7 +288,8 @@ def read_histories(settings: Settings, ids: list[int]) -> dict[int, Any]:
             )
             return dict(cur.fetchall())
     finally:
-        conn.close()
+        if own:
+            conn.close()
 
 
 # ---------------------------------------------------------------- the run
@@ -299,6 +305,31 @@ class _Context:
         self.run_id = run_id
         self.report = report
         self._lock = threading.Lock()
+        self._local = threading.local()
+        self._connections: list[Any] = []
+
+    def histories(self, ids: list[int]) -> dict[int, Any]:
+        """``read_histories`` on this thread's own connection (a connect per row costs more than the read)."""
+        import psycopg2
+
+        conn = getattr(self._local, "conn", None)
+        if conn is None or conn.closed:
+            conn = self._local.conn = psycopg2.connect(
+                self.settings.database_url or "", connect_timeout=self.settings.db_connect_timeout
+            )
+            with self._lock:
+                self._connections.append(conn)
+        try:
+            return read_histories(self.settings, ids, conn)
+        except (psycopg2.OperationalError, psycopg2.InterfaceError):
+            conn.close()  # a dropped connection: the next row opens a new one
+            raise
+
+    def close(self) -> None:
+        with self._lock:
+            for conn in self._connections:
+                conn.close()
+            self._connections.clear()
 
     def timed(self, phase: str, started: float) -> None:
         with self._lock:
@@ -338,10 +369,13 @@ def run_export(
         on_selected(len(rows))
     with _Interrupt() as interrupt:
         stop_events = [interrupt.event] + ([stop] if stop is not None else [])
-        for outcome in _process(rows, context, stop_events):
-            report.outcomes.append(outcome)
-            if on_outcome is not None:
-                on_outcome(outcome)
+        try:
+            for outcome in _process(rows, context, stop_events):
+                report.outcomes.append(outcome)
+                if on_outcome is not None:
+                    on_outcome(outcome)
+        finally:
+            context.close()
         report.interrupted = any(e.is_set() for e in stop_events) and report.not_started > 0
     report.duration_s = time.perf_counter() - started
     return report
@@ -417,7 +451,7 @@ def _group(group: list[QuickTestRow], context: _Context, stopping: Callable[[], 
     finally:
         context.timed("read", started)
     try:
-        histories = read_histories(context.settings, [r.id for r in todo]) if options.verify_only else {}
+        histories = context.histories([r.id for r in todo]) if options.verify_only else {}
     except Exception as exc:  # noqa: BLE001 - the platform database went away: these rows are reported
         for row in todo:
             yield RowOutcome(row, "failed", f"reading the rows failed: {type(exc).__name__}: {exc}")
@@ -592,7 +626,7 @@ def _upload_and_ingest(outcome: RowOutcome, data: bytes, run: MlflowRun, plan: P
     finally:
         context.timed("write", started)
     started = time.perf_counter()
-    history = read_histories(settings, [row.id]).get(row.id)
+    history = context.histories([row.id]).get(row.id)
     if isinstance(history, dict) and (history.get("mlflow") or {}).get("run_id") == run.run_id:
         difference = verify_document(history, run, context.options.rules, plan)
         outcome.verification = "verified" if difference is None else "mismatch"

@@ -119,6 +119,11 @@ class SqlSource:
 
     @staticmethod
     def _read(cur: Any, ids: list[str]) -> dict[str, MlflowRun]:
+        # Our workers are the parallelism: parallel query workers on top only compete
+        # for the same cores (measured: 2x slower on a 2-core machine), and a group's
+        # sort for the GROUP BY (~10 MB) should stay in memory, not spill to disk.
+        cur.execute("SET LOCAL max_parallel_workers_per_gather = 0")
+        cur.execute("SET LOCAL work_mem = '32MB'")
         cur.execute(
             "SELECT run_uuid, experiment_id, name, status, lifecycle_stage, start_time, end_time"
             " FROM runs WHERE run_uuid = ANY(%s)",
