@@ -303,17 +303,17 @@ class Export:
 def newest_per_step(points: Iterable[Point]) -> dict[int, Point]:
     """The newest point per step (larger timestamp, then larger value, as MLflow's latest_metrics)."""
     best: dict[int, Point] = {}
-    for point in points:
-        seen = best.get(point.step)
-        if seen is None or (point.timestamp, order_value(point.value)) > (seen.timestamp, order_value(seen.value)):
-            best[point.step] = point
+    for point in points:  # (step, timestamp, value): indexed, as sources may hand in plain tuples
+        seen = best.get(point[0])
+        if seen is None or (point[1], order_value(point[2])) > (seen[1], order_value(seen[2])):
+            best[point[0]] = point
     return best
 
 
 def plan_run(run: MlflowRun, rules: NameRules, values: Mapping[str, Mapping[int, float | None]] | None = None) -> Plan:
     """Decide where each metric key of ``run`` lands (no document built)."""
     if values is None:
-        values = {key: {s: clean_value(p.value) for s, p in newest_per_step(pts).items()} for key, pts in run.metrics.items()}
+        values = {key: {s: clean_value(p[2]) for s, p in newest_per_step(pts).items()} for key, pts in run.metrics.items()}
     targets = {key: rules.target(key) for key in sorted(values)}
     placements: dict[str, Placement] = {}
     taken: dict[Location, str] = {}
@@ -453,14 +453,14 @@ def build_document(run: MlflowRun, rules: NameRules) -> Export:
     for key, points in run.metrics.items():
         best = newest_per_step(points)
         duplicates += len(points) - len(best)
-        values[key] = {step: clean_value(point.value) for step, point in best.items()}
+        values[key] = {step: clean_value(point[2]) for step, point in best.items()}
     non_finite = sum(1 for steps in values.values() for v in steps.values() if v is None)
     plan = plan_run(run, rules, values)
     index = {epoch: i for i, epoch in enumerate(plan.epochs)}
     n = len(plan.epochs)
 
     doc: dict[str, Any] = {"schema_version": 1, "status": STATUSES.get(run.status or "", "completed")}
-    saved = run.end_time or max((p.timestamp for pts in run.metrics.values() for p in pts), default=None) or run.start_time
+    saved = run.end_time or max((p[1] for pts in run.metrics.values() for p in pts), default=None) or run.start_time
     if saved is not None:
         # Deterministic: the time MLflow last heard from the run, so both read
         # paths (and a rerun) write the same bytes.

@@ -30,8 +30,10 @@ class SourceError(RuntimeError):
 class Point(NamedTuple):
     """One logged metric value (one row of MLflow's ``metrics`` table).
 
-    ``value`` is a float; NaN stands for a row stored with ``is_nan``. (A
-    named tuple: a big export builds millions of these.)
+    ``value`` is a float; NaN stands for a row stored with ``is_nan``. The
+    readers of points index them (``p[0]`` step, ``p[1]`` timestamp, ``p[2]``
+    value), so a source may hand in plain 3-tuples: the SQL source builds
+    millions of them in C, where a named tuple each would cost as much as the query.
     """
 
     step: int
@@ -45,7 +47,7 @@ class MlflowRun:
 
     Example::
 
-        run.metrics["loss"]          # [Point(step=0, timestamp=..., value=0.5), ...]
+        run.metrics["loss"]          # [(step, timestamp, value), ...]: Points or plain 3-tuples
         run.points                   # every row of the metrics table for this run
     """
 
@@ -58,7 +60,7 @@ class MlflowRun:
     end_time: int | None
     tags: dict[str, str | None]
     params: dict[str, str]
-    metrics: dict[str, list[Point]]
+    metrics: dict[str, list[tuple[int, int, float]]]  # Points or plain (step, timestamp, value) tuples
 
     @property
     def points(self) -> int:

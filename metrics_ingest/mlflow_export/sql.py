@@ -23,7 +23,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from metrics_ingest.mlflow_export.model import MlflowRun, Point, SourceError
+from metrics_ingest.mlflow_export.model import MlflowRun, SourceError
 from metrics_ingest.replay import SetupError, UsageError
 
 TABLES = ("runs", "metrics", "params", "tags")
@@ -119,11 +119,14 @@ class SqlSource:
 
     @staticmethod
     def _read(cur: Any, ids: list[str]) -> dict[str, MlflowRun]:
-        # Our workers are the parallelism: parallel query workers on top only compete
-        # for the same cores (measured: 2x slower on a 2-core machine), and a group's
-        # sort for the GROUP BY (~10 MB) should stay in memory, not spill to disk.
+        # Measured on 20 runs x 140 metrics x 50 epochs (bench/bench_export.py): our
+        # workers are the parallelism, and parallel query workers on top only compete
+        # for the same cores (2x slower on 2 cores); hashing the groups instead of
+        # sorting 140,000 points halves the query (10 vs 17 ms a run), given the
+        # memory to hold them (~10 MB).
         cur.execute("SET LOCAL max_parallel_workers_per_gather = 0")
-        cur.execute("SET LOCAL work_mem = '32MB'")
+        cur.execute("SET LOCAL enable_sort = off")
+        cur.execute("SET LOCAL work_mem = '64MB'")
         cur.execute(
             "SELECT run_uuid, experiment_id, name, status, lifecycle_stage, start_time, end_time"
             " FROM runs WHERE run_uuid = ANY(%s)",
@@ -162,7 +165,9 @@ class SqlSource:
             (found,),
         )
         for run_id, key, steps, timestamps, values in cur.fetchall():
-            runs[run_id].metrics[key] = list(map(Point, steps, timestamps, values))
+            # Plain (step, timestamp, value) tuples, built in C: a Point each would cost
+            # as much as the query.
+            runs[run_id].metrics[key] = list(zip(steps, timestamps, values))
         return runs
 
 

@@ -25,8 +25,8 @@ from metrics_ingest.mlflow_export.model import MlflowRun, Point, clean_value, or
 
 def expected_values(points: list[Point]) -> dict[int, float | None]:
     """Per step, the value the document must hold (the last after sorting by step, timestamp, value)."""
-    ordered = sorted(points, key=lambda p: (p.step, p.timestamp, order_value(p.value)))
-    return {p.step: clean_value(p.value) for p in ordered}  # later points overwrite earlier ones
+    ordered = sorted(points, key=lambda p: (p[0], p[1], order_value(p[2])))  # (step, timestamp, value)
+    return {p[0]: clean_value(p[2]) for p in ordered}  # later points overwrite earlier ones
 
 
 def verify_document(doc: Mapping[str, Any], run: MlflowRun, rules: NameRules, plan: Plan | None = None) -> str | None:
