@@ -24,6 +24,7 @@ from metrics_ingest.mlflow_export import ExportOptions, SqlSource, run_export
 from metrics_ingest.mlflow_export.engine import QuickTestRow
 from tests.support.format_checks import check_document
 from tests.support.mlflow_server import MlflowServer
+from tests.support.network import closed_port
 from tests.support.platform_db import Artifacts, PlatformDb
 from tests.test_deploy import MLFLOW_STATE, Cloud, cloud, teardown  # noqa: F401  (the fake gcloud world of deploy.sh's tests)
 
@@ -375,7 +376,8 @@ def test_a_database_that_is_not_mlflow_is_refused_in_one_line(
 
 
 def test_usage_errors_exit_2(env: PlatformDb, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    """No source, two sources, a broken mapping file or a non-PostgreSQL URL exit 2 and say why."""
+    """No source, two sources, a broken mapping file or a non-PostgreSQL URL exit 2 and say why; an
+    unreachable tracking server is one line and exit 1."""
     assert main(["export-mlflow"]) == 2
     assert "exactly one of --mlflow-database-url" in capsys.readouterr().err
     assert main(["export-mlflow", "--mlflow-database-url", "x", "--tracking-uri", "http://y"]) == 2
@@ -387,6 +389,10 @@ def test_usage_errors_exit_2(env: PlatformDb, tmp_path: Path, capsys: pytest.Cap
     assert main(["export-mlflow", "--mlflow-database-url", "mysql://u@h/db"]) == 2
     assert "only PostgreSQL" in capsys.readouterr().err
     assert main(["export-mlflow", "--tracking-uri", "http://x", "--verify-only", "--dry-run"]) == 2
+    capsys.readouterr()
+    assert main(["export-mlflow", "--tracking-uri", f"http://127.0.0.1:{closed_port()}", "--output-dir", str(tmp_path)]) == 1
+    err = capsys.readouterr().err
+    assert "cannot reach MLflow tracking server http://127.0.0.1" in err and "Traceback" not in err
 
 
 def test_interrupted_export_leaves_rows_untouched_or_complete(

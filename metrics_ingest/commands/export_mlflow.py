@@ -137,6 +137,8 @@ def run(args: argparse.Namespace) -> int:
     except SetupError as exc:
         return fail(str(exc), exc.exit_status)
 
+    import psycopg2
+
     progress = ExportProgress(sys.stderr, dry_run=args.dry_run)
     print(f"reading {source.description} ...", file=sys.stderr, flush=True)
     try:
@@ -144,6 +146,8 @@ def run(args: argparse.Namespace) -> int:
             report = run_export(options, client=client, on_selected=progress.selected, on_outcome=progress.update)
     except SetupError as exc:
         return fail(str(exc), exc.exit_status)
+    except psycopg2.Error as exc:  # the platform database went away after the set-up check
+        return fail(f"cannot read the QuickTest rows: {type(exc).__name__}: {str(exc).strip().splitlines()[0]}", 1)
     finally:
         progress.close()
     if args.json:

@@ -300,9 +300,12 @@ class Export:
     non_finite: int
 
 
-def newest_per_step(points: Iterable[Point]) -> dict[int, Point]:
+def newest_per_step(points: list[Point]) -> dict[int, Point]:
     """The newest point per step (larger timestamp, then larger value, as MLflow's latest_metrics)."""
-    best: dict[int, Point] = {}
+    best = {point[0]: point for point in points}
+    if len(best) == len(points):  # the usual case: one value per step, nothing to choose
+        return best
+    best = {}
     for point in points:  # (step, timestamp, value): indexed, as sources may hand in plain tuples
         seen = best.get(point[0])
         if seen is None or (point[1], order_value(point[2])) > (seen[1], order_value(seen[2])):
