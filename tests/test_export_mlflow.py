@@ -449,3 +449,24 @@ def test_all_adds_rows_with_a_history_but_no_file(
     assert env.history(cache_id)["mlflow"]["run_id"] == seeded["ids"]["deleted"]
     assert env.history(filed_id) == {"epochs": [0]}
     assert artifacts.bucket.get_blob(f"{cache_folder}/training_metrics.json") is not None
+
+
+def test_rest_follows_history_pages(
+    env: PlatformDb, mlflow_server: MlflowServer, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A metric with more points than one history page (25,000) comes back whole through REST, page by page."""
+    [run_id] = mlflow_server.seed([{"name": "qt-long", "metrics": [["lr", 0.1, 0, T0]]}])
+    mlflow_server.sql(
+        "INSERT INTO metrics (key, value, timestamp, run_uuid, step, is_nan)"
+        " SELECT 'loss', s / 1000.0, %s + s, %s, s, false FROM generate_series(0, 25099) AS s",
+        (T0, run_id),
+    )
+    mlflow_server.sql("INSERT INTO latest_metrics (key, value, timestamp, step, is_nan, run_uuid) VALUES ('loss', 25.099, %s, 25099, false, %s)",
+                      (T0 + 25099, run_id))
+    row_id, _ = add_row(env, run_id)
+    code, report = export(capsys, "--tracking-uri", mlflow_server.url, "--output-dir", str(tmp_path))
+    assert code == 0, report
+    assert by_id(report)[row_id]["points"] == 25101 and by_id(report)[row_id]["verification"] == "verified"
+    [path] = tmp_path.rglob("training_metrics.json")
+    doc = json.loads(path.read_bytes())
+    assert len(doc["epochs"]) == 25100 and doc["loss"]["loss"][-1] == 25.099
