@@ -17,7 +17,7 @@ import importlib
 import sys
 from collections.abc import Sequence
 
-COMMANDS = ("migrate", "replay", "dev", "demo")
+COMMANDS = ("migrate", "replay", "export-mlflow", "dev", "demo")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -27,7 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name in COMMANDS:
-        importlib.import_module(f"metrics_ingest.commands.{name}").register(subparsers)
+        importlib.import_module(f"metrics_ingest.commands.{name.replace('-', '_')}").register(subparsers)
     return parser
 
 

@@ -16,6 +16,7 @@ pytest_plugins = [
     "tests.support.platform_db",
     "tests.support.function_server",
     "tests.support.localstack",
+    "tests.support.mlflow_server",
 ]
 
 # The product's own settings: a developer's shell must not leak into a test.

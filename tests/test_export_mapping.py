@@ -1,0 +1,159 @@
+"""export-mlflow's mapping of one MLflow run to a schema-v1 document, and its verification (no server needed)."""
+
+from __future__ import annotations
+
+import copy
+import io
+import json
+from pathlib import Path
+
+import pytest
+
+from metrics_ingest.mlflow_export import MappingFileError, MlflowRun, NameRules, Point, build_document, verify_document
+from metrics_ingest.mlflow_export.engine import ExportProgress, QuickTestRow, RowOutcome
+from tests.support.format_checks import check_document
+
+
+def make_run(metrics: dict[str, list[tuple[int, float]]], params: dict[str, str] | None = None) -> MlflowRun:
+    return MlflowRun(
+        run_id="r" * 32, experiment_id="3", run_name="qt", status="FINISHED", lifecycle_stage="active",
+        start_time=1_700_000_000_000, end_time=1_700_000_900_000, tags={"mlflow.user": "trainer"},
+        params=params or {},
+        metrics={k: [Point(step, 1_700_000_000_000 + step, value) for step, value in pts] for k, pts in metrics.items()},
+    )
+
+
+def places(rules: NameRules, run: MlflowRun) -> dict[str, list[str]]:
+    export = build_document(run, rules)
+    return {k: [str(loc) for loc in p.locations] for k, p in export.plan.placements.items()}
+
+
+def test_default_rules_cover_the_old_callbacks_spellings() -> None:
+    """Weight norms, weight and gradient statistics in underscore and slash spellings land in their sections;
+    everything else is routed as the trainer routes it."""
+    series = [(0, 1.0), (1, 2.0)]
+    run = make_run({name: series for name in (
+        "weight_norm", "query_weight_norm", "weight_norm/candidate", "query_weights_std", "weights/candidate/max",
+        "gradients/query/norm", "candidate_gradient_mean", "grad_stats/query/min", "val_loss", "learning_rate",
+        "test_loss", "final_recall_at_100",
+    )})
+    got = places(NameRules.default(), run)
+    assert got["weight_norm"] == ["gradient.total"]
+    assert got["query_weight_norm"] == ["gradient.query"]
+    assert got["weight_norm/candidate"] == ["gradient.candidate"]
+    assert got["query_weights_std"] == ["weight_stats.query.std"]
+    assert got["weights/candidate/max"] == ["weight_stats.candidate.max"]
+    assert got["gradients/query/norm"] == ["gradient_stats.query.norm"]
+    assert got["candidate_gradient_mean"] == ["gradient_stats.candidate.mean"]
+    assert got["grad_stats/query/min"] == ["gradient_stats.query.min"]
+    assert got["val_loss"] == ["loss.val_loss"]
+    assert got["learning_rate"] == ["metrics.learning_rate"]
+    assert got["test_loss"][0] == "final_metrics.test_loss"
+    check_document(build_document(run, NameRules.default()).document)
+
+
+def test_histograms_assemble_from_bins_and_an_edges_param() -> None:
+    """Per-bin count metrics plus a bin-edges param become one histogram with a counts row per epoch."""
+    run = make_run(
+        {f"gradients/query/histogram/{i}": [(0, float(i)), (2, float(10 + i))] for i in range(3)} | {"loss": [(1, 0.5)]},
+        params={"gradients/query/histogram/edges": "[-1, 0, 1, 2]"},
+    )
+    doc = build_document(run, NameRules.default()).document
+    assert doc["epochs"] == [0, 1, 2]
+    assert doc["gradient_stats"]["query"]["histogram"] == {"bin_edges": [-1.0, 0.0, 1.0, 2.0], "counts": [[0, 1, 2], None, [10, 11, 12]]}
+    assert doc["params"]["gradients/query/histogram/edges"] == "[-1, 0, 1, 2]"
+    check_document(doc)
+    assert verify_document(doc, run, NameRules.default()) is None
+
+
+def test_nothing_is_dropped_when_a_rule_cannot_apply() -> None:
+    """A histogram without edges, a second name for a taken place, and a final value logged at several steps
+    all keep every value (in metrics/loss, beside the final value)."""
+    run = make_run({
+        "query_weight_hist_0": [(0, 3.0)], "query_weight_hist_1": [(0, 4.0)],
+        "query_weight_norm": [(0, 1.0)], "weight_norm/query": [(0, 9.0)],
+        "final_loss": [(0, 0.9), (1, 0.7)],
+    })
+    export = build_document(run, NameRules.default())
+    doc = export.document
+    assert doc["metrics"]["query_weight_hist_0"] == [3.0, None] and doc["metrics"]["query_weight_hist_1"] == [4.0, None]
+    assert "no bin-edges param" in export.plan.placements["query_weight_hist_0"].note
+    assert doc["gradient"] == {"query": [1.0, None]} and doc["metrics"]["weight_norm/query"] == [9.0, None]
+    assert doc["final_metrics"]["final_loss"] == 0.7 and doc["loss"]["final_loss"] == [0.9, 0.7]
+    check_document(doc)
+    assert verify_document(doc, run, NameRules.default()) is None
+
+
+def test_a_mapping_file_adds_rules_tried_first(tmp_path: Path) -> None:
+    """Rules from --mapping FILE route names the defaults do not know, ahead of the defaults."""
+    mapping = tmp_path / "mapping.json"
+    mapping.write_text(json.dumps({
+        "metrics": [{"pattern": r"l2/(?P<tower>\w+)", "to": "gradient"},
+                    {"pattern": r"w_(?P<tower>\w+)_avg", "to": "weight_stats", "stat": "mean"},
+                    {"pattern": "test_lr", "to": "metrics"}],
+    }))
+    rules = NameRules.load(mapping)
+    run = make_run({"l2/query": [(0, 1.0)], "w_candidate_avg": [(0, 0.1)], "test_lr": [(0, 0.01)]})
+    assert places(rules, run) == {
+        "l2/query": ["gradient.query"], "w_candidate_avg": ["weight_stats.candidate.mean"], "test_lr": ["metrics.test_lr"],
+    }
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ("not json", "not valid JSON"),
+        ('{"metrics": [{"pattern": "x", "to": "nowhere"}]}', "unknown target 'nowhere'"),
+        ('{"metrics": [{"pattern": "x", "to": "gradient"}]}', "needs a (?P<tower>...) group"),
+        ('{"metrics": [{"pattern": "(", "to": "loss"}]}', "not a valid regular expression"),
+        ('{"metrics": [{"pattern": "(?P<tower>x)", "to": "weight_stats", "stat": "norm"}]}', "has no statistic 'norm'"),
+        ('{"rules": []}', "must be a JSON object"),
+    ],
+)
+def test_a_bad_mapping_file_names_the_problem(tmp_path: Path, content: str, message: str) -> None:
+    """A mapping file that cannot be used is refused with the rule and the reason."""
+    mapping = tmp_path / "mapping.json"
+    mapping.write_text(content)
+    with pytest.raises(MappingFileError, match=message.replace("(", r"\(").replace(")", r"\)").replace("?", r"\?")):
+        NameRules.load(mapping)
+
+
+def test_verification_names_the_first_difference() -> None:
+    """A changed value, a dropped param or an extra series is a mismatch that says where."""
+    run = make_run({"loss": [(0, 1.0), (1, 0.5)], "auc": [(1, 0.7)]}, params={"lr": "0.1"})
+    doc = build_document(run, NameRules.default()).document
+    assert verify_document(doc, run, NameRules.default()) is None
+    changed = copy.deepcopy(doc)
+    changed["loss"]["loss"][1] = 0.25
+    assert "loss.loss at epoch 1" in verify_document(changed, run, NameRules.default())
+    no_param = copy.deepcopy(doc)
+    del no_param["params"]["lr"]
+    assert verify_document(no_param, run, NameRules.default()) == "params.lr is missing"
+    extra = copy.deepcopy(doc)
+    extra["metrics"]["ghost"] = [None, 1.0]
+    assert "metrics.ghost is in the document but not in MLflow" in verify_document(extra, run, NameRules.default())
+    filled = copy.deepcopy(doc)
+    filled["metrics"]["auc"][0] = 0.0
+    assert "MLflow has nothing" in verify_document(filled, run, NameRules.default())
+
+
+def test_progress_is_a_bar_on_a_terminal_and_lines_otherwise() -> None:
+    """On a terminal the bar counts rows and prints only rows not done; elsewhere each row gets one line."""
+    done = RowOutcome(QuickTestRow(1, "a" * 32, "gs://b/q/1"), "exported", verification="verified", epochs=3, points=9)
+    missing = RowOutcome(QuickTestRow(2, "b" * 32, "gs://b/q/2"), "missing_run", "MLflow has no run 'bbb'")
+    for tty in (True, False):
+        stream = io.StringIO()
+        progress = ExportProgress(stream, dry_run=False, tty=tty)
+        progress.selected(2)
+        progress.update(done)
+        progress.update(missing)
+        progress.close()
+        text = stream.getvalue()
+        assert "missing_run        quicktest 2 (run " + "b" * 32 + ") (MLflow has no run 'bbb')" in text
+        if tty:
+            assert "2/2" in text and "quicktest 1" not in text
+        else:
+            assert text.splitlines()[:2] == [
+                "selected 2 QuickTest rows",
+                "exported+verified  quicktest 1 (run " + "a" * 32 + "): 3 epochs, 9 points",
+            ]
