@@ -288,3 +288,24 @@ def test_random_edits_get_the_same_verdict_from_both_validators() -> None:
         if not verdict:
             with pytest.raises(Rejected, match=r"^at \$"):
                 document.validate(doc)
+
+
+def test_exported_mlflow_facts_are_bounded_by_mlflow_limits_not_the_unknown_value_cap() -> None:
+    """The `mlflow` key of an exported history is a defined key: tags up to MLflow's own 8,000 characters each
+    pass however many there are (past the 64 KiB cap for unknown keys), a longer tag or an extra key is refused."""
+    doc = v1_document(epochs=2)
+    doc["mlflow"] = {
+        "run_id": "0" * 32, "experiment_id": "1", "run_name": "old-run", "status": "FINISHED",
+        "start_time": "2025-01-01T00:00:00.000Z", "end_time": None,
+        "tags": {f"mlflow.tag{i}": "x" * 8000 for i in range(20)},
+    }
+    assert len(json.dumps(doc["mlflow"])) > 65536
+    assert document.load_document(dumps(doc))["mlflow"]["run_id"] == "0" * 32
+
+    doc["mlflow"]["tags"]["too.long"] = "x" * 8001
+    with pytest.raises(Rejected, match=r"\$\.mlflow\.tags"):
+        document.load_document(dumps(doc))
+    del doc["mlflow"]["tags"]["too.long"]
+    doc["mlflow"]["surprise"] = 1
+    with pytest.raises(Rejected, match=r"\$\.mlflow"):
+        document.load_document(dumps(doc))
