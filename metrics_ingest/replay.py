@@ -485,7 +485,7 @@ def _updated_after(resource: Mapping[str, Any], after: dt.datetime) -> bool:
     return updated >= after
 
 
-class _Interrupt:
+class InterruptFlag:
     """Turns SIGINT into a flag while the replay runs (main thread only), so
     that Ctrl-C never lands in the middle of our own bookkeeping."""
 
@@ -493,7 +493,7 @@ class _Interrupt:
         self.event = threading.Event()
         self._previous: Any = None
 
-    def __enter__(self) -> _Interrupt:
+    def __enter__(self) -> InterruptFlag:
         if threading.current_thread() is threading.main_thread():
             self._previous = signal.signal(signal.SIGINT, self._handle)
         return self
@@ -548,7 +548,7 @@ def run_replay(
     )
     started = time.perf_counter()
     updated_after = None if options.since is None else dt.datetime.now(dt.timezone.utc) - options.since
-    with _Interrupt() as interrupt:
+    with InterruptFlag() as interrupt:
         stop_events = [interrupt.event] + ([stop] if stop is not None else [])
         found = list_objects(
             client,

@@ -13,15 +13,12 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import psycopg2
 import pytest
-from psycopg2 import sql
 
 from ingest import store
 from metrics_ingest.cli import main
 from metrics_ingest.migrations import apply_migrations, create_dev_platform_table
 from metrics_ingest.mlflow_export import ExportOptions, SqlSource, run_export
-from metrics_ingest.mlflow_export.engine import QuickTestRow
 from tests.support.format_checks import check_document
 from tests.support.mlflow_server import MlflowServer
 from tests.support.network import closed_port

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import re
+import sys
+from collections.abc import Iterator
 
 
 def describe(docstring: str | None) -> str:
@@ -55,3 +58,30 @@ def bucket_name(text: str) -> str:
             f"{text!r} is not a valid bucket name (3-222 lowercase letters, digits, '-', '_' or '.')"
         )
     return text
+
+
+@contextlib.contextmanager
+def pipeline_logs(verbose: bool) -> Iterator[None]:
+    """The pipeline logs one JSON line per object for Cloud Logging; here the
+    progress lines and the summary say the same, so those lines are shown only
+    with --verbose (on stderr, never mixed into the --json output). The logger
+    is put back as it was afterwards."""
+    import logging
+
+    from ingest.logs import JsonFormatter, LOGGER
+
+    saved = (list(LOGGER.handlers), LOGGER.propagate, LOGGER.level)
+    handler: logging.Handler
+    if verbose:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(JsonFormatter())
+        LOGGER.setLevel(logging.INFO)
+    else:
+        handler = logging.NullHandler()
+    LOGGER.handlers = [handler]
+    LOGGER.propagate = False
+    try:
+        yield
+    finally:
+        LOGGER.handlers, LOGGER.propagate = saved[0], saved[1]
+        LOGGER.setLevel(saved[2])

@@ -35,7 +35,7 @@ import json
 import sys
 from pathlib import Path
 
-from metrics_ingest.commands import describe, positive_int
+from metrics_ingest.commands import describe, pipeline_logs, positive_int
 
 
 def _quicktest_id(text: str) -> int:
@@ -100,7 +100,6 @@ def run(args: argparse.Namespace) -> int:
     # Imported here so that `metrics-ingest --help` stays instant.
     from ingest.config import Settings
 
-    from metrics_ingest.commands.replay import _pipeline_logs
     from metrics_ingest.mlflow_export import ExportOptions, ExportProgress, MappingFileError, NameRules, RestSource, SqlSource
     from metrics_ingest.mlflow_export.engine import format_summary, run_export
     from metrics_ingest.replay import SetupError, UsageError, check_database, make_storage_client
@@ -142,7 +141,7 @@ def run(args: argparse.Namespace) -> int:
     progress = ExportProgress(sys.stderr, dry_run=args.dry_run)
     print(f"reading {source.description} ...", file=sys.stderr, flush=True)
     try:
-        with _pipeline_logs(args.verbose):
+        with pipeline_logs(args.verbose):
             report = run_export(options, client=client, on_selected=progress.selected, on_outcome=progress.update)
     except SetupError as exc:
         return fail(str(exc), exc.exit_status)

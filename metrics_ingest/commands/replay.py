@@ -32,14 +32,12 @@ applied), 130 when interrupted (Ctrl-C; the summary covers what was done).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
 import json
 import os
 import sys
-from collections.abc import Iterator
 
-from metrics_ingest.commands import describe, positive_int
+from metrics_ingest.commands import describe, pipeline_logs, positive_int
 
 MAX_WORKERS = 256  # metrics_ingest.replay.MAX_WORKERS (not imported here: --help stays instant)
 
@@ -152,7 +150,7 @@ def run(args: argparse.Namespace) -> int:
     scope = f" (shard {options.shard})" if options.shard is not None else ""
     print(f"listing {target}{scope} ...", file=sys.stderr, flush=True)
     try:
-        with _pipeline_logs(args.verbose):
+        with pipeline_logs(args.verbose):
             report = run_replay(
                 options,
                 client=client,
@@ -198,30 +196,3 @@ def run(args: argparse.Namespace) -> int:
     else:
         print(format_summary(report))
     return report.exit_status
-
-
-@contextlib.contextmanager
-def _pipeline_logs(verbose: bool) -> Iterator[None]:
-    """The pipeline logs one JSON line per object for Cloud Logging; here the
-    progress lines and the summary say the same, so those lines are shown only
-    with --verbose (on stderr, never mixed into the --json output). The logger
-    is put back as it was afterwards."""
-    import logging
-
-    from ingest.logs import JsonFormatter, LOGGER
-
-    saved = (list(LOGGER.handlers), LOGGER.propagate, LOGGER.level)
-    handler: logging.Handler
-    if verbose:
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(JsonFormatter())
-        LOGGER.setLevel(logging.INFO)
-    else:
-        handler = logging.NullHandler()
-    LOGGER.handlers = [handler]
-    LOGGER.propagate = False
-    try:
-        yield
-    finally:
-        LOGGER.handlers, LOGGER.propagate = saved[0], saved[1]
-        LOGGER.setLevel(saved[2])

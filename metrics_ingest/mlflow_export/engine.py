@@ -50,7 +50,7 @@ from ingest.pipeline import IngestResult, ingest_object
 from metrics_ingest.mlflow_export.mapping import MappingError, NameRules, Plan, build_document, dumps
 from metrics_ingest.mlflow_export.model import MlflowRun, Source, SourceError
 from metrics_ingest.mlflow_export.verify import verify_document
-from metrics_ingest.replay import Progress, UsageError, _Interrupt
+from metrics_ingest.replay import Progress, UsageError, InterruptFlag
 
 OUTCOMES = ("exported", "exists", "missing_run", "failed")
 VERIFICATIONS = ("verified", "mismatch")
@@ -367,7 +367,7 @@ def run_export(
     report.selected = len(rows)
     if on_selected is not None:
         on_selected(len(rows))
-    with _Interrupt() as interrupt:
+    with InterruptFlag() as interrupt:
         stop_events = [interrupt.event] + ([stop] if stop is not None else [])
         try:
             for outcome in _process(rows, context, stop_events):
