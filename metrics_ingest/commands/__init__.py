@@ -27,6 +27,46 @@ def positive_int(text: str) -> int:
     return value
 
 
+# Each worker holds a database connection; metrics_ingest.replay.MAX_WORKERS is
+# the same number (not imported here, so that --help stays instant).
+MAX_WORKERS = 256
+
+
+def workers_count(text: str) -> int:
+    """argparse ``type=`` for --workers: 1 to MAX_WORKERS (a bad value exits 2 with the usage)."""
+    value = positive_int(text)
+    if value > MAX_WORKERS:
+        raise argparse.ArgumentTypeError(
+            f"at most {MAX_WORKERS} (each worker holds a database connection), got {value}"
+        )
+    return value
+
+
+def add_batch_options(parser: argparse.ArgumentParser, *, items: str, report: str) -> None:
+    """The options every command that ingests many files shares (replay, export-mlflow):
+    ``--workers``, ``--json``, ``--database-url`` and ``--verbose``.
+
+    Example::
+
+        add_batch_options(parser, items="objects", report="every object's outcome")
+    """
+    parser.add_argument(
+        "--workers",
+        type=workers_count,
+        default=4,
+        help=f"{items} in parallel, one database connection each (default 4, at most {MAX_WORKERS})",
+    )
+    parser.add_argument("--json", action="store_true", help=f"print a machine-readable report with {report}")
+    parser.add_argument(
+        "--database-url",
+        default=None,
+        help="the platform's PostgreSQL (default: $DATABASE_URL, else libpq PG* variables)",
+    )
+    parser.add_argument(
+        "--verbose", action="store_true", help="also print the pipeline's JSON log line for each ingestion on stderr"
+    )
+
+
 def port(text: str) -> int:
     """argparse ``type=`` for a TCP port, 0 meaning any free one."""
     try:

@@ -35,7 +35,7 @@ import json
 import sys
 from pathlib import Path
 
-from metrics_ingest.commands import describe, pipeline_logs, positive_int
+from metrics_ingest.commands import add_batch_options, describe, pipeline_logs
 
 
 def _quicktest_id(text: str) -> int:
@@ -85,14 +85,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--dry-run", action="store_true", help="show, per run, where each MLflow key would land; write nothing"
     )
     parser.add_argument("--verify-only", action="store_true", help="compare the rows with MLflow; write nothing")
-    parser.add_argument("--workers", type=positive_int, default=4, help="rows in parallel (default 4)")
-    parser.add_argument("--json", action="store_true", help="print a machine-readable report with every row")
-    parser.add_argument(
-        "--database-url", default=None, help="the platform's PostgreSQL (default: $DATABASE_URL, else libpq PG* variables)"
-    )
-    parser.add_argument(
-        "--verbose", action="store_true", help="also print the pipeline's JSON log line for each ingestion on stderr"
-    )
+    add_batch_options(parser, items="rows", report="every row's outcome")
     parser.set_defaults(func=run)
 
 

@@ -37,20 +37,7 @@ import json
 import os
 import sys
 
-from metrics_ingest.commands import describe, pipeline_logs, positive_int
-
-MAX_WORKERS = 256  # metrics_ingest.replay.MAX_WORKERS (not imported here: --help stays instant)
-
-
-def workers_count(text: str) -> int:
-    """argparse ``type=`` for --workers: 1 to MAX_WORKERS (a bad value exits 2 with the usage)."""
-    value = positive_int(text)
-    if value > MAX_WORKERS:
-        raise argparse.ArgumentTypeError(
-            f"at most {MAX_WORKERS} (each worker holds a database connection), got {value}"
-        )
-    return value
-
+from metrics_ingest.commands import add_batch_options, describe, pipeline_logs
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
@@ -60,12 +47,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("uri", metavar="gs://BUCKET[/PREFIX]", help="bucket and optional object-name prefix")
-    parser.add_argument(
-        "--workers",
-        type=workers_count,
-        default=4,
-        help=f"objects ingested in parallel, one database connection each (default 4, at most {MAX_WORKERS})",
-    )
     parser.add_argument(
         "--shard",
         metavar="I/N",
@@ -82,15 +63,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--dry-run", action="store_true", help="say what would happen to each object, write nothing"
     )
     parser.add_argument("--force", action="store_true", help="re-ingest generations already ingested")
-    parser.add_argument(
-        "--json", action="store_true", help="print a machine-readable summary with every object's outcome"
-    )
-    parser.add_argument(
-        "--database-url", default=None, help="PostgreSQL URL (default: $DATABASE_URL, else libpq PG* variables)"
-    )
-    parser.add_argument(
-        "--verbose", action="store_true", help="also print the pipeline's JSON log line for each object on stderr"
-    )
+    add_batch_options(parser, items="objects", report="every object's outcome")
     parser.set_defaults(func=run)
 
 
