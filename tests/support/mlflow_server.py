@@ -26,12 +26,12 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-import psycopg2
 import pytest
 import requests
 from psycopg2.extensions import parse_dsn
 
 from tests.support.network import closed_port
+from tests.support.postgres import query
 
 REPO = Path(__file__).resolve().parents[2]
 MLFLOW_VENV = REPO / ".venv-mlflow"
@@ -69,13 +69,8 @@ class MlflowServer:
         return json.loads(done.stdout.strip().splitlines()[-1])  # MLflow prints "View run ..." lines first
 
     def sql(self, statement: str, params: tuple | list = ()) -> list[tuple]:
-        conn = psycopg2.connect(self.database_url)
-        try:
-            with conn, conn.cursor() as cur:
-                cur.execute(statement, params)
-                return cur.fetchall() if cur.description else []
-        finally:
-            conn.close()
+        """One statement on MLflow's backend database (seeding what the API refuses); its rows."""
+        return query(self.database_url, statement, tuple(params))
 
 
 def start_mlflow_server(database_url: str, workdir: Path, timeout: float = 180.0) -> tuple[subprocess.Popen, str]:
