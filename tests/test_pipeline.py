@@ -431,6 +431,25 @@ def test_round_trips_per_first_ingestion_and_per_duplicate(platform_db: Platform
     assert sorted(outcomes) == ["duplicate", "ingested", "superseded"]  # one record per event
 
 
+def test_first_ingestion_sends_the_file_text_to_the_database_once(platform_db: PlatformDb, artifacts: Artifacts) -> None:
+    """Counted on the wire: a first ingestion sends the file's text once (no second copy, no re-serialized document)."""
+    from tests.support.documents import megabyte_document
+    from tests.support.wire import QueryCounter
+
+    data = dumps(megabyte_document(20), indent=2)  # ~0.3 MB; both statements' SQL and parameters are ~5 KB
+    with QueryCounter(platform_db.url) as counter:
+        settings = platform_db.settings(database_url=counter.url, db_pool_size=1)
+        _ingest(platform_db, artifacts.upload(platform_db.new_quicktest()[1], dumps(v1_document(1))), settings=settings)
+        row_id, folder = platform_db.new_quicktest()
+        resource = artifacts.upload(folder, data)
+        counter.reset()  # the pool's connection is open: what follows is this event's
+        assert _ingest(platform_db, resource, settings=settings).outcome == "ingested"
+        sent = counter.sent_bytes
+        store.close_pools()  # the relay's connections go before the relay does
+    assert len(data) <= sent < len(data) + 16_000, (sent, len(data))
+    assert platform_db.history(row_id)["epochs"] == list(range(50))
+
+
 def test_write_keeps_the_lock_and_the_guard_in_one_round_trip(platform_db: PlatformDb) -> None:
     """While another transaction holds the row lock, the one-round-trip write waits, then sees that writer's newer generation."""
     row_id, folder = platform_db.new_quicktest()
