@@ -92,21 +92,3 @@ def test_memory_budget_grants_holds_in_arrival_order() -> None:
     large.join(5)
     small.join(5)
     assert order == ["large", "small"] and budget.in_use == 0
-
-
-def test_capped_sink_keeps_one_piece_uncopied_and_joins_and_caps_several() -> None:
-    """The download arrives in one piece, kept as is; pieces that follow are joined, and the cap still holds."""
-    from ingest.gcs import _CappedSink, _TooLarge
-
-    whole = b'{"epochs": [0]}'
-    one = _CappedSink(100, gzip=None)
-    one.write(whole)
-    assert one.getvalue() is whole
-    several = _CappedSink(100, gzip=None)
-    for piece in (whole[:5], bytearray(whole[5:9]), whole[9:]):
-        several.write(piece)
-    assert bytes(several.getvalue()) == whole and one.tell() == several.tell() == len(whole)
-    capped = _CappedSink(len(whole), gzip=None)
-    capped.write(whole)
-    with pytest.raises(_TooLarge):
-        capped.write(b" ")

@@ -56,9 +56,7 @@ class _CappedSink:
         self.cap = cap
         self.gzip = gzip  # None: decide from the first bytes
         self.raw_bytes = 0
-        # A plain object arrives in one piece (see download): kept as the bytes
-        # it came in, not copied; a later piece turns it into a bytearray.
-        self._buffer: bytes | bytearray = b""
+        self._buffer = bytearray()
         self._inflater: Any = None
 
     def write(self, chunk: bytes) -> int:
@@ -72,12 +70,7 @@ class _CappedSink:
         if not self.gzip:
             if len(self._buffer) + len(chunk) > self.cap:
                 raise _TooLarge(f"the object is larger than MAX_METRICS_BYTES ({self.cap} bytes)")
-            if not self._buffer and isinstance(chunk, bytes):
-                self._buffer = chunk
-            else:
-                if isinstance(self._buffer, bytes):
-                    self._buffer = bytearray(self._buffer)
-                self._buffer += chunk
+            self._buffer += chunk
             return len(chunk)
         if self._inflater is None:
             self._inflater = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)
@@ -92,14 +85,12 @@ class _CappedSink:
             raise _TooLarge(
                 f"the gzip object inflates to more than MAX_METRICS_BYTES ({self.cap} bytes; compression bomb?)"
             )
-        if isinstance(self._buffer, bytes):
-            self._buffer = bytearray(self._buffer)
         self._buffer += out
         if self._inflater.unused_data:
             raise _Corrupt("the gzip stream has trailing data after its end")
         return len(chunk)
 
-    def getvalue(self) -> bytes | bytearray:
+    def getvalue(self) -> bytearray:
         if self.gzip and self._inflater is not None and not self._inflater.eof:
             raise _Corrupt("the gzip stream is truncated")
         return self._buffer  # not copied: the parser reads a bytearray as well as bytes
@@ -116,7 +107,7 @@ class _Corrupt(Exception):
     pass
 
 
-def download(ref: ObjectRef, settings: Settings, *, gcs: Any = None) -> bytes | bytearray:
+def download(ref: ObjectRef, settings: Settings, *, gcs: Any = None) -> bytearray:
     """The content of ``ref``'s generation (inflated when gzip), at most ``max_metrics_bytes``.
 
     Raises:
@@ -147,10 +138,6 @@ def download(ref: ObjectRef, settings: Settings, *, gcs: Any = None) -> bytes | 
             checksum=None if end is not None else "auto",
             timeout=(settings.gcs_timeout, settings.gcs_timeout),
             retry=retry,
-            # The response is bounded (the event's size, at most the cap, or the
-            # Range): read in one piece, it costs no Python per 8 KiB chunk and
-            # reaches the sink uncopied; the sink still caps what it keeps.
-            single_shot_download=True,
         )
         return sink.getvalue()
     except _TooLarge as exc:
