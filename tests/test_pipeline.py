@@ -353,6 +353,26 @@ def test_large_plain_file_near_the_cap_is_ingested_in_bounded_memory(platform_db
     assert peak < 6.5 * len(data), f"peak {peak / len(data):.2f}x the file"
 
 
+def test_event_understating_the_size_is_stopped_at_the_cap_in_bounded_memory(
+    platform_db: PlatformDb, artifacts: Artifacts
+) -> None:
+    """An event claiming a size under the cap for a larger generation is rejected at the cap, never loading the object."""
+    import tracemalloc
+
+    row_id, folder = platform_db.new_quicktest(history={"epochs": [0]})
+    resource = artifacts.upload(folder, b'{"epochs": [], "params": {"pad": "' + b"x" * 8_000_000 + b'"}}')
+    settings = platform_db.settings(max_metrics_bytes=100_000)
+    tracemalloc.start()
+    try:
+        result = _ingest(platform_db, {**resource, "size": "100"}, settings=settings)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert result.outcome == "rejected" and "larger than MAX_METRICS_BYTES" in (result.reason or "")
+    assert peak < 2_000_000, f"peak {peak:,} bytes for an 8 MB object and a 100 KB cap"
+    assert platform_db.history(row_id) == {"epochs": [0]}
+
+
 def test_memory_budget_makes_a_large_event_wait(platform_db: PlatformDb, artifacts: Artifacts) -> None:
     """While the process's memory budget is taken, an event waits for it instead of loading its file; then it proceeds."""
     from ingest.memory import memory_budget
