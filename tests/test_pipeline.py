@@ -353,6 +353,26 @@ def test_large_plain_file_near_the_cap_is_ingested_in_bounded_memory(platform_db
     assert peak < 6.5 * len(data), f"peak {peak / len(data):.2f}x the file"
 
 
+def test_event_understating_the_size_is_stopped_at_the_cap_in_bounded_memory(
+    platform_db: PlatformDb, artifacts: Artifacts
+) -> None:
+    """An event claiming a size under the cap for a larger generation is rejected at the cap, never loading the object."""
+    import tracemalloc
+
+    row_id, folder = platform_db.new_quicktest(history={"epochs": [0]})
+    resource = artifacts.upload(folder, b'{"epochs": [], "params": {"pad": "' + b"x" * 8_000_000 + b'"}}')
+    settings = platform_db.settings(max_metrics_bytes=100_000)
+    tracemalloc.start()
+    try:
+        result = _ingest(platform_db, {**resource, "size": "100"}, settings=settings)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert result.outcome == "rejected" and "larger than MAX_METRICS_BYTES" in (result.reason or "")
+    assert peak < 2_000_000, f"peak {peak:,} bytes for an 8 MB object and a 100 KB cap"
+    assert platform_db.history(row_id) == {"epochs": [0]}
+
+
 def test_memory_budget_makes_a_large_event_wait(platform_db: PlatformDb, artifacts: Artifacts) -> None:
     """While the process's memory budget is taken, an event waits for it instead of loading its file; then it proceeds."""
     from ingest.memory import memory_budget
@@ -429,6 +449,25 @@ def test_round_trips_per_first_ingestion_and_per_duplicate(platform_db: Platform
     assert platform_db.history(row_id)["source"]["generation"] == new["generation"]
     outcomes = [r["outcome"] for r in platform_db.ingestions("ml-artifacts", new["name"])]
     assert sorted(outcomes) == ["duplicate", "ingested", "superseded"]  # one record per event
+
+
+def test_first_ingestion_sends_the_file_text_to_the_database_once(platform_db: PlatformDb, artifacts: Artifacts) -> None:
+    """Counted on the wire: a first ingestion sends the file's text once (no second copy, no re-serialized document)."""
+    from tests.support.documents import megabyte_document
+    from tests.support.wire import QueryCounter
+
+    data = dumps(megabyte_document(20), indent=2)  # ~0.3 MB; both statements' SQL and parameters are ~5 KB
+    with QueryCounter(platform_db.url) as counter:
+        settings = platform_db.settings(database_url=counter.url, db_pool_size=1)
+        _ingest(platform_db, artifacts.upload(platform_db.new_quicktest()[1], dumps(v1_document(1))), settings=settings)
+        row_id, folder = platform_db.new_quicktest()
+        resource = artifacts.upload(folder, data)
+        counter.reset()  # the pool's connection is open: what follows is this event's
+        assert _ingest(platform_db, resource, settings=settings).outcome == "ingested"
+        sent = counter.sent_bytes
+        store.close_pools()  # the relay's connections go before the relay does
+    assert len(data) <= sent < len(data) + 16_000, (sent, len(data))
+    assert platform_db.history(row_id)["epochs"] == list(range(50))
 
 
 def test_write_keeps_the_lock_and_the_guard_in_one_round_trip(platform_db: PlatformDb) -> None:

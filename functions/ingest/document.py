@@ -61,21 +61,22 @@ _STAT_SERIES = ("mean", "std", "min", "max", "norm")
 # match succeeds, so the scan is linear whatever the input (a pattern that can
 # fail would be retried from each later quote: quadratic on '"\\"\\"...').
 _STRING = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*(?:"|\\?\Z)', re.DOTALL)
-# Outside strings, valid JSON is brackets plus these (numbers, separators,
-# whitespace, true/false/null and the NaN/Infinity extension): deleted, they
-# leave the brackets. Anything else is invalid JSON, counted as no bracket and
-# left for the parser to name.
-_NOT_BRACKET = str.maketrans("", "", "0123456789+-.eE,: \t\r\n" + "truefalsnNIiy")
+# Outside strings, valid JSON is brackets plus numbers, separators, whitespace,
+# true/false/null and the NaN/Infinity extension. Deleting every byte but the
+# four brackets leaves the brackets; anything invalid counts as no bracket and
+# is left for the parser to name.
+_NOT_BRACKET = bytes(c for c in range(256) if c not in b"[]{}")
 _DEPTH_CHUNK = 1 << 20
 _DEPTH_STEP = tuple(1 if c in b"[{" else -1 if c in b"]}" else 0 for c in range(256))
 # Escapes that make a string PostgreSQL cannot store: \u0000 (jsonb refuses
 # it) and a UTF-16 surrogate (paired ones decode to one character; a lone
 # one is not Unicode text). Only a file containing one is walked to name the place.
 _SUSPECT_ESCAPE = re.compile(r"\\u(?:0000|[dD][89a-fA-F])")
-_DIGITS_AS_ZERO = str.maketrans("123456789", "000000000")
-_LONG_DIGITS = "0" * 1000
-_LOW_EXPONENT = re.compile(r"e-\d{4}")
-_LOW_EXPONENT_UPPER = re.compile(r"E-\d{4}")
+# Digits as '0' and 'E' as 'e': a long digit run or a long negative exponent
+# is then one literal search each (see _scan).
+_ZEROED = bytes.maketrans(b"123456789E", b"000000000e")
+_LONG_DIGITS = b"0" * 1000
+_LOW_EXPONENT = re.compile(rb"e-0000")  # sre's literal search: "in" crawls on a needle ending in '0'
 
 
 def load_document(data: bytes, *, max_depth: int = MAX_DEPTH) -> dict[str, Any]:
@@ -101,8 +102,10 @@ def _parse(data: bytes, max_depth: int) -> tuple[str, Any, bool]:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise Rejected(f"the file is not valid UTF-8 (byte {exc.start}: {exc.reason})") from None
-    unclosed, values, exotic = _scan(text, max_depth)
     limit = max_values()
+    # The count is at most one per character: a text no longer than the limit
+    # cannot exceed it, and is not counted.
+    unclosed, values, exotic = _scan(text, max_depth, count_values=len(text) > limit)
     if values > limit:
         # Before parsing (the parse would cost ~100 bytes per value) and before
         # PostgreSQL, which fails on such a document with "total size of jsonb
@@ -175,7 +178,7 @@ def check_depth(text: str, max_depth: int = MAX_DEPTH) -> int:
     return _scan(text, max_depth)[0]
 
 
-def _scan(text: str, max_depth: int) -> tuple[int, int, bool]:
+def _scan(text: str, max_depth: int, count_values: bool = True) -> tuple[int, int, bool]:
     """(depth left open at the end, about how many values the text holds,
     whether a number literal may be one PostgreSQL cannot store), in linear time.
 
@@ -185,7 +188,8 @@ def _scan(text: str, max_depth: int) -> tuple[int, int, bool]:
     bracket, seconds at worst for a MAX_METRICS_BYTES file of brackets alone.
     The value count is what separates them (commas outside strings) plus one
     per array or object: exact for a file without empty containers, an upper
-    bound otherwise.
+    bound otherwise (never more than the text's length). Without
+    ``count_values``, only the brackets are counted.
 
     PostgreSQL's numeric takes at most 16,383 digits after the point:
     ``1e-20000`` or a 20,000-digit fraction fails there, though Python reads
@@ -193,17 +197,14 @@ def _scan(text: str, max_depth: int) -> tuple[int, int, bool]:
     -1000 or below (either is rare enough to over-match) marks the text as
     not storable verbatim: the parsed values are stored instead.
     """
-    blanked = _STRING.sub("", text)
-    # Searches that run at memory speed: a long needle of one character, and
-    # regexes with a literal prefix ("e-0000" in the zeroed text would crawl).
-    exotic = (
-        _LONG_DIGITS in blanked.translate(_DIGITS_AS_ZERO)
-        or _LOW_EXPONENT.search(blanked) is not None
-        or _LOW_EXPONENT_UPPER.search(blanked) is not None
-    )
-    commas = blanked.count(",")
-    steps = blanked.translate(_NOT_BRACKET).encode("ascii", "replace")
-    del blanked
+    # Outside strings the text is ASCII (anything else is invalid JSON, read
+    # as '?'): as bytes, the passes below are C table lookups and literal
+    # searches, fewer than over the str (one regex for both exponent cases).
+    zeroed = _STRING.sub("", text).encode("ascii", "replace").translate(_ZEROED)
+    exotic = _LONG_DIGITS in zeroed or _LOW_EXPONENT.search(zeroed) is not None
+    commas = zeroed.count(b",") if count_values else 0
+    steps = zeroed.translate(None, _NOT_BRACKET)
+    del zeroed
     depth = 0
     for start in range(0, len(steps), _DEPTH_CHUNK):  # chunked: a deep start stops early
         chunk = steps[start : start + _DEPTH_CHUNK]

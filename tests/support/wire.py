@@ -29,7 +29,8 @@ _SPECIAL_REQUESTS = {80877103, 80877104, 80877102}  # SSLRequest, GSSENCRequest,
 
 
 class QueryCounter:
-    """Relays 127.0.0.1:<port> to the server of ``url``; ``queries`` counts 'Q' messages since ``reset``."""
+    """Relays 127.0.0.1:<port> to the server of ``url``; ``queries`` counts 'Q' messages and
+    ``sent_bytes`` the bytes sent to the server since ``reset``."""
 
     def __init__(self, url: str, delay_s: float = 0.0) -> None:
         self._delay_s = delay_s
@@ -42,6 +43,7 @@ class QueryCounter:
         )  # fmt: skip
         self._lock = threading.Lock()
         self._queries = 0
+        self._sent = 0
         self._sockets: list[socket.socket] = []
         self._closed = False
 
@@ -50,9 +52,15 @@ class QueryCounter:
         with self._lock:
             return self._queries
 
+    @property
+    def sent_bytes(self) -> int:
+        with self._lock:
+            return self._sent
+
     def reset(self) -> None:
         with self._lock:
             self._queries = 0
+            self._sent = 0
 
     def __enter__(self) -> QueryCounter:
         threading.Thread(target=self._accept, daemon=True).start()
@@ -118,11 +126,11 @@ class QueryCounter:
                         queries += header[:1] == b"Q"
                         skip = struct.unpack("!i", header[1:5])[0] - 4
                     header = b""
-                if queries:
-                    with self._lock:
-                        self._queries += queries
-                    if self._delay_s:
-                        time.sleep(self._delay_s)
+                with self._lock:
+                    self._queries += queries
+                    self._sent += len(data)
+                if queries and self._delay_s:
+                    time.sleep(self._delay_s)
                 dst.sendall(data)
         with contextlib.suppress(OSError):
             dst.shutdown(socket.SHUT_WR)
