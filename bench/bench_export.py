@@ -32,7 +32,6 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import contextlib
 import io
 import json
 import os
@@ -43,16 +42,15 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import psycopg2
 import psycopg2.extras
-from psycopg2 import sql
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO_ROOT / "functions"), str(REPO_ROOT), str(REPO_ROOT / "trainer_callbacks" / "src"), str(REPO_ROOT / "bench")]
 
+from bench_ingest import postgres, scratch_database  # noqa: E402
 from bench_replay import start_emulator  # noqa: E402
 from ingest import store  # noqa: E402
 from ingest.config import Settings  # noqa: E402
@@ -92,39 +90,6 @@ def metric_names(count: int) -> list[str]:
         names.append(f"factorized_top_k/top_{i}_categorical_accuracy")
         i += 1
     return names[:count]
-
-
-@contextlib.contextmanager
-def postgres(url: str | None) -> Iterator[str]:
-    if url:
-        yield url
-        return
-    import pgserver
-
-    pgdata = Path(tempfile.mkdtemp(prefix="metrics-ingest-bench-pg-"))
-    server = pgserver.get_server(pgdata, cleanup_mode="stop")
-    try:
-        yield server.get_uri()
-    finally:
-        server.cleanup()
-        shutil.rmtree(pgdata, ignore_errors=True)
-
-
-@contextlib.contextmanager
-def scratch_database(admin_url: str, purpose: str) -> Iterator[str]:
-    from psycopg2.extensions import make_dsn, parse_dsn
-
-    admin = psycopg2.connect(admin_url)
-    admin.autocommit = True
-    name = f"bench_{purpose}_{os.getpid()}"
-    with admin.cursor() as cur:
-        cur.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    try:
-        yield make_dsn(**{**parse_dsn(admin_url), "dbname": name})
-    finally:
-        with admin.cursor() as cur:
-            cur.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
-        admin.close()
 
 
 def seed(server: MlflowServer, runs: int, metrics: int, epochs: int) -> list[str]:
