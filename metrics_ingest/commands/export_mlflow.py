@@ -35,17 +35,7 @@ import json
 import sys
 from pathlib import Path
 
-from metrics_ingest.commands import add_batch_options, describe, pipeline_logs
-
-
-def _quicktest_id(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a QuickTest id (a whole number), got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a QuickTest id >= 1, got {value}")
-    return value
+from metrics_ingest.commands import add_batch_options, describe, pipeline_logs, positive_int
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -73,7 +63,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--all", action="store_true", help="also rows that have a history but no metrics file in their folder"
     )
     rows.add_argument(
-        "--quicktest", type=_quicktest_id, action="append", metavar="ID", default=[],
+        "--quicktest", type=positive_int, action="append", metavar="ID", default=[],
         help="only this QuickTest row (repeatable)",
     )
     parser.add_argument("--mapping", type=Path, metavar="FILE", help="extra name rules (JSON; see the README)")
