@@ -19,26 +19,31 @@ Example::
 
 from __future__ import annotations
 
-import concurrent.futures as cf
 import dataclasses
 import datetime as dt
 import re
-import signal
 import threading
 import time
 import uuid
 import zlib
-from collections.abc import Mapping
-from collections import Counter
-from collections.abc import Callable, Iterator
-from typing import Any, TextIO
-
-from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential
+from collections.abc import Callable, Mapping
+from typing import Any, ClassVar, TextIO
 
 from ingest.config import Settings
 from ingest.errors import TransientError
 from ingest.objects import ObjectRef
 from ingest.pipeline import IngestResult, ingest_object, is_metrics_object
+from metrics_ingest import batch
+from metrics_ingest.batch import (
+    MAX_WORKERS,
+    InterruptFlag,
+    SetupError,
+    UsageError,
+    check_database,
+    clip as _clip,
+    make_storage_client,
+    one_line,
+)
 
 # The five outcomes of the function, plus ours for an object that could not
 # be processed at all (a transient fault that outlived the retries).
@@ -54,42 +59,11 @@ DRY_RUN_LABELS = {
 }
 BAD_OUTCOMES = ("rejected", "failed")
 
-_BUCKET_NAME = re.compile(r"^[a-z0-9][-a-z0-9_.]{1,220}[a-z0-9]$")
+BUCKET_NAME = re.compile(r"^[a-z0-9][-a-z0-9_.]{1,220}[a-z0-9]$")
 # GCS object names are at most 1,024 bytes of UTF-8: a longer prefix matches nothing.
 MAX_PREFIX_BYTES = 1024
-# Workers are threads, each with a database connection and an HTTP connection:
-# beyond this a replay only queues on the database (and a huge figure would
-# pre-fill pools for nothing).
-MAX_WORKERS = 256
 # Cloud Run Jobs run at most 10,000 tasks; a shard count beyond it is a typo.
 MAX_SHARDS = 10_000
-# A reason or an error shown on one line of output is clipped to this.
-LINE_REASON_CHARS = 300
-
-
-class UsageError(ValueError):
-    """A bad command line value (exit status 2)."""
-
-
-class SetupError(RuntimeError):
-    """Replay cannot start: no credentials, database unreachable or not migrated.
-
-    ``exit_status`` is 2 when the command line or environment must change
-    (nothing configured, a malformed value, migrations not applied) and 1 when
-    what is configured is unreachable (rerunning later may work).
-
-    Example::
-
-        try:
-            check_database(settings)
-        except SetupError as exc:
-            print(exc, file=sys.stderr)
-            raise SystemExit(exc.exit_status)
-    """
-
-    def __init__(self, message: str, exit_status: int = 1) -> None:
-        super().__init__(message)
-        self.exit_status = exit_status
 
 
 @dataclasses.dataclass(frozen=True)
@@ -119,7 +93,7 @@ def parse_gs_uri(uri: str) -> GcsTarget:
     if not uri.startswith("gs://"):
         raise UsageError(f"expected gs://BUCKET[/PREFIX], got {shown}")
     bucket, _, prefix = uri[len("gs://") :].partition("/")
-    if not _BUCKET_NAME.match(bucket):
+    if not BUCKET_NAME.match(bucket):
         raise UsageError(f"invalid bucket name {_clip(repr(bucket), 80)} in {shown}")
     size = len(prefix.encode("utf-8", "surrogatepass"))
     if size > MAX_PREFIX_BYTES:
@@ -173,7 +147,7 @@ def parse_shard(text: str) -> Shard:
     >>> parse_shard("0/4")
     Shard(index=0, count=4)
     """
-    match = re.fullmatch(r"\s*(\d{1,6})\s*/\s*(\d{1,6})\s*", text)
+    match = re.fullmatch(r"\s*([0-9]{1,6})\s*/\s*([0-9]{1,6})\s*", text)
     if not match:
         raise UsageError(f"--shard: expected I/N (e.g. 0/4: the first of 4), got {_clip(repr(text), 40)}")
     return Shard(int(match.group(1)), int(match.group(2)))
@@ -195,7 +169,7 @@ def shard_from_env(env: Mapping[str, str]) -> Shard | None:
     return Shard(int(index), int(count))
 
 
-_DURATION = re.compile(r"^([1-9][0-9]{0,6})([smhd])$")
+_DURATION = re.compile(r"^([1-9][0-9]*)([smhd])$")
 _UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
@@ -211,9 +185,13 @@ def parse_duration(text: str) -> dt.timedelta:
             f"--since: expected a whole number and a unit s, m, h or d (e.g. 90s, 72h, 3d), "
             f"got {_clip(repr(text), 40)}"
         )
-    seconds = int(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+    digits = match.group(1)
+    # (Compared by length first: a 5,000-digit number would be slow to convert.)
+    seconds = 10**20 if len(digits) > 15 else int(digits) * _UNIT_SECONDS[match.group(2)]
     if seconds > 36_500 * 86400:
-        raise UsageError(f"--since {text.strip()} is more than 100 years; leave --since out for the whole prefix")
+        raise UsageError(
+            f"--since {_clip(text.strip(), 40)} is more than 100 years; leave --since out for the whole prefix"
+        )
     return dt.timedelta(seconds=seconds)
 
 
@@ -253,17 +231,13 @@ class ReplayOptions:
     dry_run: bool = False
     force: bool = False
     settings: Settings | None = None
-    attempts: int = 3
+    attempts: int = batch.DEFAULT_ATTEMPTS
     shard: Shard | None = None
     since: dt.timedelta | None = None
     match_glob: bool = True
 
     def __post_init__(self) -> None:
-        if not 1 <= self.workers <= MAX_WORKERS:
-            raise UsageError(
-                f"Invalid value for argument `workers`. Received: workers={self.workers}. "
-                f"Expected 1 to {MAX_WORKERS}."
-            )
+        batch.check_workers(self.workers)
         if self.attempts < 1:
             raise UsageError(f"Invalid value for argument `attempts`. Received: attempts={self.attempts}. Expected >= 1.")
 
@@ -313,8 +287,8 @@ class ObjectOutcome:
         return _jsonable(data)
 
 
-@dataclasses.dataclass
-class ReplayReport:
+@dataclasses.dataclass(kw_only=True)
+class ReplayReport(batch.BatchReport):
     """What a replay did (or, with ``dry_run``, would do).
 
     Example::
@@ -323,16 +297,14 @@ class ReplayReport:
         report.counts["rejected"], report.exit_status, json.dumps(report.to_dict())
     """
 
+    OUTCOMES: ClassVar[tuple[str, ...]] = OUTCOMES
+
     target: GcsTarget
     dry_run: bool
     force: bool
-    workers: int
-    run_id: str
-    listed: int = 0
     outcomes: list[ObjectOutcome] = dataclasses.field(default_factory=list)
+    listed: int = 0
     matched: int = 0
-    interrupted: bool = False
-    duration_s: float = 0.0
     shard: Shard | None = None
     since: dt.timedelta | None = None
     match_glob: str | None = None
@@ -340,19 +312,16 @@ class ReplayReport:
     outside_since: int = 0  # metrics files of this shard not updated within --since: skipped, never touched
 
     @property
-    def counts(self) -> dict[str, int]:
-        counter = Counter(o.outcome for o in self.outcomes)
-        return {name: counter.get(name, 0) for name in OUTCOMES}
+    def total(self) -> int:
+        return self.matched
+
+    def is_bad(self, outcome: ObjectOutcome) -> bool:
+        return outcome.outcome in BAD_OUTCOMES
 
     @property
-    def not_started(self) -> int:
-        return self.matched - len(self.outcomes)
-
-    @property
-    def exit_status(self) -> int:
-        if self.interrupted:
-            return 130
-        return 1 if any(self.counts[name] for name in BAD_OUTCOMES) else 0
+    def no_row(self) -> list[ObjectOutcome]:
+        """The files that matched no QuickTest row (usually a wrong gcs_artifacts_path), by name."""
+        return sorted((o for o in self.outcomes if o.outcome == "no_matching_row"), key=lambda o: o.ref.name)
 
     @property
     def scope(self) -> str:
@@ -456,18 +425,6 @@ def list_objects(
     return found
 
 
-def list_metrics_objects(
-    client: Any,
-    target: GcsTarget,
-    settings: Settings,
-    stop: Callable[[], bool] = lambda: False,
-    on_listing: Callable[[int, int], None] | None = None,
-) -> tuple[int, list[ObjectRef]]:
-    """(objects listed, every metrics file under the prefix): :func:`list_objects` without shard or window."""
-    found = list_objects(client, target, settings, stop=stop, on_listing=on_listing)
-    return found.listed, found.refs
-
-
 def _updated_after(resource: Mapping[str, Any], after: dt.datetime) -> bool:
     """Whether the object resource's ``updated`` time is at or after ``after``.
 
@@ -483,31 +440,6 @@ def _updated_after(resource: Mapping[str, Any], after: dt.datetime) -> bool:
     if updated.tzinfo is None:
         updated = updated.replace(tzinfo=dt.timezone.utc)
     return updated >= after
-
-
-class InterruptFlag:
-    """Turns SIGINT into a flag while the replay runs (main thread only), so
-    that Ctrl-C never lands in the middle of our own bookkeeping."""
-
-    def __init__(self) -> None:
-        self.event = threading.Event()
-        self._previous: Any = None
-
-    def __enter__(self) -> InterruptFlag:
-        if threading.current_thread() is threading.main_thread():
-            self._previous = signal.signal(signal.SIGINT, self._handle)
-        return self
-
-    def _handle(self, signum: int, frame: Any) -> None:
-        if self.event.is_set():
-            # A second Ctrl-C: the user insists. Objects in flight are each one
-            # transaction, so even this leaves no partly written row.
-            raise KeyboardInterrupt
-        self.event.set()
-
-    def __exit__(self, *exc: object) -> None:
-        if self._previous is not None:
-            signal.signal(signal.SIGINT, self._previous)
 
 
 def run_replay(
@@ -570,7 +502,12 @@ def run_replay(
         stopped_while_listing = any(e.is_set() for e in stop_events)
         if on_listed is not None:
             on_listed(listed, len(refs))
-        for outcome in _process(refs, options, settings, client, report.run_id, stop_events):
+        def work(item: tuple[int, ObjectRef]) -> list[ObjectOutcome]:
+            index, ref = item
+            return [_ingest_one(ref, options, settings, client, f"replay:{report.run_id}:{index}")]
+
+        stopping = lambda: any(e.is_set() for e in stop_events)  # noqa: E731
+        for outcome in batch.bounded(enumerate(refs), work, workers=options.workers, stopping=stopping, name="replay"):
             report.outcomes.append(outcome)
             if on_outcome is not None:
                 on_outcome(outcome)
@@ -582,51 +519,13 @@ def run_replay(
     return report
 
 
-def _process(
-    refs: list[ObjectRef],
-    options: ReplayOptions,
-    settings: Settings,
-    client: Any,
-    run_id: str,
-    stop_events: list[threading.Event],
-) -> Iterator[ObjectOutcome]:
-    """Run ``ingest_object`` over ``refs`` with a bounded number in flight.
-
-    Submitting lazily (never more than 2 x workers queued) is what makes
-    Ctrl-C cheap: once a stop is requested nothing new starts, and only the
-    few objects already in flight are waited for.
-    """
-    pending: set[cf.Future[ObjectOutcome]] = set()
-    todo = iter(enumerate(refs))
-    limit = options.workers * 2
-    with cf.ThreadPoolExecutor(max_workers=options.workers, thread_name_prefix="replay") as pool:
-        while True:
-            stopping = any(e.is_set() for e in stop_events)
-            while not stopping and len(pending) < limit:
-                item = next(todo, None)
-                if item is None:
-                    break
-                index, ref = item
-                event_id = f"replay:{run_id}:{index}"
-                pending.add(pool.submit(_ingest_one, ref, options, settings, client, event_id))
-            if not pending:
-                return
-            done, pending = cf.wait(pending, timeout=0.2, return_when=cf.FIRST_COMPLETED)
-            yield from (future.result() for future in done)
-
-
 def _ingest_one(ref: ObjectRef, options: ReplayOptions, settings: Settings, client: Any, event_id: str) -> ObjectOutcome:
     """One object through the function's code path, retrying transient faults."""
-    retrying = Retrying(
-        retry=retry_if_exception_type(TransientError),
-        stop=stop_after_attempt(options.attempts),
-        wait=wait_exponential(multiplier=0.5, max=8),
-        reraise=True,
-    )
     try:
-        result = retrying(
+        result = batch.with_retries(
             ingest_object,
             ref,
+            attempts=options.attempts,
             settings=settings,
             event_id=event_id,
             force=options.force,
@@ -638,111 +537,6 @@ def _ingest_one(ref: ObjectRef, options: ReplayOptions, settings: Settings, clie
     except Exception as exc:  # noqa: BLE001 - one broken object must not stop a backfill; it is reported
         return ObjectOutcome(ref, "failed", one_line(f"{type(exc).__name__}: {exc}"))
     return ObjectOutcome(ref, result.outcome, result.reason, result)
-
-
-CREDENTIALS_HELP = (
-    "no Google Cloud credentials found. Provide them with one of:\n"
-    "  gcloud auth application-default login                       # your own account\n"
-    "  export GOOGLE_APPLICATION_CREDENTIALS=/path/to/key.json     # a service account key\n"
-    "  export STORAGE_EMULATOR_HOST=http://127.0.0.1:9023          # a local emulator (`metrics-ingest dev` prints it)"
-)
-
-
-def make_storage_client(workers: int = 4) -> Any:
-    """A storage client whose HTTP connection pool fits ``workers`` threads.
-
-    Raises UsageError when ``STORAGE_EMULATOR_HOST`` is not a URL or when no
-    credentials are found (the message says how to provide them).
-    """
-    import os
-
-    import google.auth.exceptions
-    from google.cloud import storage
-
-    emulator = os.environ.get("STORAGE_EMULATOR_HOST")
-    if emulator and not re.match(r"^https?://[^/]+", emulator):
-        # The client would fail on every request with "No connection adapters".
-        raise UsageError(
-            f"STORAGE_EMULATOR_HOST must be a URL with its scheme, e.g. http://{emulator}; got {emulator!r}"
-        )
-    try:
-        client = storage.Client()
-    except google.auth.exceptions.DefaultCredentialsError:
-        raise UsageError(CREDENTIALS_HELP) from None
-    try:
-        import requests.adapters
-
-        # The default pool (10) would make threads wait for a connection and
-        # log "Connection pool is full" warnings beyond 10 workers.
-        # (urllib3 pre-fills the pool's queue to its size: bounded by MAX_WORKERS.)
-        adapter = requests.adapters.HTTPAdapter(pool_connections=4, pool_maxsize=max(10, min(workers, MAX_WORKERS) + 2))
-        client._http.mount("https://", adapter)
-        client._http.mount("http://", adapter)
-    except AttributeError:  # a client without a requests session: keep its defaults
-        pass
-    return client
-
-
-def check_database(settings: Settings) -> None:
-    """Connect once and check that the migrations ran and the platform table exists.
-
-    Done before listing, so a wrong or missing DATABASE_URL is one clear
-    message instead of every object failing three times. Raises SetupError.
-    """
-    import psycopg2
-    from psycopg2 import sql
-
-    where = "DATABASE_URL" if settings.database_url else "DATABASE_URL is not set, so libpq's defaults"
-    hint = "set DATABASE_URL or pass --database-url"
-    try:
-        conn = psycopg2.connect(settings.database_url or "", connect_timeout=settings.db_connect_timeout)
-    except psycopg2.ProgrammingError as exc:  # a malformed DSN
-        raise SetupError(f"DATABASE_URL is not a valid connection string: {_first_line(exc)}", 2) from None
-    except psycopg2.Error as exc:
-        raise SetupError(
-            f"cannot connect to the database ({where}): {_first_line(exc)}; {hint}",
-            1 if settings.database_url else 2,
-        ) from None
-    try:
-        with conn, conn.cursor() as cur:
-            table = sql.Identifier(*settings.quicktest_table_name).as_string(conn)
-            cur.execute("SELECT to_regclass('training_metrics_ingestions'), to_regclass(%s)", (table,))
-            ingestions, quicktest = cur.fetchone()
-    except psycopg2.Error as exc:
-        raise SetupError(f"cannot read the database ({where}): {_first_line(exc)}") from None
-    finally:
-        conn.close()
-    if ingestions is None:
-        raise SetupError(
-            "this database has no training_metrics_ingestions table: run `metrics-ingest migrate` first "
-            f"(database: {where})",
-            2,
-        )
-    if quicktest is None:
-        raise SetupError(
-            f"this database has no table {settings.quicktest_table!r} (QUICKTEST_TABLE names the platform's "
-            f"QuickTest table; database: {where})",
-            2,
-        )
-
-
-def _first_line(exc: BaseException) -> str:
-    return _clip((str(exc).strip().splitlines() or [type(exc).__name__])[0], LINE_REASON_CHARS)
-
-
-def _clip(text: str, limit: int) -> str:
-    return text if len(text) <= limit else text[: limit - 1] + "\u2026"
-
-
-def one_line(text: str | None, limit: int = LINE_REASON_CHARS) -> str:
-    r"""``text`` as one line for people: every run of white space (newlines
-    included: PostgreSQL's ``LINE 1:`` excerpt and its caret) becomes one
-    space, and more than ``limit`` characters are clipped with an ellipsis.
-
-    >>> one_line('syntax error at "x"\nLINE 1: SELECT x\n               ^')
-    'syntax error at "x" LINE 1: SELECT x ^'
-    """
-    return _clip(" ".join((text or "").split()), limit)
 
 
 def format_duration(delta: dt.timedelta) -> str:
@@ -808,23 +602,49 @@ def format_summary(report: ReplayReport) -> str:
     return "\n".join(lines)
 
 
-class Progress:
-    """A tqdm bar on a terminal, plain lines otherwise (both on ``stream``).
+# The no_matching_row files a terminal names after the bar: the first few, then a count.
+NO_ROW_SHOWN = 5
 
-    Rejections and failures are printed above the bar as they happen.
+
+def format_no_row(report: ReplayReport, shown: int = NO_ROW_SHOWN) -> str | None:
+    """A note naming the files that matched no row (the first ``shown`` and a count), or None."""
+    files = report.no_row
+    if not files:
+        return None
+    names = ", ".join(clip_uri(o) for o in files[:shown])
+    more = f" and {len(files) - shown} more" if len(files) > shown else ""
+    return (
+        f"note: {len(files)} metrics file(s) matched no QuickTest row: {names}{more}. No row's gcs_artifacts_path "
+        "is their folder (usually a wrong gcs_artifacts_path; --json lists every one)"
+    )
+
+
+def clip_uri(outcome: ObjectOutcome) -> str:
+    return _clip(f"gs://{outcome.ref.bucket}/{outcome.ref.name}", 160)
+
+
+class Progress(batch.Progress):
+    """A tqdm bar on a terminal, plain lines otherwise (both on ``stream``), plus the listing's progress.
+
+    Rejections and failures are printed above the bar as they happen; at the
+    end, on a terminal, :meth:`finish` names the files that matched no row.
 
     Example::
 
         progress = Progress(sys.stderr, dry_run=False)
-        run_replay(options, on_listed=progress.listed, on_outcome=progress.update)
+        report = run_replay(options, on_listed=progress.listed, on_outcome=progress.update)
         progress.close()
+        progress.finish(report)
     """
 
     def __init__(self, stream: TextIO, dry_run: bool, tty: bool | None = None) -> None:
-        self.stream = stream
+        super().__init__(
+            stream,
+            format_line=lambda outcome: format_line(outcome, dry_run),
+            notable=lambda outcome: outcome.outcome in BAD_OUTCOMES,
+            tty=tty,
+        )
         self.dry_run = dry_run
-        self.tty = stream.isatty() if tty is None else tty
-        self._bar: Any = None
 
     def listing(self, listed: int, matched: int) -> None:
         """While listing: one line rewritten in place on a terminal, a line per 10,000 otherwise."""
@@ -836,23 +656,15 @@ class Progress:
     def listed(self, listed: int, matched: int) -> None:
         if self.tty:
             print("\r\033[K", end="", file=self.stream, flush=True)  # clear the listing line
-            from tqdm import tqdm
-
-            self._bar = tqdm(total=matched, file=self.stream, unit="file", dynamic_ncols=True)
         else:
             print(f"listed {listed} objects, {matched} metrics files", file=self.stream, flush=True)
+        self.start(matched, unit="file")
 
-    def update(self, outcome: ObjectOutcome) -> None:
-        if self._bar is not None:
-            if outcome.outcome in BAD_OUTCOMES:
-                self._bar.write(format_line(outcome, self.dry_run), file=self.stream)
-            self._bar.update(1)
-        else:
-            print(format_line(outcome, self.dry_run), file=self.stream, flush=True)
-
-    def close(self) -> None:
-        if self._bar is not None:
-            self._bar.close()
+    def finish(self, report: ReplayReport) -> None:
+        """On a terminal: name the no_matching_row files (plain-line output already named each)."""
+        note = format_no_row(report) if self.tty else None
+        if note:
+            print(note, file=self.stream, flush=True)
 
 
 def _jsonable(data: Any) -> Any:
@@ -879,8 +691,8 @@ __all__ = [
     "UsageError",
     "check_database",
     "format_duration",
+    "format_no_row",
     "format_summary",
-    "list_metrics_objects",
     "list_objects",
     "make_storage_client",
     "metrics_glob",

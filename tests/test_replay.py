@@ -302,7 +302,7 @@ def test_reasons_and_errors_print_as_one_clipped_line() -> None:
     outcome = ObjectOutcome(ObjectRef("b", "q/2/training_metrics.json", 6), "failed", reason)
     line = format_line(outcome, dry_run=False)
     assert "\n" not in line and 'near "x" LINE 1: SELECT x y ^' in line and len(line) < 400
-    report = ReplayReport(GcsTarget("b"), dry_run=False, force=False, workers=1, run_id="r", outcomes=[outcome])
+    report = ReplayReport(target=GcsTarget("b"), dry_run=False, force=False, workers=1, run_id="r", outcomes=[outcome])
     failed_lines = [l for l in format_summary(report).splitlines() if "q/2/training_metrics.json" in l]
     assert len(failed_lines) == 1 and "LINE 1:" in failed_lines[0] and len(failed_lines[0]) < 400
 

@@ -36,7 +36,7 @@ from urllib.parse import urlsplit
 from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_exponential
 
 from metrics_ingest.mlflow_export.model import MlflowRun, Point, SourceError
-from metrics_ingest.replay import SetupError, UsageError
+from metrics_ingest.batch import SetupError, UsageError
 
 API = "/api/2.0/mlflow"
 PAGE_SIZE = 25_000  # the server's maximum per history page; what MLflow's client sends

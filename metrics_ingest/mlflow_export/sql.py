@@ -24,7 +24,7 @@ import re
 from typing import Any
 
 from metrics_ingest.mlflow_export.model import MlflowRun, SourceError
-from metrics_ingest.replay import SetupError, UsageError
+from metrics_ingest.batch import SetupError, UsageError
 
 TABLES = ("runs", "metrics", "params", "tags")
 _SCHEME = re.compile(r"^(?P<scheme>[a-z][a-z0-9]*)(?:\+[a-z0-9_]+)?://", re.I)
