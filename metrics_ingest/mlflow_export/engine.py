@@ -97,7 +97,14 @@ class _Context:
             raise
 
     def histories(self, ids: list[int]) -> dict[int, Any]:
-        return self.db(lambda conn: read_histories(self.settings, ids, conn))
+        import psycopg2
+
+        conn = self.conn()
+        try:
+            return read_histories(self.settings, ids, conn)  # its own transaction on this connection
+        except (psycopg2.OperationalError, psycopg2.InterfaceError):
+            conn.close()
+            raise
 
     def close(self) -> None:
         with self._lock:
