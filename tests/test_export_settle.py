@@ -178,11 +178,11 @@ def test_an_over_cap_run_is_refused_with_guidance_then_exported_under_its_own_na
 ) -> None:
     """Over MAX_METRICS_BYTES the row fails naming --oversize-cap; with it the document is written as
     training_metrics.oversize.json (which the function ignores), ingested here and verified."""
-    monkeypatch.setenv("MAX_METRICS_BYTES", "20000")
+    monkeypatch.setenv("MAX_METRICS_BYTES", "4000")
     row_id, folder = add_row(env, seeded["ids"]["full"])
     url = mlflow_server.database_url
     code, refused = export(capsys, "--mlflow-database-url", url)
-    assert code == 1 and "--oversize-cap" in by_id(refused)[row_id]["reason"]
+    assert code == 1 and "--oversize-cap" in by_id(refused)[row_id]["reason"], refused
     assert artifacts.bucket.get_blob(f"{folder}/training_metrics.json") is None
     code, report = export(capsys, "--mlflow-database-url", url, "--oversize-cap", "10000000")
     assert code == 0, report
