@@ -21,186 +21,40 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-import re
 import threading
 import time
 import uuid
-import zlib
 from collections.abc import Callable, Mapping
-from typing import Any, ClassVar, TextIO
+from typing import Any, ClassVar
 
 from ingest.config import Settings
 from ingest.errors import TransientError
 from ingest.objects import ObjectRef
 from ingest.pipeline import IngestResult, ingest_object, is_metrics_object
 from metrics_ingest import batch
-from metrics_ingest.batch import (
-    MAX_WORKERS,
-    InterruptFlag,
-    SetupError,
-    UsageError,
-    check_database,
-    clip as _clip,
-    make_storage_client,
-    one_line,
+from metrics_ingest._replay_output import (  # the replay's output, re-exported
+    BAD_OUTCOMES,
+    DRY_RUN_LABELS,
+    OUTCOMES,
+    Progress,
+    format_line,
+    format_no_row,
+    format_summary,
 )
-
-# The five outcomes of the function, plus ours for an object that could not
-# be processed at all (a transient fault that outlived the retries).
-OUTCOMES = ("ingested", "duplicate", "superseded", "no_matching_row", "rejected", "failed")
-# What a dry run reports: what *would* happen.
-DRY_RUN_LABELS = {
-    "ingested": "would ingest",
-    "duplicate": "duplicate",
-    "superseded": "superseded",
-    "no_matching_row": "no row",
-    "rejected": "would reject",
-    "failed": "failed",
-}
-BAD_OUTCOMES = ("rejected", "failed")
-
-BUCKET_NAME = re.compile(r"^[a-z0-9][-a-z0-9_.]{1,220}[a-z0-9]$")
-# GCS object names are at most 1,024 bytes of UTF-8: a longer prefix matches nothing.
-MAX_PREFIX_BYTES = 1024
-# Cloud Run Jobs run at most 10,000 tasks; a shard count beyond it is a typo.
-MAX_SHARDS = 10_000
-
-
-@dataclasses.dataclass(frozen=True)
-class GcsTarget:
-    """A bucket and an optional object-name prefix (``gs://bucket/prefix``).
-
-    Example::
-
-        GcsTarget("ml-artifacts", "quick_tests/").uri   # 'gs://ml-artifacts/quick_tests/'
-    """
-
-    bucket: str
-    prefix: str = ""
-
-    @property
-    def uri(self) -> str:
-        return f"gs://{self.bucket}/{self.prefix}" if self.prefix else f"gs://{self.bucket}"
-
-
-def parse_gs_uri(uri: str) -> GcsTarget:
-    """``gs://bucket[/prefix]`` -> GcsTarget; raises UsageError otherwise.
-
-    >>> parse_gs_uri("gs://ml-artifacts/quick_tests/")
-    GcsTarget(bucket='ml-artifacts', prefix='quick_tests/')
-    """
-    shown = _clip(repr(uri), 120)  # an echo, not the whole of a 100 KB argument
-    if not uri.startswith("gs://"):
-        raise UsageError(f"expected gs://BUCKET[/PREFIX], got {shown}")
-    bucket, _, prefix = uri[len("gs://") :].partition("/")
-    if not BUCKET_NAME.match(bucket):
-        raise UsageError(f"invalid bucket name {_clip(repr(bucket), 80)} in {shown}")
-    size = len(prefix.encode("utf-8", "surrogatepass"))
-    if size > MAX_PREFIX_BYTES:
-        # GCS would answer with an error page (or nothing): no object can match.
-        raise UsageError(
-            f"the prefix is {size} bytes; GCS object names are at most {MAX_PREFIX_BYTES} bytes, "
-            f"so no object can match it (prefix starts {_clip(repr(prefix), 60)})"
-        )
-    if "*" in prefix or "?" in prefix:
-        # A shell-style pattern would silently match nothing: GCS lists by plain prefix.
-        raise UsageError(
-            f"{shown}: the prefix is a plain name prefix, not a pattern; drop the wildcard "
-            f"(e.g. {_clip('gs://' + bucket + '/' + prefix.split('*')[0].split('?')[0], 120)})"
-        )
-    return GcsTarget(bucket=bucket, prefix=prefix)
-
-
-@dataclasses.dataclass(frozen=True)
-class Shard:
-    """One of ``count`` disjoint parts of a bucket: the objects whose name hashes to ``index``.
-
-    The hash is CRC32 of the object name's UTF-8 bytes (stable across
-    processes and machines, unlike Python's ``hash()``), so ``count`` tasks
-    with indexes 0..count-1 together take every object exactly once.
-
-    Example::
-
-        shard = parse_shard("2/8")
-        shard.takes("quick_tests/42/training_metrics.json"), str(shard)   # (False, '2/8')
-    """
-
-    index: int
-    count: int
-
-    def __post_init__(self) -> None:
-        if not 1 <= self.count <= MAX_SHARDS or not 0 <= self.index < self.count:
-            raise UsageError(
-                f"invalid shard {self.index}/{self.count}: expected I/N with 0 <= I < N <= {MAX_SHARDS}"
-            )
-
-    def takes(self, name: str) -> bool:
-        return zlib.crc32(name.encode("utf-8", "surrogatepass")) % self.count == self.index
-
-    def __str__(self) -> str:
-        return f"{self.index}/{self.count}"
-
-
-def parse_shard(text: str) -> Shard:
-    """``"I/N"`` -> Shard(I, N) (0-based I, as Cloud Run numbers its tasks); raises UsageError.
-
-    >>> parse_shard("0/4")
-    Shard(index=0, count=4)
-    """
-    match = re.fullmatch(r"\s*([0-9]{1,6})\s*/\s*([0-9]{1,6})\s*", text)
-    if not match:
-        raise UsageError(f"--shard: expected I/N (e.g. 0/4: the first of 4), got {_clip(repr(text), 40)}")
-    return Shard(int(match.group(1)), int(match.group(2)))
-
-
-def shard_from_env(env: Mapping[str, str]) -> Shard | None:
-    """The Cloud Run Job task's shard (``CLOUD_RUN_TASK_INDEX`` of ``CLOUD_RUN_TASK_COUNT``), or None outside one.
-
-    Raises UsageError when the variables are malformed or only one is set.
-    """
-    index, count = env.get("CLOUD_RUN_TASK_INDEX"), env.get("CLOUD_RUN_TASK_COUNT")
-    if index is None and count is None:
-        return None
-    if index is None or count is None or not all(re.fullmatch(r"[0-9]{1,6}", v) for v in (index, count)):
-        raise UsageError(
-            "CLOUD_RUN_TASK_INDEX and CLOUD_RUN_TASK_COUNT must both be set to whole numbers; got "
-            f"{_clip(repr(index), 20)} and {_clip(repr(count), 20)}"
-        )
-    return Shard(int(index), int(count))
-
-
-_DURATION = re.compile(r"^([1-9][0-9]*)([smhd])$")
-_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-
-
-def parse_duration(text: str) -> dt.timedelta:
-    """``"90s"``, ``"30m"``, ``"72h"``, ``"3d"`` -> a timedelta; raises UsageError.
-
-    >>> parse_duration("72h")
-    datetime.timedelta(days=3)
-    """
-    match = _DURATION.match(text.strip())
-    if not match:
-        raise UsageError(
-            f"--since: expected a whole number and a unit s, m, h or d (e.g. 90s, 72h, 3d), "
-            f"got {_clip(repr(text), 40)}"
-        )
-    digits = match.group(1)
-    # (Compared by length first: a 5,000-digit number would be slow to convert.)
-    seconds = 10**20 if len(digits) > 15 else int(digits) * _UNIT_SECONDS[match.group(2)]
-    if seconds > 36_500 * 86400:
-        raise UsageError(
-            f"--since {_clip(text.strip(), 40)} is more than 100 years; leave --since out for the whole prefix"
-        )
-    return dt.timedelta(seconds=seconds)
-
-
-def metrics_glob(filename: str) -> str | None:
-    """The ``match_glob`` that asks GCS for the metrics files only, or None when the
-    name holds a glob character (then every object is listed and filtered here)."""
-    if any(c in filename for c in "*?[]{}\\,"):
-        return None
-    return f"**/{filename}"
+from metrics_ingest._replay_scope import (  # what a replay covers, re-exported
+    BUCKET_NAME,
+    MAX_PREFIX_BYTES,
+    MAX_SHARDS,
+    GcsTarget,
+    Shard,
+    format_duration,
+    metrics_glob,
+    parse_duration,
+    parse_gs_uri,
+    parse_shard,
+    shard_from_env,
+)
+from metrics_ingest.batch import InterruptFlag, UsageError, check_database, make_storage_client, one_line
 
 
 @dataclasses.dataclass(frozen=True)
@@ -539,134 +393,6 @@ def _ingest_one(ref: ObjectRef, options: ReplayOptions, settings: Settings, clie
     return ObjectOutcome(ref, result.outcome, result.reason, result)
 
 
-def format_duration(delta: dt.timedelta) -> str:
-    """A timedelta in the largest whole unit --since accepts: ``72h``, ``3d``, ``90s``."""
-    seconds = int(delta.total_seconds())
-    for unit in ("d", "h", "m"):
-        if seconds % _UNIT_SECONDS[unit] == 0 and seconds >= _UNIT_SECONDS[unit]:
-            return f"{seconds // _UNIT_SECONDS[unit]}{unit}"
-    return f"{seconds}s"
-
-
-# ---------------------------------------------------------------- output
-
-
-def format_line(outcome: ObjectOutcome, dry_run: bool) -> str:
-    """One plain line per object (the non-terminal progress)."""
-    label = DRY_RUN_LABELS[outcome.outcome] if dry_run else outcome.outcome
-    line = f"{label:<15} {outcome.uri}"
-    result = outcome.result
-    if result is not None and result.quicktest_id is not None:
-        line += f" -> quicktest {result.quicktest_id}"
-        if result.epochs is not None:
-            line += f" ({result.epochs} epochs)"
-    if outcome.reason:
-        line += f": {one_line(outcome.reason)}"
-    return line
-
-
-def format_summary(report: ReplayReport) -> str:
-    """The summary table by outcome, then every rejection and failure with its reason."""
-    mode = "dry run of" if report.dry_run else "replay of"
-    scope = f" ({report.scope})" if report.scope else ""
-    skipped = []
-    if report.shard is not None:
-        skipped.append(f"{report.other_shards} in other shards")
-    if report.since is not None:
-        skipped.append(f"{report.outside_since} not updated within {format_duration(report.since)}, skipped")
-    lines = [
-        f"{mode} {_clip(report.target.uri, 200)}{scope}: {report.matched} metrics files "
-        f"(of {report.listed} objects listed{''.join('; ' + s for s in skipped)}), {len(report.outcomes)} processed "
-        f"in {report.duration_s:.1f} s with {report.workers} worker(s)"
-        + (", --force" if report.force else "")
-        + ("" if report.dry_run else f"; run id {report.run_id} (event_id 'replay:{report.run_id}:N' in the records)"),
-        "",
-        f"  {'outcome':<18}{'count':>7}",
-    ]
-    for name, count in report.counts.items():
-        label = DRY_RUN_LABELS[name] if report.dry_run else name
-        lines.append(f"  {label:<18}{count:>7}")
-    if report.not_started:
-        lines.append(f"  {'not started':<18}{report.not_started:>7}")
-    bad = [o for o in report.outcomes if o.outcome in BAD_OUTCOMES]
-    if bad:
-        lines += ["", "Rejected or failed (fix the file and upload it again, or rerun):"]
-        for o in sorted(bad, key=lambda o: o.ref.name):
-            lines.append(f"  {o.outcome:<9}{o.uri}: {one_line(o.reason)}")
-    if report.interrupted:
-        lines += [
-            "",
-            f"Interrupted: {report.not_started} metrics files were not started; every file processed "
-            "was fully ingested or left untouched. Run the same command again to finish.",
-        ]
-    return "\n".join(lines)
-
-
-# The no_matching_row files a terminal names after the bar: the first few, then a count.
-NO_ROW_SHOWN = 5
-
-
-def format_no_row(report: ReplayReport, shown: int = NO_ROW_SHOWN) -> str | None:
-    """A note naming the files that matched no row (the first ``shown`` and a count), or None."""
-    files = report.no_row
-    if not files:
-        return None
-    names = ", ".join(clip_uri(o) for o in files[:shown])
-    more = f" and {len(files) - shown} more" if len(files) > shown else ""
-    return (
-        f"note: {len(files)} metrics file(s) matched no QuickTest row: {names}{more}. No row's gcs_artifacts_path "
-        "is their folder (usually a wrong gcs_artifacts_path; --json lists every one)"
-    )
-
-
-def clip_uri(outcome: ObjectOutcome) -> str:
-    return _clip(f"gs://{outcome.ref.bucket}/{outcome.ref.name}", 160)
-
-
-class Progress(batch.Progress):
-    """A tqdm bar on a terminal, plain lines otherwise (both on ``stream``), plus the listing's progress.
-
-    Rejections and failures are printed above the bar as they happen; at the
-    end, on a terminal, :meth:`finish` names the files that matched no row.
-
-    Example::
-
-        progress = Progress(sys.stderr, dry_run=False)
-        report = run_replay(options, on_listed=progress.listed, on_outcome=progress.update)
-        progress.close()
-        progress.finish(report)
-    """
-
-    def __init__(self, stream: TextIO, dry_run: bool, tty: bool | None = None) -> None:
-        super().__init__(
-            stream,
-            format_line=lambda outcome: format_line(outcome, dry_run),
-            notable=lambda outcome: outcome.outcome in BAD_OUTCOMES,
-            tty=tty,
-        )
-        self.dry_run = dry_run
-
-    def listing(self, listed: int, matched: int) -> None:
-        """While listing: one line rewritten in place on a terminal, a line per 10,000 otherwise."""
-        if self.tty:
-            print(f"\rlisting: {listed} objects, {matched} metrics files so far", end="", file=self.stream, flush=True)
-        elif listed % 10_000 == 0:
-            print(f"listing: {listed} objects, {matched} metrics files so far", file=self.stream, flush=True)
-
-    def listed(self, listed: int, matched: int) -> None:
-        if self.tty:
-            print("\r\033[K", end="", file=self.stream, flush=True)  # clear the listing line
-        else:
-            print(f"listed {listed} objects, {matched} metrics files", file=self.stream, flush=True)
-        self.start(matched, unit="file")
-
-    def finish(self, report: ReplayReport) -> None:
-        """On a terminal: name the no_matching_row files (plain-line output already named each)."""
-        note = format_no_row(report) if self.tty else None
-        if note:
-            print(note, file=self.stream, flush=True)
-
-
 def _jsonable(data: Any) -> Any:
     if isinstance(data, dict):
         return {str(k): _jsonable(v) for k, v in data.items()}
@@ -686,11 +412,11 @@ __all__ = [
     "Progress",
     "ReplayOptions",
     "ReplayReport",
-    "SetupError",
     "Shard",
     "UsageError",
     "check_database",
     "format_duration",
+    "format_line",
     "format_no_row",
     "format_summary",
     "list_objects",

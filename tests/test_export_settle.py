@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from metrics_ingest.cli import main
+from metrics_ingest.mlflow_export import ExportOptions, SqlSource, run_export
 from tests.support.mlflow_server import MlflowServer
 from tests.support.platform_db import Artifacts, PlatformDb
 from tests.support.postgres import query, with_params
@@ -58,10 +59,10 @@ def test_teardown_dry_run_checks_rows_and_honours_an_accepted_loss(
 
 def test_a_read_only_role_without_grants_is_one_line_and_exit_2(
     env: PlatformDb, mlflow_server: MlflowServer, seeded: dict[str, Any], artifacts: Artifacts,
-    scratch_role: Any, capsys: pytest.CaptureFixture[str],
+    scratch_role: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str],
 ) -> None:
     """A role that may log in but was given no SELECT stops the export before any row: one line, exit 2,
-    nothing written."""
+    nothing written; read past the check, the failure says "reading ... failed" once."""
     row_id, folder = add_row(env, seeded["ids"]["full"])
     role = scratch_role("mlflow_nogrant")
     mlflow_server.sql(f'CREATE ROLE "{role}" LOGIN')
@@ -71,6 +72,11 @@ def test_a_read_only_role_without_grants_is_one_line_and_exit_2(
     assert code == 2 and err.strip().count("\n") == 0
     assert "cannot read table runs (permission denied)" in err and "grant the role SELECT" in err
     assert env.history(row_id) is None and artifacts.bucket.get_blob(f"{folder}/training_metrics.json") is None
+    # Past the pre-check (the library call), the read fails per row, and the reason says "reading" once.
+    options = ExportOptions(SqlSource(url), output_dir=tmp_path, settings=env.settings())
+    [outcome] = run_export(options).outcomes
+    assert outcome.outcome == "failed" and outcome.reason.startswith("reading the MLflow database failed")
+    assert outcome.reason.count("reading") == 1
 
 
 def test_all_keeps_the_replaced_history_and_restore_gives_it_back(
