@@ -113,7 +113,8 @@ def test_a_tampered_row_is_repaired_and_verified(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     """verify-only finds the tampered row; a plain re-export does not say `exists` and exit 0; --repair replaces
-    the mismatched generation, ingests and verifies again (exit 0), and a later export is clean."""
+    the mismatched generation, ingests and verifies again (exit 0), and a later export is clean; a trainer's
+    history is never repaired from MLflow."""
     row_id, folder = add_row(env, seeded["ids"]["full"])
     url = mlflow_server.database_url
     assert export(capsys, "--mlflow-database-url", url)[0] == 0
@@ -133,6 +134,10 @@ def test_a_tampered_row_is_repaired_and_verified(
     assert artifacts.bucket.get_blob(f"{folder}/training_metrics.json").generation > generation
     assert export(capsys, "--mlflow-database-url", url, "--verify-only")[0] == 0
     assert export(capsys, "--mlflow-database-url", url)[0] == 0
+    trainer = {"epochs": [0], "source": {"bucket": "b", "object": "o", "generation": "7"}}
+    trainer_id, _ = add_row(env, seeded["ids"]["edge"], history=trainer)
+    code, refused = export(capsys, "--mlflow-database-url", url, "--repair", "--quicktest", str(trainer_id))
+    assert code == 0 and by_id(refused)[trainer_id]["outcome"] == "skipped" and env.history(trainer_id) == trainer
 
 
 def test_an_emptied_row_is_filled_from_its_file(

@@ -190,6 +190,9 @@ def _precheck(row: QuickTestRow, context: Context) -> RowOutcome | None:
         return RowOutcome(row, "failed", "the row has no mlflow_run_id")
     if (context.client is not None or options.output_dir is not None) and row.folder() is None:
         return RowOutcome(row, "failed", f"gcs_artifacts_path {row.path!r} is not gs://BUCKET/FOLDER")
+    if options.repair and row.has_history and not (row.from_mlflow or row.mismatched):
+        # A trainer's file and its history are never replaced by MLflow's.
+        return RowOutcome(row, "skipped", "its history did not come from MLflow; --repair replaces only exported files")
     if options.verify_only or options.repair or options.output_dir is not None:
         return None
     blob = context.existing_blob(row) if row.has_history else None

@@ -42,6 +42,7 @@ class QuickTestRow:
     history_source: dict[str, Any] | None = None
     accepted: Decision | None = None
     verification: Verification | None = None
+    from_mlflow: bool = False  # the history has the `mlflow` key: an export wrote it
 
     def folder(self) -> tuple[str, str] | None:
         """(bucket, folder) of ``gs://BUCKET/FOLDER``, trailing slash ignored; None if not a gs:// path."""
@@ -70,7 +71,8 @@ def select_rows(settings: Settings, options: Any) -> list[QuickTestRow]:
 
     columns = sql.SQL(
         "SELECT id, btrim(coalesce(mlflow_run_id, '')), gcs_artifacts_path, NOT " + NO_HISTORY + ","
-        " CASE WHEN jsonb_typeof(training_history_json) = 'object' THEN training_history_json -> 'source' END"
+        " CASE WHEN jsonb_typeof(training_history_json) = 'object' THEN training_history_json -> 'source' END,"
+        " coalesce(jsonb_typeof(training_history_json) = 'object' AND training_history_json ? 'mlflow', false)"
         " FROM {} "
     ).format(sql.Identifier(*settings.quicktest_table_name))
     conn = connect(settings)
@@ -95,12 +97,12 @@ def select_rows(settings: Settings, options: Any) -> list[QuickTestRow]:
     finally:
         conn.close()
     rows = []
-    for row_id, run_id, path, history, source in found:
+    for row_id, run_id, path, history, source, from_mlflow in found:
         decision = decisions.get(row_id)
         rows.append(QuickTestRow(
             int(row_id), run_id, path, bool(history), source if isinstance(source, dict) else None,
             decision if decision is not None and decision.mlflow_run_id == run_id else None,
-            checks.get(row_id),
+            checks.get(row_id), bool(from_mlflow),
         ))
     if ids:
         known = {row.id for row in rows}
