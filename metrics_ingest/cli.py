@@ -17,7 +17,7 @@ import importlib
 import sys
 from collections.abc import Sequence
 
-COMMANDS = ("migrate", "replay", "export-mlflow", "dev", "demo")
+COMMANDS = ("migrate", "replay", "export-mlflow", "dev", "demo", "report")
 
 
 def build_parser() -> argparse.ArgumentParser:
