@@ -90,6 +90,7 @@ Export this in another terminal (or: source {env_file}):
 Create a QuickTest row to upload to:
   metrics-ingest dev --state-dir {_quote(str(args.state_dir))} --add-row
 then write gs://{stack.bucket}/quick_tests/<id>/training_metrics.json (MetricsCollector does) and the row fills itself.
+Draw it (with the exports above): metrics-ingest report --quicktest <id> -o report.html   (one offline HTML page)
 
 The function's log lines follow. Ctrl-C stops everything.
 """,

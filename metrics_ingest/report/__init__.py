@@ -20,10 +20,10 @@ from pathlib import Path
 
 from metrics_ingest.report._page import render_page
 from metrics_ingest.report._runs import ReportError, Run, SourceUnavailable, run_from_bytes, run_from_document, unique_labels
-from metrics_ingest.report._sources import load_sources
+from metrics_ingest.report._sources import load_sources, quicktest_run
 
 __all__ = [
-    "ReportError", "Run", "SourceUnavailable", "load_sources", "render_page", "run_from_bytes",
+    "ReportError", "Run", "SourceUnavailable", "load_sources", "quicktest_run", "render_page", "run_from_bytes",
     "run_from_document", "write_report",
 ]
 

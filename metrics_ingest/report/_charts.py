@@ -41,7 +41,7 @@ def build_sections(runs: list[Run]) -> list[dict[str, Any]]:
     for key, what in _STATS:
         towers = _ordered(run.document.get(key) or {} for run in runs)
         for tower in towers:
-            charts = _stats_charts(runs, key, tower) + _heatmaps(runs, key, tower)
+            charts = _stats_charts(runs, key, what.lower(), tower) + _heatmaps(runs, key, what.lower(), tower)
             _add(sections, f"{_slug(key)}-{_slug(tower)}", f"{what} · {tower}", charts)
     _add(sections, "timing", "Timing", _series_charts(runs, "timing"))
     return sections
@@ -82,10 +82,10 @@ def _series_charts(runs: list[Run], key: str) -> list[dict[str, Any]]:
     return charts
 
 
-def _stats_charts(runs: list[Run], key: str, tower: str) -> list[dict[str, Any]]:
+def _stats_charts(runs: list[Run], key: str, what: str, tower: str) -> list[dict[str, Any]]:
     charts = []
     for stat in _STAT_SERIES:
-        chart = _chart(f"{key}-{tower}-{stat}", f"{tower} {stat}", key)
+        chart = _chart(f"{key}-{tower}-{stat}", f"{tower} {what} {stat}", key)
         for index, run in enumerate(runs):
             stats = (run.document.get(key) or {}).get(tower) or {}
             if stat in stats:
@@ -95,7 +95,7 @@ def _stats_charts(runs: list[Run], key: str, tower: str) -> list[dict[str, Any]]
     return charts
 
 
-def _heatmaps(runs: list[Run], key: str, tower: str) -> list[dict[str, Any]]:
+def _heatmaps(runs: list[Run], key: str, what: str, tower: str) -> list[dict[str, Any]]:
     charts = []
     for index, run in enumerate(runs):
         histogram = ((run.document.get(key) or {}).get(tower) or {}).get("histogram")
@@ -104,7 +104,7 @@ def _heatmaps(runs: list[Run], key: str, tower: str) -> list[dict[str, Any]]:
         charts.append({
             "id": f"{key}-{tower}-histogram-{index}",
             "kind": "heatmap",
-            "title": f"{tower} histogram" + (f" · {run.label}" if len(runs) > 1 else ""),
+            "title": f"{tower} {what} histogram" + (f" · {run.label}" if len(runs) > 1 else ""),
             "key": f"{key} {tower} histogram {run.label}",
             "run": index,
             "epochs": run.document["epochs"],

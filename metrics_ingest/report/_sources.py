@@ -157,6 +157,11 @@ def load_quicktest(quicktest_id: int, settings: Settings) -> Run:
         conn.close()
     if history is None:
         raise ReportError(f"--quicktest {quicktest_id}: the row has no training history yet")
+    return quicktest_run(quicktest_id, history, record, table)
+
+
+def quicktest_run(quicktest_id: int, history: Any, record: dict[str, Any] | None, table: str) -> Run:
+    """A row's history as a run: its source, generation and the row's latest ingestion record shown."""
     return run_from_document(
         history, label=f"QuickTest {quicktest_id}", where=f"QuickTest {quicktest_id}'s history",
         provenance=_row_provenance(history, record, table),

@@ -6,8 +6,8 @@
   var DATA = JSON.parse(document.getElementById("report-data").textContent);
   var RUNS = DATA.runs;
   var MULTI = RUNS.length > 1;
-  var WIDTH = 440, HEIGHT = 210, VAL_COLOR = "#f28e2b";
-  var registry = window.metricsReport = { charts: [], ready: false, renderMs: null };
+  var WIDTH = 370, HEIGHT = 200, VAL_COLOR = "#f28e2b";
+  var registry = window.metricsReport = { runs: RUNS, charts: [], ready: false, renderMs: null };
 
   function el(tag, cls, text) {
     var node = document.createElement(tag);
@@ -38,7 +38,7 @@
         width: 1.5,
         dash: s.val ? [6, 4] : undefined,
         spanGaps: false,
-        points: { show: true, size: 4, stroke: color, fill: s.val ? "#fff" : color },
+        points: { show: true, size: s.val ? 6 : 4, width: s.val ? 1.5 : 1, stroke: color, fill: s.val ? "#fff" : color },
       });
     });
     var opts = {
