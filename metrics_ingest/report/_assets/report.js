@@ -155,9 +155,9 @@
   function fmt(v) { return Math.abs(v) >= 1e4 || (v !== 0 && Math.abs(v) < 1e-3) ? v.toExponential(2) : +v.toFixed(4) + ""; }
 
   function render() {
-    var root = document.getElementById("charts");
-    var navItems = {};
-    document.querySelectorAll("#nav a").forEach(function (a) { navItems[a.getAttribute("href").slice(1)] = a.parentNode; });
+    // Built detached and attached once: the page lays out once, not once per chart.
+    var placeholder = document.getElementById("charts"), root = el("div");
+    root.id = "charts";
     DATA.sections.forEach(function (section) {
       var box = el("section", "chart-section");
       box.id = section.id;
@@ -186,6 +186,7 @@
         }
       });
     });
+    placeholder.replaceWith(root);
   }
 
   function filter(text) {
@@ -210,7 +211,9 @@
     document.getElementById("filter-count").textContent = words.length ? shown + " of " + total + " charts" : "";
   }
 
+  var started = performance.now();
   render();
+  registry.buildMs = performance.now() - started;
   var input = document.getElementById("filter");
   input.addEventListener("input", function () { filter(input.value); });
   // uPlot draws on its next microtask; two frames later everything is on screen.
