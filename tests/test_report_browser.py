@@ -133,3 +133,14 @@ def test_screenshot_is_not_blank_and_the_filter_narrows_the_charts(browser: Brow
     assert visible == ["loss"]
     assert page.page.locator("#metrics-factorized-top-k").is_hidden()
     assert "1 of" in page.page.inner_text("#filter-count")
+
+
+def test_missing_chromium_fails_with_how_to_install_it(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """With no browser anywhere, the browser tests fail (never skip) saying how to install one."""
+    from tests.support import browser as support
+
+    monkeypatch.setenv("CHROMIUM", str(tmp_path / "no-such-chrome"))
+    monkeypatch.setenv("PATH", str(tmp_path))
+    monkeypatch.setattr(support, "CANDIDATES", (str(tmp_path / "chromium"),))
+    with pytest.raises(pytest.fail.Exception, match=r"no Chromium found: .*apt-get install -y chromium"):
+        support.chromium_path()
