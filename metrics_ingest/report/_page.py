@@ -69,9 +69,10 @@ def render_page(runs: list[Run], *, title: str | None = None) -> str:
 
 
 def _script_json(value: Any) -> str:
-    """JSON safe inside <script>: no '</' can close the element early."""
+    """JSON safe inside <script>: with every '<' escaped (it only occurs in strings), no name in a
+    document can close the element or open a comment in it."""
     text = json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
-    return text.replace("</", "<\\/").replace("\u2028", "\\u2028").replace("\u2029", "\\u2029")
+    return text.replace("<", "\\u003c").replace("\u2028", "\\u2028").replace("\u2029", "\\u2029")
 
 
 def _e(value: Any) -> str:
