@@ -78,10 +78,14 @@ def render_dsn(dsn: str | None) -> str:
     import psycopg2
     from psycopg2.extensions import make_dsn, parse_dsn
 
+    from ingest.config import database_url_problem
+
     try:
         params = parse_dsn(dsn)
     except psycopg2.ProgrammingError:
         return "(a connection string libpq cannot parse; not shown)"
+    if database_url_problem(dsn):  # e.g. a '/' in a password: its pieces sit in other fields
+        return "(a malformed connection string; not shown)"
     if _PG_URL.match(dsn):
         rendered = _render_pg_url(dsn)
         if rendered is not None and _agrees(rendered, params):

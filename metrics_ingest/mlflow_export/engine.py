@@ -530,7 +530,7 @@ def _export_row(row: QuickTestRow, run: MlflowRun, context: _Context) -> RowOutc
         outcome.outcome = "failed"
         outcome.reason = f"the document is {len(data)} bytes, over MAX_METRICS_BYTES ({settings.max_metrics_bytes}); nothing written"
         return outcome
-    problem = document_problem(export.document, data) if options.dry_run or options.output_dir is not None else None
+    problem = document_problem(export.document, data) if options.dry_run else None
     if problem:  # "would export" only for what the function would take (a real export hears the pipeline)
         outcome.outcome, outcome.reason = "failed", f"the ingestion function would refuse the document: {problem}"
         return outcome
