@@ -208,6 +208,13 @@ class RestSource:
             metrics={},
         )
         for key in sorted({m["key"] for m in data.get("metrics", [])}):
+            if not key:
+                # get-history refuses an empty metric_key ("Missing value for required
+                # parameter"): only the latest value could be had, and a part is not an export.
+                raise SourceError(
+                    f"run {run_id} has a metric with an empty name (older MLflow stores allow it), whose history "
+                    "MLflow's REST API cannot return; export this run with --mlflow-database-url"
+                )
             run.metrics[key] = self.history(run_id, key)
         return run
 
