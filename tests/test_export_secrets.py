@@ -143,7 +143,7 @@ def test_dev_add_row_never_prints_libpqs_error_with_the_password(
     else:
         args += ["--database-url", url]
     code, out, err = run_cli(capsys, *args)
-    assert code != 0 and f"{via} is not a valid connection string" in err and "not shown" in err, err
+    assert code != 0 and f"Invalid value for {via}: not a valid connection string" in err and "not shown" in err, err
     scan(pieces, out, err, folder=tmp_path)
 
 

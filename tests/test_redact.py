@@ -87,7 +87,7 @@ def test_malformed_values_are_never_quoted(dsn: str) -> None:
     with pytest.raises(psycopg2.Error) as caught:
         psycopg2.connect(dsn, connect_timeout=1)
     message = connection_error(caught.value, dsn, "--mlflow-database-url")
-    assert message.startswith("--mlflow-database-url is not a valid connection string: ")
+    assert message.startswith("Invalid value for --mlflow-database-url: not a valid connection string: ")
     assert "The value is not shown" in message
     for piece in (SECRET, SECRET[:4], '"ab"'):
         assert piece not in message and piece not in render_dsn(dsn)

@@ -50,7 +50,7 @@ def not_shown(setting: str, problem: str, expected: str = "a valid connection st
         not_shown("--mlflow-database-url", "a '%' not followed by two hex digits")
         not_shown("--tracking-uri", "expected an http:// or https:// URL, got ftp://", "an MLflow tracking server's URL")
     """
-    return f"{setting} is not {expected}: {problem}. The value is not shown (it may hold a password)."
+    return f"Invalid value for {setting}: not {expected}: {problem}. The value is not shown (it may hold a password)."
 
 
 def dsn_secrets(dsn: str | None) -> list[str]:

@@ -47,11 +47,6 @@ def normalize_url(url: str) -> str:
     return "postgresql://" + url[match.end() :]
 
 
-def redact(url: str) -> str:
-    """The URL or DSN without its secrets, for messages and reports (``ingest.redact.render_dsn``)."""
-    return render_dsn(url)
-
-
 class SqlSource:
     """MLflow's backend database, read with plain read-only SQL.
 
