@@ -8,9 +8,12 @@ endpoints are lossy and never used.
 
 Every history call sends ``max_results``: servers from 3.1.1 answer a call
 without it with an empty page and a token that never advances (mlflow issue
-23916); a token that comes back unchanged with an empty page is an error here,
-never a loop. Values arrive as numbers or the strings ``"NaN"``,
-``"Infinity"``, ``"-Infinity"``.
+23916). A page token sent before (with or without points), or more pages than
+the points sent could need at ``max_results`` a page, is an error here, never
+a loop. A metric with an empty name (older stores allow it) cannot be asked
+for (``get-history`` refuses an empty key): that run is an error naming the
+SQL path. Values arrive as numbers or the strings ``"NaN"``, ``"Infinity"``,
+``"-Infinity"``. The URI is only ever shown through ``ingest.redact``.
 
 Auth: ``MLFLOW_TRACKING_TOKEN`` as a bearer token; else ``MLFLOW_TRACKING_USERNAME``
 / ``MLFLOW_TRACKING_PASSWORD`` as basic auth; else, for a Cloud Run URL
