@@ -76,6 +76,7 @@ class _Handler(BaseHTTPRequestHandler):
 
 @pytest.fixture
 def hostile(request: pytest.FixtureRequest) -> Iterator[HostileServer]:
+    """A HostileServer in the mode the test names, serving on a thread."""
     server = HostileServer(request.param)
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     thread.start()

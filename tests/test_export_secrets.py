@@ -22,6 +22,7 @@ T0 = 1_790_000_000_000
 
 @pytest.fixture(scope="module")
 def run_id(mlflow_server: MlflowServer) -> str:
+    """One small run logged through the real MLflow client."""
     [run] = mlflow_server.seed([{"name": "qt-secrets", "params": {"batch_size": "2048"},
                                  "metrics": [["loss", 0.5, 0, T0], ["loss", 0.25, 1, T0 + 1]]}])
     return run
