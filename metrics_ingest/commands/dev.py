@@ -144,7 +144,9 @@ def _add_row(args: argparse.Namespace) -> int:
     try:
         quicktest_id, folder = create_quicktest(database_url, bucket, folder, table=table)
     except psycopg2.Error as exc:
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        from ingest.redact import connection_error  # libpq's messages may quote the password
+
+        first = connection_error(exc, database_url, "--database-url" if args.database_url else "DATABASE_URL")
         print(f"metrics-ingest dev: error: cannot create the QuickTest row in table {table!r}: {first}", file=sys.stderr)
         return 1
     print(f"QuickTest {quicktest_id}: upload to {folder}/training_metrics.json")

@@ -47,7 +47,7 @@ from ingest.config import Settings
 from ingest.errors import TransientError
 from ingest.objects import ObjectRef
 from ingest.pipeline import IngestResult, ingest_object
-from metrics_ingest.mlflow_export.mapping import MappingError, NameRules, Plan, build_document, dumps
+from metrics_ingest.mlflow_export.mapping import MappingError, NameRules, Plan, build_document, document_problem, dumps
 from metrics_ingest.mlflow_export.model import MlflowRun, Source, SourceError
 from metrics_ingest.mlflow_export.verify import verify_document
 from metrics_ingest.replay import Progress, UsageError, InterruptFlag
@@ -529,6 +529,10 @@ def _export_row(row: QuickTestRow, run: MlflowRun, context: _Context) -> RowOutc
     if len(data) > settings.max_metrics_bytes:
         outcome.outcome = "failed"
         outcome.reason = f"the document is {len(data)} bytes, over MAX_METRICS_BYTES ({settings.max_metrics_bytes}); nothing written"
+        return outcome
+    problem = document_problem(export.document, data) if options.dry_run else None
+    if problem:  # "would export" only for what the function would take (a real export hears the pipeline)
+        outcome.outcome, outcome.reason = "failed", f"the ingestion function would refuse the document: {problem}"
         return outcome
     if options.dry_run:
         outcome.placements = export.plan.describe(run.params)
