@@ -20,7 +20,7 @@ import re
 import sys
 from collections.abc import Sequence
 
-COMMANDS = ("migrate", "replay", "export-mlflow", "dev", "demo")
+COMMANDS = ("migrate", "replay", "export-mlflow", "dev", "demo", "report")
 
 
 class Parser(argparse.ArgumentParser):

@@ -278,7 +278,7 @@ def test_version_and_a_mistyped_flag(capsys: pytest.CaptureFixture[str]) -> None
         (["replay", "gs://ml-artifacts", "--shard", "\uff10/\uff12"], "--shard: expected I/N"),
         (["replay", "gs://ml-artifacts", "--since", "-5m"], "--since: expected a whole number"),
         (["replay", "gs://ml-artifacts", "--since", "99999999d"], "is more than 100 years"),
-        (["export-mlflow", "--tracking-uri", "http://[::1"], "--tracking-uri: not a valid URL"),
+        (["export-mlflow", "--tracking-uri", "http://[::1"], "Invalid value for --tracking-uri"),
     ],
 )
 def test_bad_values_name_their_flag(args: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:

@@ -205,7 +205,7 @@ def test_every_seeded_value_is_in_the_row_bit_for_bit(
     assert doc["loss"]["val_loss"][:5] == [None, None, None, None, doc["loss"]["val_loss"][4]]
     assert [v is None for v in doc["loss"]["val_loss"]] == [(e + 1) % 5 != 0 for e in range(12)]
     assert doc["weight_stats"]["query"]["histogram"]["bin_edges"] == HIST_EDGES
-    assert doc["params"]["batch_size"] == "2048" and doc["status"] == "completed"
+    assert doc["params"]["batch_size"] == 2048 and doc["params"]["optimizer"] == "adagrad" and doc["status"] == "completed"
     assert doc["mlflow"]["run_id"] == seeded["ids"]["full"] and doc["mlflow"]["run_name"] == "qt-full"
     assert doc["mlflow"]["tags"]["platform.quicktest"] == "qt-full"
     started = dt.datetime.fromtimestamp((T0 - 1000) / 1000, dt.timezone.utc)

@@ -24,6 +24,7 @@ READS = {
     "metrics": "run_uuid, key, step, timestamp, value, is_nan",
 }
 
+SETTING = "--mlflow-database-url"
 GRANT_HINT = (
     "grant the role SELECT on runs, params, tags and metrics "
     "(docs/mlflow-runbook.md, 'A read-only role on MLflow's database')"
@@ -39,10 +40,14 @@ def check_reads(source: Any) -> None:
     import psycopg2
     from psycopg2 import errorcodes
 
+    from ingest.redact import connection_error, dsn_secrets, scrub
+
     try:
         conn = psycopg2.connect(url, connect_timeout=source.connect_timeout)
-    except psycopg2.Error as exc:
-        raise SetupError(f"cannot connect to the MLflow database (--mlflow-database-url): {first_line(exc)}") from None
+    except psycopg2.Error as exc:  # libpq may quote the connection string: shown through ingest.redact only
+        raise SetupError(
+            f"cannot connect to the MLflow database ({SETTING}): {connection_error(exc, url, SETTING)}"
+        ) from None
     try:
         conn.set_session(readonly=True)
         for table, columns in READS.items():
@@ -52,9 +57,10 @@ def check_reads(source: Any) -> None:
             except psycopg2.Error as exc:
                 if exc.pgcode == errorcodes.INSUFFICIENT_PRIVILEGE:
                     raise SetupError(
-                        f"--mlflow-database-url: the role cannot read table {table} (permission denied); {GRANT_HINT}",
+                        f"{SETTING}: the role cannot read table {table} (permission denied); {GRANT_HINT}",
                         2,
                     ) from None
-                raise SetupError(f"cannot read table {table} of the MLflow database: {first_line(exc)}") from None
+                detail = scrub(first_line(exc), dsn_secrets(url))
+                raise SetupError(f"cannot read table {table} of the MLflow database: {detail}") from None
     finally:
         conn.close()

@@ -45,7 +45,7 @@ from metrics_ingest.batch import InterruptFlag
 from metrics_ingest.mlflow_export._context import Context, blob_uri
 from metrics_ingest.mlflow_export._gcs_write import upload_and_ingest
 from metrics_ingest.mlflow_export._local import OutsideFolder, local_target, write_atomically
-from metrics_ingest.mlflow_export.mapping import MappingError, Plan, build_document, dumps
+from metrics_ingest.mlflow_export.mapping import MappingError, Plan, build_document, document_problem, dumps
 from metrics_ingest.mlflow_export.model import MlflowRun, SourceError
 from metrics_ingest.mlflow_export.options import OVERSIZE_SUFFIX, ExportOptions
 from metrics_ingest.mlflow_export.report import ExportProgress, ExportReport, RowOutcome, format_line, format_summary
@@ -252,6 +252,10 @@ def _export_row(row: QuickTestRow, run: MlflowRun, context: Context) -> RowOutco
             )
             return outcome
         filename = _oversize_name(filename)
+    problem = document_problem(export.document, data) if options.dry_run else None
+    if problem:  # "would export" only for what the function would take (a real export hears the pipeline)
+        outcome.outcome, outcome.reason = "failed", f"the ingestion function would refuse the document: {problem}"
+        return outcome
     if options.dry_run:
         outcome.placements = export.plan.describe(run.params)
         blob = context.existing_blob(row, filename) if context.client is not None else None
