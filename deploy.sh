@@ -972,7 +972,7 @@ ORDER BY id;
 # by libpq (and a password with it), so any quoted token and any password=
 # value is masked, and only the first line is kept.
 redact_psql_error() {
-  sed -E -e 's/"[^"]*"/"..."/g' -e "s/'[^']*'/'...'/g" -e 's/(password=)[^ &]*/\1***/g' \
+  sed -E -e 's/^psql: //' -e 's/"[^"]*"/"..."/g' -e "s/'[^']*'/'...'/g" -e 's/(password=)[^ &]*/\1***/g' \
     -e 's#(://[^:/@]*:)[^@]*@#\1***@#g' | head -n 1
 }
 
