@@ -188,8 +188,8 @@ def test_an_empty_name_is_renamed_and_its_values_kept() -> None:
 
 
 def test_the_dry_runs_check_is_the_functions_validator() -> None:
-    """A document the function would refuse (a param string over 6,000 characters) is named, not passed."""
-    doc = build_document(make_run({"loss": [(0, 1.0)]}, params={"huge": "h" * 8000}), NameRules.default()).document
+    """A document the function would refuse (a param string over the schema's 8,000 characters) is named, not passed."""
+    doc = build_document(make_run({"loss": [(0, 1.0)]}, params={"huge": "h" * 8001}), NameRules.default()).document
     problem = document_problem(doc)
     assert problem is not None and "params" in problem and "huge" in problem
 
@@ -265,8 +265,10 @@ def test_empty_names_and_typed_params_export_through_mlflow_and_the_row(
         ("latest_metrics", "(key, value, timestamp, run_uuid, step, is_nan)", ("", 7.0, 1, good, 0, False)),
         ("params", "(key, value, run_uuid)", ("", "p", good)),
         ("tags", "(key, value, run_uuid)", ("", "t", good)),
-        ("params", "(key, value, run_uuid)", ("huge", "h" * 8000, bad)),
+        ("params", "(key, value, run_uuid)", ("huge", "h" * 9000, bad)),
     ):
+        if values[0] == "huge":  # a store whose column was widened by hand: more than any schema-v1 param holds
+            mlflow_server.sql("ALTER TABLE params ALTER COLUMN value TYPE text")
         mlflow_server.sql(f"INSERT INTO {table} {columns} VALUES ({', '.join(['%s'] * len(values))})", values)
     rows = {}
     for name, run_id in (("good", good), ("bad", bad)):
