@@ -29,6 +29,7 @@ def database_from_url(url: str) -> dict[str, object]:
 SECRET_KEY = "tests-only"
 DEBUG = False
 USE_TZ = True
+TIME_ZONE = "UTC"
 INSTALLED_APPS = ["ml_platform"]
 DATABASES = {"default": database_from_url(os.environ.get("DATABASE_URL", ""))}
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"

@@ -86,7 +86,8 @@ class Command(BaseCommand):
                         since = self._now(conn)  # a heartbeat: a dead server shows within a second
             except LOST as exc:
                 db.connections.close_all()  # Django's own connection died with the server too
-                self.say(f"connection lost ({type(exc).__name__}: {str(exc).strip()[:200]}); reconnecting in {delay:g} s")
+                reason = " ".join(str(exc).split())[:200]  # libpq's text spans lines
+                self.say(f"connection lost ({type(exc).__name__}: {reason}); reconnecting in {delay:g} s")
                 self._sleep(delay)
                 delay = min(delay * 2, 30.0)
         self.say("stopped")
