@@ -49,9 +49,11 @@ def summarize(document: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
 
 def summarize_series(name: str, values: Sequence[Any], epochs: Sequence[int]) -> dict[str, Any]:
     """One series' summary (see :func:`summarize`); ``values[i]`` belongs to ``epochs[i]``."""
-    # v == v is False for NaN only; comparing with the infinities never raises,
-    # even for an integer too large for a float.
-    present = [v for v in values if v is not None and v == v and v not in _INFINITIES]
+    nulls = values.count(None)
+    present = [v for v in values if v is not None] if nulls else values
+    if not _all_finite(present):  # only in a document not yet normalized: NaN and infinities are nulls too
+        present = [v for v in present if v == v and v not in _INFINITIES]
+        nulls = len(values) - len(present)
     final = values[-1] if values else None
     if final is not None and not (final == final and final not in _INFINITIES):
         final = None
@@ -63,6 +65,14 @@ def summarize_series(name: str, values: Sequence[Any], epochs: Sequence[int]) ->
         "final": final,
         "best": best,
         "best_epoch": epochs[index] if index < len(epochs) else None,
-        "nulls": len(values) - len(present),
+        "nulls": nulls,
     }
 
+
+def _all_finite(values: Sequence[Any]) -> bool:
+    """Whether no value is NaN or infinite, at C speed: an exact sum is finite unless one is
+    (or the finite ones overflow it, or an integer is too large for a float: then the slow check decides)."""
+    try:
+        return math.isfinite(math.fsum(values))
+    except OverflowError:
+        return False
