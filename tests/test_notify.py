@@ -215,3 +215,24 @@ def test_a_rolled_back_write_notifies_nobody(doomed_db: PlatformDb, artifacts: A
     assert _ingest(settings, artifacts.upload(folder, dumps(v1_document(2)))).outcome == "ingested"
     assert [p["quicktest_id"] for _, p in listener.received(1)] == [row_id]
     store.close_pools()  # before the scratch database is dropped
+
+
+def test_the_function_refuses_a_bad_channel_as_a_retried_configuration_error(
+    platform_db: PlatformDb, artifacts: Artifacts, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Deployed with NOTIFY_CHANNEL=Training-Metrics, the function answers 500 (retried) and logs the setting's name."""
+    import functions_framework
+    from cloudevents.conversion import to_binary
+
+    from tests.support.function_server import ROOT, finalize_event
+
+    row_id, folder = platform_db.new_quicktest()
+    monkeypatch.setenv("DATABASE_URL", platform_db.url)
+    monkeypatch.setenv("NOTIFY_CHANNEL", "Training-Metrics")
+    app = functions_framework.create_app("ingest_training_metrics", str(ROOT / "functions" / "main.py"), "cloudevent")
+    headers, body = to_binary(finalize_event(artifacts.upload(folder, dumps(v1_document(1)))))
+    capsys.readouterr()
+    assert app.test_client().post("/", headers=headers, data=body).status_code == 500
+    [entry] = [json.loads(line) for line in capsys.readouterr().out.splitlines() if "configuration error" in line]
+    assert entry["severity"] == "ERROR" and "Invalid value for NOTIFY_CHANNEL" in entry["message"]
+    assert platform_db.history(row_id) is None
