@@ -11,8 +11,13 @@ its rows' history once, to return the value: PostgreSQL cannot answer an
 expression from the index alone.)
 Built CONCURRENTLY (no write lock on the platform's table); the table's
 columns, constraints and data are never changed. The table name comes from
-QUICKTEST_TABLE, as in post-apply.py; a table that does not exist yet is
-skipped with a warning (create the index by hand, or roll back and apply).
+QUICKTEST_TABLE, as in post-apply.py. A table that does not exist yet is
+skipped with a warning; once Django has created it, build the index by hand:
+
+    CREATE INDEX CONCURRENTLY metrics_ingest_best_val_loss ON ml_platform_quicktest
+        ((training_history_json #> '{summary,val_loss,best}'))
+        WHERE jsonb_typeof(training_history_json #> '{summary,val_loss,best}') = 'number';
+
 Rollback drops the index.
 """
 
@@ -40,12 +45,13 @@ def _target(cur):
     index = INDEX_PREFIX + hashlib.sha1(table.encode()).hexdigest()[:12]
     cur.execute("SELECT to_regclass(%s)", (sql.Identifier(*parts).as_string(cur),))
     exists = cur.fetchone()[0] is not None
-    return table, parts, sql.Identifier(*parts[:-1], index), exists
+    # Created in the table's own schema; named with it to look it up or drop it.
+    return table, parts, index, sql.Identifier(*parts[:-1], index), exists
 
 
 def create_index(conn):
     cur = conn.cursor()
-    table, parts, index, exists = _target(cur)
+    table, parts, name, index, exists = _target(cur)
     if not exists:
         print(f"0004: table {table!r} does not exist yet; summary index skipped", file=sys.stderr)
         return
@@ -55,14 +61,14 @@ def create_index(conn):
     if row and row[0]:
         cur.execute(sql.SQL("DROP INDEX CONCURRENTLY IF EXISTS {}").format(index))
     cur.execute(
-        sql.SQL("CREATE INDEX CONCURRENTLY IF NOT EXISTS {} ON {} ").format(index, sql.Identifier(*parts))
+        sql.SQL("CREATE INDEX CONCURRENTLY IF NOT EXISTS {} ON {} ").format(sql.Identifier(name), sql.Identifier(*parts))
         + sql.SQL("(" + EXPRESSION + ") WHERE " + PREDICATE)
     )
 
 
 def drop_index(conn):
     cur = conn.cursor()
-    _, _, index, _ = _target(cur)
+    _, _, _, index, _ = _target(cur)
     cur.execute(sql.SQL("DROP INDEX CONCURRENTLY IF EXISTS {}").format(index))
 
 
