@@ -120,7 +120,7 @@ teardown-mlflow (Phase 3 of the MLflow removal plan):
   --quicktest-table NAME       DEPLOY_QUICKTEST_TABLE: default ml_platform_quicktest
   --yes                        DEPLOY_YES=1: delete; without it, only say what would be deleted
   --force                      DEPLOY_FORCE=1: delete even while rows would lose their history
-  --dry-run                    DEPLOY_DRY_RUN=1: print the commands, run none (no database check)
+  --dry-run                    DEPLOY_DRY_RUN=1: run the row check (read-only), print the deletes, run none
 
 Exit status: 0 done (or nothing to do), 1 a command failed or teardown refused, 2 bad settings.
 EOF
@@ -944,15 +944,40 @@ First: open the execution in Cloud Run > Jobs > $RECONCILE_JOB and read the fail
 # --- teardown-mlflow -----------------------------------------------------------------
 
 # The rows whose history only MLflow still holds: an MLflow run id and no
-# training_history_json. psql quotes the names (:"schema".:"table"); an
-# unqualified table is found through the search path.
-AT_RISK_SQL="SELECT id, mlflow_run_id, gcs_artifacts_path FROM QUICKTEST_TABLE
+# training_history_json. A row whose loss an operator accepted
+# (`metrics-ingest export-mlflow --accept-loss`, recorded in
+# mlflow_export_decisions for the row's current run id, not superseded) is
+# listed apart as "accepted". psql quotes the names (:"schema".:"table"); an
+# unqualified table is found through the search path. Read-only: SELECTs only.
+AT_RISK_SQL="SELECT to_regclass('mlflow_export_decisions') IS NOT NULL AS has_decisions \gset
+\if :has_decisions
+SELECT CASE WHEN d.id IS NULL THEN 'risk' ELSE 'accepted' END, q.id, q.mlflow_run_id, q.gcs_artifacts_path,
+       coalesce(d.decided_by, ''), coalesce(to_char(d.decided_at AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI'), ''),
+       coalesce(regexp_replace(d.reason, '[[:space:]]+', ' ', 'g'), '')
+FROM QUICKTEST_TABLE q
+LEFT JOIN LATERAL (SELECT * FROM mlflow_export_decisions x
+                   WHERE x.quicktest_id = q.id AND x.mlflow_run_id = btrim(q.mlflow_run_id) AND x.superseded_at IS NULL
+                   ORDER BY x.id DESC LIMIT 1) d ON true
+WHERE btrim(coalesce(q.mlflow_run_id, '')) <> ''
+  AND (q.training_history_json IS NULL OR q.training_history_json IN ('null'::jsonb, '{}'::jsonb))
+ORDER BY q.id;
+\else
+SELECT 'risk', id, mlflow_run_id, gcs_artifacts_path, '', '', '' FROM QUICKTEST_TABLE
 WHERE btrim(coalesce(mlflow_run_id, '')) <> ''
   AND (training_history_json IS NULL OR training_history_json IN ('null'::jsonb, '{}'::jsonb))
-ORDER BY id;"
+ORDER BY id;
+\endif"
+
+# psql's own error, safe to show: a malformed connection string is quoted back
+# by libpq (and a password with it), so any quoted token and any password=
+# value is masked, and only the first line is kept.
+redact_psql_error() {
+  sed -E -e 's/^psql: //' -e 's/"[^"]*"/"..."/g' -e "s/'[^']*'/'...'/g" -e 's/(password=)[^ &]*/\1***/g' \
+    -e 's#(://[^:/@]*:)[^@]*@#\1***@#g' | head -n 1
+}
 
 at_risk_rows() {
-  local conn=() schema='' qualified=':"table"'
+  local conn=() schema='' qualified=':"table"' err status
   if [[ $QUICKTEST_TABLE == *.* ]]; then
     schema=${QUICKTEST_TABLE%%.*}
     qualified=':"schema".:"table"'
@@ -962,9 +987,51 @@ at_risk_rows() {
     note "$PROG: psql not found on PATH: it is needed to check the QuickTest rows before deleting MLflow"
     return 1
   fi
+  err=$(mktemp)
+  status=0
   psql "${conn[@]}" --no-psqlrc --quiet --tuples-only --no-align --field-separator=$'\t' \
     --set=ON_ERROR_STOP=1 --set=schema="$schema" --set=table="${QUICKTEST_TABLE#*.}" \
-    <<<"${AT_RISK_SQL/QUICKTEST_TABLE/$qualified}"
+    <<<"${AT_RISK_SQL//QUICKTEST_TABLE/$qualified}" 2>"$err" || status=$?
+  if [[ $status != 0 ]]; then
+    note "$PROG: psql: $(redact_psql_error <"$err")"
+  fi
+  rm -f "$err"
+  return "$status"
+}
+
+# check_rows: the same read-only check for the real teardown and its dry run.
+# Refuses (exit 1) while a row is at risk or the check cannot run, unless --force.
+check_rows() {
+  local rows risk accepted count
+  if ! rows=$(at_risk_rows); then
+    if [[ $FORCE == 1 ]]; then
+      note "$PROG: WARNING: could not check the QuickTest rows; going on because of --force"
+      return 0
+    fi
+    note "$PROG: could not check the QuickTest rows (set DATABASE_URL or PG* variables, and put psql on PATH); nothing deleted"
+    exit 1
+  fi
+  risk=$(printf '%s\n' "$rows" | awk -F '\t' '$1 == "risk" { print $2 "\t" $3 "\t" $4 }')
+  accepted=$(printf '%s\n' "$rows" | awk -F '\t' '$1 == "accepted" { print $2 "\t" $3 "\t" $4 "\taccepted by " $5 " at " $6 " UTC: " $7 }')
+  if [[ -n $accepted ]]; then
+    count=$(printf '%s\n' "$accepted" | wc -l)
+    note "$count QuickTest row(s) have no history but an accepted loss (export-mlflow --accept-loss); not at risk:"
+    printf '%s\n' "$accepted" | sed 's/^/  /' >&2
+  fi
+  if [[ -n $risk ]]; then
+    count=$(printf '%s\n' "$risk" | wc -l)
+    note "$count QuickTest row(s) have an MLflow run id but no training_history_json;"
+    note "their history exists only in MLflow (export it, or accept the loss, first):"
+    note "  id	mlflow_run_id	gcs_artifacts_path"
+    printf '%s\n' "$risk" | sed 's/^/  /' >&2
+    if [[ $FORCE == 0 ]]; then
+      note "$PROG: refusing to delete MLflow while these rows depend on it (use --force to delete anyway); nothing deleted"
+      exit 1
+    fi
+    note "$PROG: WARNING: deleting anyway (--force)"
+  else
+    note "no QuickTest row depends on MLflow any more"
+  fi
 }
 
 do_teardown() {
@@ -975,37 +1042,13 @@ do_teardown() {
   note "  Cloud Build trigger  $MLFLOW_BUILD_TRIGGER ($trigger_region)"
   [[ -n $MLFLOW_SERVICE_ACCOUNT ]] && note "  service account      $MLFLOW_SERVICE_ACCOUNT"
 
+  # The dry run runs the same read-only check: it is what an operator runs to see whether teardown is safe.
+  check_rows
   if [[ $DRY_RUN == 1 ]]; then
-    printf '# dry run: nothing below has been run; the QuickTest check (psql, DATABASE_URL) is skipped\n'
-  else
-    local rows count
-    if ! rows=$(at_risk_rows); then
-      if [[ $FORCE == 1 ]]; then
-        note "$PROG: WARNING: could not check the QuickTest rows; going on because of --force"
-        rows=
-      else
-        note "$PROG: could not check the QuickTest rows (set DATABASE_URL or PG* variables); nothing deleted"
-        exit 1
-      fi
-    fi
-    if [[ -n $rows ]]; then
-      count=$(printf '%s\n' "$rows" | wc -l)
-      note "$count QuickTest row(s) have an MLflow run id but no training_history_json;"
-      note "their history exists only in MLflow (replay or export it first):"
-      note "  id	mlflow_run_id	gcs_artifacts_path"
-      printf '%s\n' "$rows" | sed 's/^/  /' >&2
-      if [[ $FORCE == 0 ]]; then
-        note "$PROG: refusing to delete MLflow while these rows depend on it (use --force to delete anyway); nothing deleted"
-        exit 1
-      fi
-      note "$PROG: WARNING: deleting anyway (--force)"
-    else
-      note "no QuickTest row depends on MLflow any more"
-    fi
-    if [[ $YES == 0 ]]; then
-      note "nothing deleted: re-run with --yes to delete the resources above"
-      exit 0
-    fi
+    printf '# dry run: nothing below has been run (the QuickTest check above was)\n'
+  elif [[ $YES == 0 ]]; then
+    note "nothing deleted: re-run with --yes to delete the resources above"
+    exit 0
   fi
 
   if exists_or_dry "Cloud Run service $MLFLOW_SERVICE" gcloud run services list --project="$PROJECT" --region="$REGION" \

@@ -56,7 +56,7 @@ from ingest import store  # noqa: E402
 from ingest.config import Settings  # noqa: E402
 from metrics_ingest.migrations import apply_migrations, create_dev_platform_table  # noqa: E402
 from metrics_ingest.mlflow_export import ExportOptions, RestSource, SqlSource, run_export  # noqa: E402
-from metrics_ingest.replay import make_storage_client  # noqa: E402
+from metrics_ingest.batch import make_storage_client  # noqa: E402
 from tests.support.mlflow_server import MLFLOW_VENV, MlflowServer, start_mlflow_server, stop_process_group  # noqa: E402
 
 T0 = 1_790_000_000_000

@@ -81,12 +81,12 @@ from ingest import document as document_module  # noqa: E402
 from ingest import gcs as gcs_module  # noqa: E402
 from ingest import store  # noqa: E402
 from ingest.config import Settings  # noqa: E402
+from metrics_ingest.batch import make_storage_client  # noqa: E402
 from metrics_ingest.localstack.stack import ensure_database, prepare_database  # noqa: E402
 from metrics_ingest.replay import (  # noqa: E402
     GcsTarget,
     ReplayOptions,
     list_objects,
-    make_storage_client,
     run_replay,
 )
 from tests.support.documents import dumps, v1_document  # noqa: E402

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import socket
 import subprocess
 import time
@@ -258,3 +259,30 @@ def test_migrate_without_database_url_says_what_it_tried(
     assert main(["migrate"]) == 1
     err = capsys.readouterr().err
     assert "DATABASE_URL is not set" in err and "--database-url" in err
+
+
+def test_version_and_a_mistyped_flag(capsys: pytest.CaptureFixture[str]) -> None:
+    """--version prints the installed version; a mistyped flag is refused naming the nearest real one."""
+    with pytest.raises(SystemExit) as done:
+        main(["--version"])
+    assert done.value.code == 0 and re.fullmatch(r"metrics-ingest \d+\.\d+\.\d+\n", capsys.readouterr().out)
+    with pytest.raises(SystemExit) as done:
+        main(["replay", "gs://ml-artifacts", "--workrs", "3"])
+    assert done.value.code == 2 and "did you mean --workers?" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["replay", "gs://ml-artifacts", "--shard", "-1/3"], "--shard: expected I/N"),
+        (["replay", "gs://ml-artifacts", "--shard", "\uff10/\uff12"], "--shard: expected I/N"),
+        (["replay", "gs://ml-artifacts", "--since", "-5m"], "--since: expected a whole number"),
+        (["replay", "gs://ml-artifacts", "--since", "99999999d"], "is more than 100 years"),
+        (["export-mlflow", "--tracking-uri", "http://[::1"], "Invalid value for --tracking-uri"),
+    ],
+)
+def test_bad_values_name_their_flag(args: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """Negative, full-width, absurd and malformed values are one usage error naming the flag (exit 2)."""
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert message in err and "expected one argument" not in err and err.count("\n") == 1

@@ -52,6 +52,7 @@ def _run_demo(tmp_path: Path, state: Path) -> None:
     assert re.search(r"^\s+candidate\s+[-\d.e]+", out, re.MULTILINE)
     assert re.search(r"record #\d+: ingested", out)
     assert "Where to look next" in out
+    assert re.search(r"^report of this run: /\S+/report\.html ", out, re.MULTILINE)
     # Everything it started is gone: no PostgreSQL left on its data folder.
     leftovers = [
         p.info for p in psutil.process_iter(["name", "cmdline"])

@@ -657,7 +657,8 @@ def test_every_command_is_accepted_by_the_real_gcloud_parser(cloud: Cloud, tmp_p
          "--reconcile-since", "90s", "--reconcile-tasks", "16", "--reconcile-workers", "8", "--schedule", "*/30 1-5 * * 1",
          "--time-zone", "Europe/Warsaw", "--notification-channel", f"projects/{PROJECT}/notificationChannels/42",
          "--max-metrics-bytes", "1048576", "--memory", "512Mi", "--db-pool-size", "4"],
-        [*TEARDOWN_FLAGS, "--dry-run", "--mlflow-service-account", MLFLOW_SA, "--mlflow-build-trigger-region",
+        # (--force: no database here, so the dry run's row check cannot run; the commands are what is checked)
+        [*TEARDOWN_FLAGS, "--dry-run", "--force", "--mlflow-service-account", MLFLOW_SA, "--mlflow-build-trigger-region",
          "europe-west1", "--final-backup-days", "90"],
     ):
         done = cloud.run(*args)
@@ -809,6 +810,39 @@ def test_teardown_refuses_when_the_database_cannot_be_checked(cloud: Cloud, plat
     assert done.returncode == 1
     assert "could not check the QuickTest rows" in done.stderr
     assert cloud.calls() == []
+
+
+@pytest.mark.parametrize("url", [
+    "postgresql://postgres:S3cr%zzPW@127.0.0.1/platform",
+    "postgresql://postgres:S3cr3tPW@127.0.0.1:ab/platform",
+    "host=/nowhere user=u password=S3cr3tPW port=ab",
+    "postgresql:///platform?host=/nowhere&user=u&password=S3cr3tPW",
+])
+def test_teardown_never_shows_the_password_psql_quotes_back(cloud: Cloud, url: str) -> None:
+    """When psql cannot use DATABASE_URL, its error is shown without the password, and nothing is deleted."""
+    cloud.set_state(MLFLOW_STATE)
+    done = teardown(cloud, url, "--dry-run")
+    assert done.returncode == 1 and "could not check the QuickTest rows" in done.stderr
+    assert "psql:" in done.stderr and "S3cr" not in done.stderr + done.stdout
+    assert cloud.state() == MLFLOW_STATE
+
+
+def test_teardown_dry_run_refuses_while_rows_depend_on_mlflow(cloud: Cloud, platform_url: str) -> None:
+    """The dry run runs the row check: it lists the rows at risk and exits 1; with nothing at risk it prints
+    the deletes and exits 0; with no database to check it says so and exits 1 (0 with --force)."""
+    set_rows(platform_url, SAFE_ROWS + AT_RISK_ROWS)
+    cloud.set_state(MLFLOW_STATE)
+    refused = teardown(cloud, platform_url, "--dry-run")
+    assert refused.returncode == 1 and "3\trun-only-in-mlflow" in refused.stderr and "refusing" in refused.stderr
+    set_rows(platform_url, SAFE_ROWS)
+    passed = teardown(cloud, platform_url, "--dry-run")
+    assert passed.returncode == 0, passed.stderr
+    assert "gcloud sql instances delete mlflow-db" in passed.stdout
+    unknown = platform_url.replace("dbname=", "dbname=no_such_db_")
+    assert teardown(cloud, unknown, "--dry-run").returncode == 1
+    forced = teardown(cloud, unknown, "--dry-run", "--force")
+    assert forced.returncode == 0 and "going on because of --force" in forced.stderr
+    assert cloud.state() == MLFLOW_STATE
 
 
 def test_teardown_force_deletes_despite_rows_at_risk(cloud: Cloud, platform_url: str) -> None:

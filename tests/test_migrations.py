@@ -60,7 +60,7 @@ def _path_indexes(url: str, table: str) -> list[str]:
 
 
 # Every versioned migration, in order (0004: the summary ranking index, docs/platform.md).
-MIGRATION_IDS = ["0001.create-ingestions", "0004.summary-index"]
+MIGRATION_IDS = ["0001.create-ingestions", "0003.export-decisions", "0004.summary-index"]
 
 
 def test_migrations_apply_to_an_empty_database_once(fresh_db: str) -> None:

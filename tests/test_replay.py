@@ -302,7 +302,7 @@ def test_reasons_and_errors_print_as_one_clipped_line() -> None:
     outcome = ObjectOutcome(ObjectRef("b", "q/2/training_metrics.json", 6), "failed", reason)
     line = format_line(outcome, dry_run=False)
     assert "\n" not in line and 'near "x" LINE 1: SELECT x y ^' in line and len(line) < 400
-    report = ReplayReport(GcsTarget("b"), dry_run=False, force=False, workers=1, run_id="r", outcomes=[outcome])
+    report = ReplayReport(target=GcsTarget("b"), dry_run=False, force=False, workers=1, run_id="r", outcomes=[outcome])
     failed_lines = [l for l in format_summary(report).splitlines() if "q/2/training_metrics.json" in l]
     assert len(failed_lines) == 1 and "LINE 1:" in failed_lines[0] and len(failed_lines[0]) < 400
 
@@ -491,3 +491,18 @@ def test_reconciliation_after_an_outage_ingests_what_events_missed(
     for name, quicktest_id in missed.items():
         history = fetch_history(local_stack.database_url, quicktest_id)
         assert history is not None and history["source"]["object"] == name
+
+
+def test_a_terminal_names_the_files_that_matched_no_row() -> None:
+    """On a terminal the replay ends by naming the no_matching_row files: the first few and a count."""
+    outcomes = [ObjectOutcome(ObjectRef("b", f"q/{i}/training_metrics.json", i + 1), "no_matching_row", "no row")
+                for i in range(7)]
+    report = ReplayReport(target=GcsTarget("b"), dry_run=False, force=False, workers=1, run_id="r",
+                          outcomes=outcomes, matched=7)
+    terminal, plain = io.StringIO(), io.StringIO()
+    Progress(terminal, dry_run=False, tty=True).finish(report)
+    Progress(plain, dry_run=False, tty=False).finish(report)
+    text = terminal.getvalue()
+    assert "7 metrics file(s) matched no QuickTest row" in text and "gs://b/q/0/training_metrics.json" in text
+    assert "gs://b/q/4/" in text and "gs://b/q/5/" not in text and "and 2 more" in text
+    assert plain.getvalue() == ""

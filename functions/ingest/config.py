@@ -125,12 +125,11 @@ def check_database_url(url: str | None, setting: str = "DATABASE_URL") -> None:
     """ValueError naming ``setting`` and the kind of mistake when ``url`` is malformed; the value is never quoted."""
     if url is None:
         return
+    from ingest.redact import not_shown  # the one rule for showing connection strings
+
     problem = database_url_problem(url)
     if problem:
-        raise ValueError(
-            f"Invalid value for {setting}: not a valid connection string: {problem}. "
-            "The value is not shown (it may hold a password)."
-        )
+        raise ValueError(not_shown(setting, problem))
 
 
 def quicktest_table_parts(table: str) -> tuple[str, ...]:

@@ -302,16 +302,12 @@ def _first_line(exc: BaseException, settings: Settings | None) -> str:
 
 
 def _secrets(settings: Settings | None) -> list[str]:
-    import psycopg2
-    from psycopg2.extensions import parse_dsn
+    from ingest.redact import dsn_secrets
 
     found = [os.environ.get("PGPASSWORD") or ""]
     url = settings.database_url if settings is not None else None
-    if url:
-        try:
-            found.append(parse_dsn(url).get("password") or "")
-        except psycopg2.ProgrammingError:
-            # Unparsable: libpq never connected with it, so no message can
-            # hold its password; Settings refuses such a URL before this.
-            found.append("")
+    # Every secret libpq takes (password, sslpassword, ...: ingest.redact's rule). An
+    # unparsable URL yields none: libpq never connected with it, so no message can
+    # hold its password; Settings refuses such a URL before this.
+    found += dsn_secrets(url)
     return [s for s in found if len(s) >= 3]

@@ -27,7 +27,7 @@ def positive_int(text: str) -> int:
     return value
 
 
-# Each worker holds a database connection; metrics_ingest.replay.MAX_WORKERS is
+# Each worker holds a database connection; metrics_ingest.batch.MAX_WORKERS is
 # the same number (not imported here, so that --help stays instant).
 MAX_WORKERS = 256
 
@@ -91,9 +91,9 @@ def positive_float(text: str) -> float:
 
 def bucket_name(text: str) -> str:
     """argparse ``type=`` for a GCS bucket name (lowercase letters, digits, -, _ and .)."""
-    from metrics_ingest.replay import _BUCKET_NAME
+    from metrics_ingest.replay import BUCKET_NAME
 
-    if not _BUCKET_NAME.match(text):
+    if not BUCKET_NAME.match(text):
         raise argparse.ArgumentTypeError(
             f"{text!r} is not a valid bucket name (3-222 lowercase letters, digits, '-', '_' or '.')"
         )

@@ -156,6 +156,12 @@ def _run(args: argparse.Namespace) -> int:
             ),
             file=out,
         )
+        from metrics_ingest.report import quicktest_run, write_report
+
+        report = write_report([quicktest_run(quicktest_id, history, records[-1] if records else None,
+                                             os.environ.get("QUICKTEST_TABLE") or "ml_platform_quicktest")],
+                              stack.state_dir / "report.html")
+        print(f"\nreport of this run: {report.resolve()} (open it in a browser; `metrics-ingest report --help`)", file=out)
         timings["total"] = time.perf_counter() - started
         print("", file=out)
         print("timings: " + ", ".join(f"{k} {v:.1f} s" for k, v in timings.items()), file=out)

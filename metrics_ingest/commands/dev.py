@@ -90,6 +90,7 @@ Export this in another terminal (or: source {env_file}):
 Create a QuickTest row to upload to:
   metrics-ingest dev --state-dir {_quote(str(args.state_dir))} --add-row
 then write gs://{stack.bucket}/quick_tests/<id>/training_metrics.json (MetricsCollector does) and the row fills itself.
+Draw it (with the exports above): metrics-ingest report --quicktest <id> -o report.html   (one offline HTML page)
 
 The function's log lines follow. Ctrl-C stops everything.
 """,
@@ -143,7 +144,9 @@ def _add_row(args: argparse.Namespace) -> int:
     try:
         quicktest_id, folder = create_quicktest(database_url, bucket, folder, table=table)
     except psycopg2.Error as exc:
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        from ingest.redact import connection_error  # libpq's messages may quote the password
+
+        first = connection_error(exc, database_url, "--database-url" if args.database_url else "DATABASE_URL")
         print(f"metrics-ingest dev: error: cannot create the QuickTest row in table {table!r}: {first}", file=sys.stderr)
         return 1
     print(f"QuickTest {quicktest_id}: upload to {folder}/training_metrics.json")

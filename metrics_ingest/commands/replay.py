@@ -39,6 +39,7 @@ import sys
 
 from metrics_ingest.commands import add_batch_options, describe, pipeline_logs
 
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "replay",
@@ -71,15 +72,11 @@ def run(args: argparse.Namespace) -> int:
     # Imported here so that `metrics-ingest --help` stays instant.
     from ingest.config import Settings
 
+    from metrics_ingest.batch import SetupError, UsageError, check_database, make_storage_client, one_line
     from metrics_ingest.replay import (
         Progress,
         ReplayOptions,
-        SetupError,
-        UsageError,
-        check_database,
         format_summary,
-        make_storage_client,
-        one_line,
         parse_duration,
         parse_gs_uri,
         parse_shard,
@@ -148,6 +145,7 @@ def run(args: argparse.Namespace) -> int:
                     f"(gave up after {settings.gcs_timeout:.0f} s, GCS_TIMEOUT_SECONDS): {cause}", 1)
     finally:
         progress.close()
+    progress.finish(report)  # on a terminal: the files that matched no row, named
     if report.matched == 0 and not report.interrupted:
         if report.other_shards or report.outside_since:
             # Normal for one task of many, or a quiet night: nothing to do is success.

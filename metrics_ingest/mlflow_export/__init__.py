@@ -4,8 +4,11 @@ Modules: ``model`` (what a run is, whichever way it is read), ``sql`` (read-only
 SQL on MLflow's backend database, the fast path), ``rest`` (a tracking
 server's REST API), ``mapping`` (a run -> a schema-v1 document, with the
 trainer's routing and the name rules), ``verify`` (point-by-point comparison)
-and ``engine`` (row selection, upload, ingestion through the function's
-pipeline, outcomes). Progress, errors and exit statuses are replay's.
+``rows`` (which rows), ``engine`` (upload, ingestion through the function's
+pipeline, verification), ``report`` (outcomes, summary, progress), ``records``
+and ``settle`` (accepted losses, verifications, kept histories), ``access``
+(the read pre-check). The worker loop, retries, Ctrl-C, progress and exit
+statuses are the batch core's (``metrics_ingest.batch``), shared with replay.
 
 Example::
 
@@ -14,14 +17,9 @@ Example::
     print(format_summary(report))
 """
 
-from metrics_ingest.mlflow_export.engine import (
-    ExportOptions,
-    ExportProgress,
-    ExportReport,
-    RowOutcome,
-    format_summary,
-    run_export,
-)
+from metrics_ingest.mlflow_export.engine import run_export
+from metrics_ingest.mlflow_export.options import ExportOptions
+from metrics_ingest.mlflow_export.report import ExportProgress, ExportReport, RowOutcome, format_summary
 from metrics_ingest.mlflow_export.mapping import MappingFileError, NameRules, build_document
 from metrics_ingest.mlflow_export.model import MlflowRun, Point, SourceError
 from metrics_ingest.mlflow_export.rest import RestSource

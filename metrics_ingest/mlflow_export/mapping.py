@@ -14,8 +14,21 @@ gradient statistics (-> ``weight_stats`` / ``gradient_stats``) and histograms
 (one metric per bin, the bin edges in a param). ``--mapping FILE`` adds rules,
 tried before everything else. Nothing logged is ever dropped: a name no rule
 takes, a histogram that cannot be assembled, or a second name for a place
-already taken lands in ``loss`` / ``metrics`` under its own name. Every param
-is kept in ``params`` as the string MLflow holds.
+already taken lands in ``loss`` / ``metrics`` under its own name. A value
+placed in ``final_metrics`` (``final_*``, ``test_*``, or a ``--mapping`` rule to
+it) also keeps its steps: its series sits in ``loss`` / ``metrics`` too.
+
+Names and values (:mod:`.values`; docs/mlflow-export.md says the same):
+
+- An empty metric, param or tag name (older MLflow stores allow it; the format
+  needs at least one character) becomes ``(empty name)``, or ``(empty name 2)``,
+  ... when that name is taken too: the values are kept, never the run lost.
+- A param becomes a JSON number or boolean only where that value's own JSON
+  spelling gives MLflow's string back exactly (``"2048"`` -> 2048, ``"0.01"`` ->
+  0.01, ``"true"`` -> true); anything else stays the string (``"True"``,
+  ``"1e+20"``, ``"007"``, ``"[128, 64]"``). See :func:`param_value`.
+- ``-0.0`` is written as ``0.0``: PostgreSQL's jsonb has no negative zero, so
+  the row could not hold it anyway (:func:`stored_value`).
 
 Example::
 
@@ -35,7 +48,16 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from metrics_ingest.mlflow_export.model import MlflowRun, Point, clean_value, iso_ms, order_value
+from metrics_ingest.mlflow_export.model import MlflowRun, Point, iso_ms, order_value
+from metrics_ingest.mlflow_export.values import (  # noqa: F401  (re-exported: the mapping's rules)
+    EMPTY_NAME,
+    document_names,
+    document_problem,
+    param_text,
+    param_value,
+    stored_value,
+    with_document_names,
+)
 
 # As the trainer's collector: these prefixes are end-of-run values.
 FINAL_PREFIXES = ("final_", "test_")
@@ -263,6 +285,9 @@ class Placement:
     note: str | None = None
 
 
+_EMPTY_NOTE = "the format needs a name of at least one character"
+
+
 @dataclasses.dataclass
 class Plan:
     """Every metric key's place, the epochs, and the histograms assembled."""
@@ -271,17 +296,28 @@ class Plan:
     epochs: list[int]
     histogram_edges: dict[tuple[str, str], list[float]]
     edge_params: dict[str, str]  # param key -> 'weight_stats.query.histogram.bin_edges'
+    names: dict[str, str] = dataclasses.field(default_factory=dict)  # MLflow metric name -> the document's
 
     def describe(self, params: Mapping[str, str]) -> list[str]:
         """One line per MLflow key: ``metric loss -> loss.loss (50 steps)``."""
         lines = []
+        original = {name: key for key, name in self.names.items()}
         for key in sorted(self.placements):
             p = self.placements[key]
             where = ", ".join(map(str, p.locations))
-            lines.append(f"metric {key!r} -> {where} ({p.steps} step{'s' if p.steps != 1 else ''})" + (f"; {p.note}" if p.note else ""))
+            note = [p.note] if p.note else []
+            if original.get(key, key) != key:
+                note.insert(0, f"renamed: {_EMPTY_NOTE}")
+            lines.append(
+                f"metric {original.get(key, key)!r} -> {where} ({p.steps} step{'s' if p.steps != 1 else ''})"
+                + (f"; {'; '.join(note)}" if note else "")
+            )
+        param_names = document_names(params)
         for key in sorted(params):
-            also = f" and {self.edge_params[key]}" if key in self.edge_params else ""
-            lines.append(f"param {key!r} -> params.{key}{also}")
+            name = param_names[key]
+            also = f" and {self.edge_params[name]}" if name in self.edge_params else ""
+            renamed = f" (renamed: {_EMPTY_NOTE})" if name != key else ""
+            lines.append(f"param {key!r} -> params.{name}{also}{renamed}")
         return lines
 
 
@@ -315,8 +351,10 @@ def newest_per_step(points: list[Point]) -> dict[int, Point]:
 
 def plan_run(run: MlflowRun, rules: NameRules, values: Mapping[str, Mapping[int, float | None]] | None = None) -> Plan:
     """Decide where each metric key of ``run`` lands (no document built)."""
+    original_names = list(run.metrics)
+    run = with_document_names(run)
     if values is None:
-        values = {key: {s: clean_value(p[2]) for s, p in newest_per_step(pts).items()} for key, pts in run.metrics.items()}
+        values = {key: {s: stored_value(p[2]) for s, p in newest_per_step(pts).items()} for key, pts in run.metrics.items()}
     targets = {key: rules.target(key) for key in sorted(values)}
     placements: dict[str, Placement] = {}
     taken: dict[Location, str] = {}
@@ -330,13 +368,16 @@ def plan_run(run: MlflowRun, rules: NameRules, values: Mapping[str, Mapping[int,
         to = found["to"]
         if to == "final_metrics":
             final = Location("final_metrics", key)
-            if len(steps) <= 1:
+            if not steps or (len(steps) == 1 and min(steps) < 0):
+                # A single value at a step no epoch can be: the final value holds all of it.
                 placements[key] = Placement(key, (final,), len(steps), note)
                 return
-            # Several steps: the last is the end-of-run value, and the whole
-            # series is kept too (nothing logged is dropped).
+            # The last step is the end-of-run value, and the series keeps every
+            # step (one or several: nothing logged is dropped, no step lost).
             series = Location(trainer_target(key)["to"], key)
-            placements[key] = Placement(key, (final, series), len(steps), note or "several steps: the last one is the final value")
+            placements[key] = Placement(
+                key, (final, series), len(steps), note or ("several steps: the last one is the final value" if len(steps) > 1 else None)
+            )
             return
         if to in ("loss", "metrics"):
             placements[key] = Placement(key, (Location(to, key),), len(steps), note)
@@ -399,7 +440,7 @@ def plan_run(run: MlflowRun, rules: NameRules, values: Mapping[str, Mapping[int,
     if negative:
         key = next(k for k, p in placements.items() if any(s < 0 for s in values[k]) and any(l.is_series for l in p.locations))
         raise MappingError(f"metric {key!r} has step {negative[0]}; epochs are whole numbers >= 0")
-    return Plan(placements, sorted(epochs), histogram_edges, edge_params)
+    return Plan(placements, sorted(epochs), histogram_edges, edge_params, document_names(original_names))
 
 
 def _parse_edges(text: str) -> list[float] | None:
@@ -451,14 +492,16 @@ _MISSING = object()
 
 def build_document(run: MlflowRun, rules: NameRules) -> Export:
     """The schema-v1 document for ``run``; raises MappingError when it cannot be one."""
+    original = run
+    run = with_document_names(run)
     values: dict[str, dict[int, float | None]] = {}
     duplicates = 0
     for key, points in run.metrics.items():
         best = newest_per_step(points)
         duplicates += len(points) - len(best)
-        values[key] = {step: clean_value(point[2]) for step, point in best.items()}
+        values[key] = {step: stored_value(point[2]) for step, point in best.items()}
     non_finite = sum(1 for steps in values.values() for v in steps.values() if v is None)
-    plan = plan_run(run, rules, values)
+    plan = plan_run(original, rules, values)
     index = {epoch: i for i, epoch in enumerate(plan.epochs)}
     n = len(plan.epochs)
 
@@ -495,7 +538,7 @@ def build_document(run: MlflowRun, rules: NameRules) -> Export:
                     doc[location.section].setdefault(location.name, {})[location.stat] = series
                 else:
                     doc[location.section][location.name] = series
-    doc["params"] = {key: run.params[key] for key in sorted(run.params)}
+    doc["params"] = {key: param_value(run.params[key]) for key in sorted(run.params)}
     doc["mlflow"] = {
         "run_id": run.run_id,
         "experiment_id": run.experiment_id,

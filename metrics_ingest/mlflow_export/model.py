@@ -74,7 +74,7 @@ class Source(Protocol):
     batch_size: int
 
     def check(self) -> None:
-        """Raise ``metrics_ingest.replay.SetupError`` when MLflow cannot be read at all."""
+        """Raise ``metrics_ingest.batch.SetupError`` when MLflow cannot be read at all."""
 
     def fetch(self, run_ids: list[str]) -> dict[str, MlflowRun]:
         """The runs MLflow knows among ``run_ids`` (unknown ids are absent); raises SourceError."""

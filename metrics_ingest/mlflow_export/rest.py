@@ -8,9 +8,12 @@ endpoints are lossy and never used.
 
 Every history call sends ``max_results``: servers from 3.1.1 answer a call
 without it with an empty page and a token that never advances (mlflow issue
-23916); a token that comes back unchanged with an empty page is an error here,
-never a loop. Values arrive as numbers or the strings ``"NaN"``,
-``"Infinity"``, ``"-Infinity"``.
+23916). A page token sent before (with or without points), or more pages than
+the points sent could need at ``max_results`` a page, is an error here, never
+a loop. A metric with an empty name (older stores allow it) cannot be asked
+for (``get-history`` refuses an empty key): that run is an error naming the
+SQL path. Values arrive as numbers or the strings ``"NaN"``, ``"Infinity"``,
+``"-Infinity"``. The URI is only ever shown through ``ingest.redact``.
 
 Auth: ``MLFLOW_TRACKING_TOKEN`` as a bearer token; else ``MLFLOW_TRACKING_USERNAME``
 / ``MLFLOW_TRACKING_PASSWORD`` as basic auth; else, for a Cloud Run URL
@@ -27,16 +30,18 @@ Example::
 
 from __future__ import annotations
 
+import math
 import os
 import threading
 import time
 from typing import Any
 from urllib.parse import urlsplit
 
+from ingest.redact import not_shown, render_url, scrub, url_problem, url_secrets
 from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_exponential
 
 from metrics_ingest.mlflow_export.model import MlflowRun, Point, SourceError
-from metrics_ingest.replay import SetupError, UsageError
+from metrics_ingest.batch import SetupError, UsageError
 
 API = "/api/2.0/mlflow"
 PAGE_SIZE = 25_000  # the server's maximum per history page; what MLflow's client sends
@@ -71,17 +76,18 @@ class RestSource:
     batch_size = 1  # one run at a time: each is its own set of calls
 
     def __init__(self, uri: str, timeout: float = 120.0, attempts: int = 5, token: str | None = None) -> None:
+        # Never quoted back: a URL may carry user:password@ or a token in its query.
+        problem = url_problem(uri)
+        if problem:
+            raise UsageError(not_shown("--tracking-uri", problem, "the http(s) URL of an MLflow tracking server"))
         parts = urlsplit(uri)
-        if parts.scheme not in ("http", "https") or not parts.netloc:
-            raise UsageError(f"--tracking-uri must be an http(s):// URL of an MLflow tracking server, got {uri!r}")
         self.base = uri.rstrip("/")
         self.timeout = timeout
         self.attempts = attempts
-        self.description = f"MLflow tracking server {parts.scheme}://{parts.hostname}" + (
-            f":{parts.port}" if parts.port else ""
-        ) + parts.path.rstrip("/")
+        self.description = f"MLflow tracking server {render_url(self.base)}"
         self._token = token if token is not None else os.environ.get("MLFLOW_TRACKING_TOKEN") or None
         user, password = os.environ.get("MLFLOW_TRACKING_USERNAME"), os.environ.get("MLFLOW_TRACKING_PASSWORD")
+        self._secrets = url_secrets(uri) + [s for s in (self._token, password) if s]
         self._basic = (user, password or "") if user and not self._token else None
         self._identity = not self._token and not self._basic and (parts.hostname or "").endswith(".run.app")
         self._identity_token: tuple[str, float] | None = None
@@ -118,7 +124,7 @@ class RestSource:
                     token = google.oauth2.id_token.fetch_id_token(google.auth.transport.requests.Request(), self.base)
                 except google.auth.exceptions.GoogleAuthError as exc:
                     raise SetupError(
-                        f"cannot get a Google identity token for {self.description} ({exc}); set MLFLOW_TRACKING_TOKEN "
+                        f"cannot get a Google identity token for {self.description} ({self.safe(str(exc))}); set MLFLOW_TRACKING_TOKEN "
                         "(e.g. $(gcloud auth print-identity-token)) or use a service account's credentials",
                         2,
                     ) from None
@@ -149,9 +155,13 @@ class RestSource:
         try:
             return retrying(once)
         except _Retryable as exc:
-            raise SourceError(f"{self.description}: {exc} (after {self.attempts} tries)") from None
+            raise SourceError(self.safe(f"{self.description}: {exc} (after {self.attempts} tries)")) from None
         except requests.RequestException as exc:
-            raise SourceError(f"cannot reach {self.description}: {type(exc).__name__}: {exc}") from None
+            raise SourceError(self.safe(f"cannot reach {self.description}: {type(exc).__name__}: {exc}")) from None
+
+    def safe(self, text: str) -> str:
+        """``text`` with this source's secrets (URL password, token, basic-auth password) as ``***``."""
+        return scrub(text, self._secrets)
 
     # -- the Source protocol ----------------------------------------------
     def check(self) -> None:
@@ -201,13 +211,27 @@ class RestSource:
             metrics={},
         )
         for key in sorted({m["key"] for m in data.get("metrics", [])}):
+            if not key:
+                # get-history refuses an empty metric_key ("Missing value for required
+                # parameter"): only the latest value could be had, and a part is not an export.
+                raise SourceError(
+                    f"run {run_id} has a metric with an empty name (older MLflow stores allow it), whose history "
+                    "MLflow's REST API cannot return; export this run with --mlflow-database-url"
+                )
             run.metrics[key] = self.history(run_id, key)
         return run
 
     def history(self, run_id: str, key: str) -> list[Point]:
-        """Every logged point of one metric, all pages."""
+        """Every logged point of one metric, all pages.
+
+        Ends with a SourceError, never a loop, when the server repeats a page
+        token (with or without points) or sends more pages than the points it
+        sent could need at ``max_results`` a page (one page of slack).
+        """
         points: list[Point] = []
         token: str | None = None
+        seen: set[str] = set()
+        pages = 0
         while True:
             params: dict[str, Any] = {"run_id": run_id, "metric_key": key, "max_results": PAGE_SIZE}
             if token:
@@ -216,15 +240,24 @@ class RestSource:
             if status != 200 or not isinstance(body, dict):
                 raise SourceError(f"get-history for {run_id} {key!r}: HTTP {status}: {_error(body)}")
             page = body.get("metrics", [])
+            pages += 1
             points.extend(Point(int(m.get("step", 0)), int(m.get("timestamp", 0)), _value(m.get("value", 0.0))) for m in page)
             next_token = body.get("next_page_token")
             if not next_token:
                 return points
-            if next_token == token and not page:
+            where = f"get-history for {run_id} {key!r}"
+            if next_token in seen or next_token == token:
                 raise SourceError(
-                    f"get-history for {run_id} {key!r}: the server returned an empty page with the same page token "
-                    "(a server bug, mlflow issue 23916); upgrade the server or use --mlflow-database-url"
+                    f"{where}: the server sent a page token it had sent before (page {pages}, "
+                    f"{'an empty page' if not page else f'{len(page)} points on it'}): its paging does not advance "
+                    "(e.g. mlflow issue 23916); upgrade the server or use --mlflow-database-url"
                 )
+            if pages > math.ceil(len(points) / PAGE_SIZE) + 1:
+                raise SourceError(
+                    f"{where}: the server sent {pages} pages for {len(points)} points, more than {PAGE_SIZE:,} points "
+                    "a page could need: its paging does not advance; upgrade the server or use --mlflow-database-url"
+                )
+            seen.add(next_token)
             token = next_token
 
 

@@ -23,10 +23,13 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from ingest.config import database_url_problem
+from ingest.redact import connection_error, dsn_secrets, not_shown, render_dsn, scrub
 from metrics_ingest.mlflow_export.model import MlflowRun, SourceError
-from metrics_ingest.replay import SetupError, UsageError
+from metrics_ingest.batch import SetupError, UsageError
 
 TABLES = ("runs", "metrics", "params", "tags")
+SETTING = "--mlflow-database-url"
 _SCHEME = re.compile(r"^(?P<scheme>[a-z][a-z0-9]*)(?:\+[a-z0-9_]+)?://", re.I)
 
 
@@ -44,11 +47,6 @@ def normalize_url(url: str) -> str:
     return "postgresql://" + url[match.end() :]
 
 
-def redact(url: str) -> str:
-    """The URL without its password, for messages and reports."""
-    return re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", url) if "://" in url else re.sub(r"password=\S+", "password=***", url)
-
-
 class SqlSource:
     """MLflow's backend database, read with plain read-only SQL.
 
@@ -64,9 +62,14 @@ class SqlSource:
 
     def __init__(self, url: str, batch_size: int = 20, connect_timeout: int = 10) -> None:
         self.url = normalize_url(url)
+        # Refused before any connection: libpq's own parse errors quote the value.
+        problem = database_url_problem(self.url)
+        if problem:
+            raise UsageError(not_shown(SETTING, problem))
         self.batch_size = batch_size
         self.connect_timeout = connect_timeout
-        self.description = f"MLflow database {redact(url)}"
+        self._secrets = dsn_secrets(self.url)
+        self.description = f"MLflow database {render_dsn(self.url)}"
 
     def _connect(self) -> Any:
         import psycopg2
@@ -82,15 +85,15 @@ class SqlSource:
         try:
             conn = self._connect()
         except psycopg2.ProgrammingError as exc:
-            raise SetupError(f"--mlflow-database-url is not a valid connection string: {_first_line(exc)}", 2) from None
+            raise SetupError(connection_error(exc, self.url, SETTING), 2) from None
         except psycopg2.Error as exc:
-            raise SetupError(f"cannot connect to the MLflow database (--mlflow-database-url): {_first_line(exc)}") from None
+            raise SetupError(f"cannot connect to the MLflow database ({SETTING}): {connection_error(exc, self.url, SETTING)}") from None
         try:
             with conn, conn.cursor() as cur:
                 cur.execute("SELECT " + ", ".join(f"to_regclass('{t}')" for t in TABLES))
                 found = cur.fetchone()
         except psycopg2.Error as exc:
-            raise SetupError(f"cannot read the MLflow database: {_first_line(exc)}") from None
+            raise SetupError(f"cannot read the MLflow database: {self._first_line(exc)}") from None
         finally:
             conn.close()
         missing = [t for t, oid in zip(TABLES, found) if oid is None]
@@ -108,14 +111,17 @@ class SqlSource:
         try:
             conn = self._connect()
         except psycopg2.Error as exc:
-            raise SourceError(f"cannot connect to the MLflow database: {_first_line(exc)}") from None
+            raise SourceError(f"cannot connect to the MLflow database: {connection_error(exc, self.url, SETTING)}") from None
         try:
             with conn, conn.cursor() as cur:
                 return self._read(cur, ids)
         except psycopg2.Error as exc:
-            raise SourceError(f"reading the MLflow database failed: {_first_line(exc)}") from None
+            raise SourceError(f"reading the MLflow database failed: {self._first_line(exc)}") from None
         finally:
             conn.close()
+
+    def _first_line(self, exc: BaseException) -> str:
+        return scrub(_first_line(exc), self._secrets)
 
     @staticmethod
     def _read(cur: Any, ids: list[str]) -> dict[str, MlflowRun]:

@@ -2,11 +2,13 @@
 
 For every metric key: the newest value at each step (recomputed here from the
 raw points, apart from the builder's code) must equal the document's value at
-that epoch, bit for bit, null where MLflow holds NaN or +-infinity, and null at
-every epoch where the key was not logged. Every param must be there with
-MLflow's exact string, and the document may hold no series, final value or
-param that MLflow does not. Where a key lives in the document comes from the
-same name rules the export used.
+that epoch, bit for bit as the row stores it (:func:`as_stored`: PostgreSQL's
+jsonb keeps every double exactly except -0.0, which it holds as 0.0), null
+where MLflow holds NaN or +-infinity, and null at every epoch where the key was
+not logged. Every param must be there, its string form (``mapping.param_text``:
+2048 -> "2048", true -> "true") MLflow's exact string, and the document may
+hold no series, final value or param that MLflow does not. Where a key lives in
+the document, and an empty name's new name, come from the same rules the export used.
 
 Example::
 
@@ -16,10 +18,19 @@ Example::
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Mapping
 from typing import Any
 
-from metrics_ingest.mlflow_export.mapping import Location, MappingError, NameRules, Plan, plan_run
+from metrics_ingest.mlflow_export.mapping import (
+    Location,
+    MappingError,
+    NameRules,
+    Plan,
+    param_text,
+    plan_run,
+    with_document_names,
+)
 from metrics_ingest.mlflow_export.model import MlflowRun, Point, clean_value, order_value
 
 
@@ -27,6 +38,12 @@ def expected_values(points: list[Point]) -> dict[int, float | None]:
     """Per step, the value the document must hold (the last after sorting by step, timestamp, value)."""
     ordered = sorted(points, key=lambda p: (p[0], p[1], order_value(p[2])))  # (step, timestamp, value)
     return {p[0]: clean_value(p[2]) for p in ordered}  # later points overwrite earlier ones
+
+
+def as_stored(value: float) -> float:
+    """A double as the row's jsonb gives it back: itself (jsonb's numeric holds the shortest
+    decimal that reads back to the same double), except -0.0, which numeric cannot hold: 0.0."""
+    return 0.0 if value == 0 else value
 
 
 def verify_document(doc: Mapping[str, Any], run: MlflowRun, rules: NameRules, plan: Plan | None = None) -> str | None:
@@ -41,9 +58,10 @@ def verify_document(doc: Mapping[str, Any], run: MlflowRun, rules: NameRules, pl
         return f"the document is not the export of run {run.run_id} (mlflow.run_id is {_short(mlflow)})"
     if plan is None:
         try:
-            plan = plan_run(run, rules)
+            plan = plan_run(run, rules)  # renames empty names itself
         except MappingError as exc:
             return str(exc)
+    run = with_document_names(run)
     epochs = doc.get("epochs")
     if epochs != plan.epochs:
         return f"epochs differ: MLflow has steps {_short(plan.epochs)}, the document {_short(epochs)}"
@@ -86,7 +104,7 @@ def verify_document(doc: Mapping[str, Any], run: MlflowRun, rules: NameRules, pl
     for key in sorted(run.params):
         if key not in params:
             return f"params.{key} is missing"
-        if params[key] != run.params[key]:
+        if param_text(params[key]) != run.params[key]:
             return f"params.{key}: MLflow has {_short(run.params[key])}, the document {_short(params[key])}"
     extra_params = sorted(set(params) - set(run.params))
     if extra_params:
@@ -117,11 +135,16 @@ def _series(doc: Mapping[str, Any], location: Location, n: int) -> list[Any] | s
 
 
 def _same(got: Any, want: float | None) -> bool:
+    """The rule: both null, or the same 64 bits once both are as the row stores them."""
     if want is None or got is None:
         return got is None and want is None
     if isinstance(got, bool) or not isinstance(got, (int, float)):
         return False
-    return float(got) == want
+    try:
+        number = float(got)  # jsonb prints 1e300 as a 301-digit integer: it reads back as an int
+    except OverflowError:
+        return False
+    return struct.pack("<d", as_stored(number)) == struct.pack("<d", as_stored(want))
 
 
 def _short(value: Any, limit: int = 80) -> str:
