@@ -115,8 +115,7 @@ def _deliver(function_server: FunctionServer, resource: dict[str, Any]) -> int:
 def test_an_upload_through_the_function_updates_the_quicktest_and_the_orm_reads_the_history(
     django_orm: Any, function_server: FunctionServer, platform_db: PlatformDb, artifacts: Artifacts, listener: Any
 ) -> None:
-    """The function's notification moves QuickTest.status (pending -> running -> completed, updated_at too),
-    and the history reads through the ORM as the documented dict, summary included."""
+    """The function's notifications move QuickTest.status and updated_at; the ORM reads the history, summary included."""
     QuickTest = django_orm
     folder = f"quick_tests/{uuid.uuid4().hex[:12]}"
     qt = QuickTest.objects.create(name="e2e", gcs_artifacts_path=f"gs://{artifacts.bucket_name}/{folder}")

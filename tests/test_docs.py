@@ -76,8 +76,7 @@ def _subparsers(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentP
 
 
 def test_every_metrics_ingest_command_in_the_docs_parses() -> None:
-    """Each `metrics-ingest ...` in README.md and docs/ names a subcommand whose parser takes the flags shown;
-    the whole commands of code blocks parse as they are written."""
+    """Each `metrics-ingest ...` shown names a subcommand taking its flags; code-block commands parse whole."""
     commands = _commands()
     assert len(commands) >= 20  # the extraction itself works: replay, export-mlflow, migrate, dev, demo are shown
     parser = build_parser()

@@ -143,8 +143,7 @@ def test_role_gets_exactly_the_listed_privileges(platform_db: PlatformDb, functi
 def test_function_ingests_normally_as_the_role(
     platform_db: PlatformDb, function_role: tuple[str, str], gcs_env: GcsEmulator
 ) -> None:
-    """Logged in as the role, the real pipeline locks the row, writes the history, records the outcome
-    and notifies the platform (pg_notify needs no privilege of its own)."""
+    """As the role, the real pipeline locks the row, writes it, records the outcome and notifies (no grant needed)."""
     listener = psycopg2.connect(platform_db.admin_url)
     listener.autocommit = True
     listener.cursor().execute("LISTEN training_metrics")
