@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import select
 import subprocess
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -142,7 +143,10 @@ def test_role_gets_exactly_the_listed_privileges(platform_db: PlatformDb, functi
 def test_function_ingests_normally_as_the_role(
     platform_db: PlatformDb, function_role: tuple[str, str], gcs_env: GcsEmulator
 ) -> None:
-    """Logged in as the role, the real pipeline locks the row, writes the history and records the outcome."""
+    """As the role, the real pipeline locks the row, writes it, records the outcome and notifies (no grant needed)."""
+    listener = psycopg2.connect(platform_db.admin_url)
+    listener.autocommit = True
+    listener.cursor().execute("LISTEN training_metrics")
     gcs_env.create_bucket("ml-artifacts")
     blob = storage.Client().bucket("ml-artifacts").blob("quick_tests/42/training_metrics.json")
     blob.upload_from_string(json.dumps(v1_document(epochs=2)), content_type="application/json")
@@ -152,6 +156,10 @@ def test_function_ingests_normally_as_the_role(
     result = ingest_object(ref, settings=settings, event_id="evt-role")
     assert (result.outcome, result.reason, result.quicktest_id) == ("ingested", None, platform_db.row_id)
     assert ingest_object(ref, settings=settings, event_id="evt-role").outcome == "duplicate"
+    select.select([listener], [], [], 5)
+    listener.poll()
+    assert [json.loads(n.payload)["quicktest_id"] for n in listener.notifies] == [platform_db.row_id]
+    listener.close()
 
     [(history, status, name)] = query(
         platform_db.admin_url,

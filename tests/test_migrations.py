@@ -59,9 +59,13 @@ def _path_indexes(url: str, table: str) -> list[str]:
     ]
 
 
+# Every versioned migration, in order (0004: the summary ranking index, docs/platform.md).
+MIGRATION_IDS = ["0001.create-ingestions", "0003.export-decisions", "0004.summary-index"]
+
+
 def test_migrations_apply_to_an_empty_database_once(fresh_db: str) -> None:
     """Every migration applies to an empty database, the schema is as documented, and a rerun applies nothing."""
-    assert apply_migrations(fresh_db) == ["0001.create-ingestions", "0003.export-decisions"]
+    assert apply_migrations(fresh_db) == MIGRATION_IDS
     assert apply_migrations(fresh_db) == []
     columns = query(
         fresh_db,
@@ -82,11 +86,11 @@ def test_rollback_removes_the_table_and_migrate_restores_it(fresh_db: str) -> No
     apply_migrations(fresh_db)
     create_dev_platform_table(fresh_db)
     query(fresh_db, "INSERT INTO ml_platform_quicktest (gcs_artifacts_path) VALUES ('gs://b/q/9') RETURNING id")
-    assert rollback_migrations(fresh_db) == ["0003.export-decisions", "0001.create-ingestions"]
+    assert rollback_migrations(fresh_db) == MIGRATION_IDS[::-1]
     assert query(fresh_db, "SELECT to_regclass('training_metrics_ingestions')") == [(None,)]
     assert query(fresh_db, "SELECT count(*) FROM ml_platform_quicktest") == [(1,)]  # platform data untouched
     assert rollback_migrations(fresh_db) == []
-    assert apply_migrations(fresh_db) == ["0001.create-ingestions", "0003.export-decisions"]
+    assert apply_migrations(fresh_db) == MIGRATION_IDS
     assert query(fresh_db, "SELECT to_regclass('training_metrics_ingestions')") == [("training_metrics_ingestions",)]
 
 
@@ -137,12 +141,12 @@ def _cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedP
 def test_migrate_command(fresh_db: str) -> None:
     """`metrics-ingest migrate` applies, then says up to date; DATABASE_URL is read when no flag is given."""
     first = _cli("migrate", "--database-url", fresh_db)
-    assert (first.returncode, first.stdout.strip()) == (0, "applied 0001.create-ingestions\napplied 0003.export-decisions"), first.stderr
+    assert (first.returncode, first.stdout.strip()) == (0, "\n".join(f"applied {m}" for m in MIGRATION_IDS)), first.stderr
     assert "'ml_platform_quicktest' does not exist yet" in first.stderr
     second = _cli("migrate", env={"DATABASE_URL": fresh_db})
     assert (second.returncode, second.stdout.strip()) == (0, "up to date"), second.stderr
     rolled = _cli("migrate", "--database-url", fresh_db, "--rollback")
-    assert (rolled.returncode, rolled.stdout.strip()) == (0, "rolled back 0003.export-decisions\nrolled back 0001.create-ingestions"), rolled.stderr
+    assert (rolled.returncode, rolled.stdout.strip()) == (0, "\n".join(f"rolled back {m}" for m in MIGRATION_IDS[::-1])), rolled.stderr
     again = _cli("migrate", "--database-url", fresh_db, "--rollback", "--function-role", "fn")
     assert again.returncode == 2 and "do not go together" in again.stderr
 

@@ -148,6 +148,35 @@ def quicktest_table_parts(table: str) -> tuple[str, ...]:
     return parts
 
 
+NOTIFY_CHANNEL = "training_metrics"
+# An unquoted identifier as PostgreSQL folds it: what `LISTEN name` hears
+# (`LISTEN Metrics` listens on "metrics"; pg_notify('Metrics') would reach nobody).
+_CHANNEL = re.compile(r"[a-z_][a-z0-9_]{0,62}")
+
+
+def check_notify_channel(channel: str) -> str:
+    """NOTIFY_CHANNEL as given, "" (no notifications) or a usable channel name; ValueError otherwise.
+
+    Example::
+
+        check_notify_channel("training_metrics")   # 'training_metrics'
+        check_notify_channel("Training-Metrics")   # ValueError naming NOTIFY_CHANNEL
+    """
+    if channel and not _CHANNEL.fullmatch(channel):
+        raise ValueError(
+            f"Invalid value for NOTIFY_CHANNEL. Received: {_shown(channel)}. Expected a PostgreSQL channel"
+            " name: lower-case letters, digits and '_', not starting with a digit, at most 63 characters"
+            " (what `LISTEN name` listens on), or empty for no notifications."
+        )
+    return channel
+
+
+def _shown(value: str) -> str:
+    """``repr`` of a setting's value, clipped: an error message quotes at most 80 characters of it."""
+    shown = repr(value)
+    return shown if len(shown) <= 80 else shown[:79] + "…"
+
+
 @dataclasses.dataclass(frozen=True)
 class Settings:
     """Everything the ingestion reads from its environment.
@@ -172,6 +201,10 @@ class Settings:
         memory_budget_bytes: memory for files in flight per process
             (``MEMORY_BUDGET_BYTES``, default 768 MiB: a 1 GiB instance less its
             runtime); ``deploy.sh`` sets it from ``--memory`` (see ``ingest.memory``).
+        notify_channel: the PostgreSQL channel told of each row write
+            (``NOTIFY_CHANNEL``, default ``training_metrics``; set and empty: no
+            notifications). A lower-case unquoted identifier, so that the
+            platform's ``LISTEN`` hears it.
 
     Example::
 
@@ -189,9 +222,11 @@ class Settings:
     db_connect_timeout: int = 10
     db_pool_size: int = 8
     memory_budget_bytes: int = BUDGET_BYTES
+    notify_channel: str = NOTIFY_CHANNEL
 
     def __post_init__(self) -> None:
         quicktest_table_parts(self.quicktest_table)
+        check_notify_channel(self.notify_channel)
         problem = metrics_filename_problem(self.metrics_filename)
         if problem:
             raise ValueError(
@@ -222,4 +257,6 @@ class Settings:
             db_connect_timeout=_positive_int(env, "DB_CONNECT_TIMEOUT_SECONDS", defaults.db_connect_timeout),
             db_pool_size=_positive_int(env, "DB_POOL_SIZE", defaults.db_pool_size),
             memory_budget_bytes=_positive_int(env, "MEMORY_BUDGET_BYTES", defaults.memory_budget_bytes),
+            # Unlike the others, set and empty is a value: no notifications.
+            notify_channel=env.get("NOTIFY_CHANNEL", defaults.notify_channel).strip(),
         )

@@ -32,6 +32,7 @@ from ingest.errors import Gone, Rejected, TransientError, printable
 from ingest.memory import memory_budget, memory_weight
 from ingest.logs import log_event
 from ingest.objects import ObjectRef
+from ingest.summary import summarize
 
 _SEVERITY = {
     "ingested": "INFO",
@@ -228,6 +229,9 @@ def _run(
     # The file's own text is stored when normalization only adds top-level
     # keys: PostgreSQL parses it once instead of this process re-serializing.
     history = dict(prepared.added) if prepared.text is not None else prepared.document
+    # Written by the function: replaces any summary the file held (added keys come last, and win).
+    history["summary"] = summarize(prepared.document)
+    status = prepared.document["status"]
     raw_text = prepared.text
     del prepared  # with raw_text, the parsed document is freed before the write builds its query
     history["source"] = {
@@ -250,6 +254,7 @@ def _run(
                 epochs=epochs,
                 duration_ms=_ms(started),
                 force=force,
+                status=status,
             ),
         )
     except Rejected as exc:

@@ -273,7 +273,19 @@ _WRITE = (
     + " RETURNING id)"
     " SELECT e.id, CASE WHEN EXISTS (SELECT 1 FROM dup) THEN 'duplicate' ELSE e.outcome END,"
     " CASE WHEN EXISTS (SELECT 1 FROM dup) THEN %(duplicate)s ELSE e.reason END,"
-    " coalesce(e.forced, false), (SELECT count(*) FROM upd) FROM e"
+    " coalesce(e.forced, false), (SELECT count(*) FROM upd), " + "{notify}" + " FROM e"
+)
+
+# The platform is told in the same transaction as the row update (a NOTIFY is
+# delivered at commit, and only then): one notification per updated row, none
+# for any other outcome or a rolled-back write. A scalar subquery of the
+# final SELECT, so it runs after ``upd``; with NOTIFY_CHANNEL empty the
+# statement carries a constant instead, and pg_notify is never called.
+# Payload (docs/platform.md): generation is a string, as in the history's ``source``.
+_NOTIFY = (
+    "(SELECT count(pg_notify(%(channel)s, json_build_object('quicktest_id', upd.id,"
+    " 'generation', %(generation)s::text, 'status', %(status)s::text, 'epochs', %(epochs)s::integer,"
+    " 'outcome', 'ingested')::text)) FROM upd)"
 )
 
 
@@ -288,6 +300,7 @@ def write(
     epochs: int | None,
     duration_ms: float,
     force: bool = False,
+    status: str | None = None,
 ) -> WriteResult:
     """Write the history into the row if ``ref`` is newer than what it holds; record the outcome.
 
@@ -299,7 +312,9 @@ def write(
     parses and a merge.
 
     One round trip (see ``_WRITE``): the row lock, the generation comparison
-    under it, the one record of the event and the row update commit together.
+    under it, the one record of the event, the row update and its
+    notification on ``settings.notify_channel`` (with ``status`` and
+    ``epochs``; see ``_NOTIFY``) commit together.
     """
     from psycopg2 import sql
 
@@ -316,10 +331,13 @@ def write(
         **_params(Record(ref, "ingested", event_id=event_id, epochs=epochs, duration_ms=duration_ms)),
         "force": force,
         "payload": payload,
+        "channel": settings.notify_channel,
+        "status": status,
     }
+    notify = sql.SQL(_NOTIFY if settings.notify_channel else "0")
     with _one_statement(conn) as cur:
-        cur.execute(sql.SQL(_WRITE).format(table=_table(settings)), params)
-        quicktest_id, outcome, reason, forced, updated = cur.fetchone()
+        cur.execute(sql.SQL(_WRITE).format(table=_table(settings), notify=notify), params)
+        quicktest_id, outcome, reason, forced, updated, _notified = cur.fetchone()
     quicktest_id = None if quicktest_id is None else int(quicktest_id)
     if outcome == "ingested":
         assert updated == 1, "an 'ingested' record went in without the row update"

@@ -16,6 +16,10 @@
 -- draw its ids); connect; use the schema. Nothing else. Re-running converges:
 -- whatever else the role held on these tables is revoked first.
 --
+-- The notification each row write sends in its own transaction,
+-- pg_notify(NOTIFY_CHANNEL, payload), needs no extra privilege: PostgreSQL lets
+-- every role NOTIFY (and LISTEN), so nothing is granted for it.
+--
 -- What PUBLIC (every role) gets by default and the function does not need is
 -- taken from PUBLIC: TEMPORARY on the database, and CREATE on schema public
 -- (granted to PUBLIC up to PostgreSQL 14). The non-superuser owners of tables in

@@ -1,0 +1,1 @@
+"""Settings of the tests' stand-in for the platform's Django project."""
