@@ -35,7 +35,10 @@ EXPECTED_COLUMNS = {
     "duration_ms": "double precision",
     "forced": "boolean",
     "created_at": "timestamp with time zone",
+    "md5_hash": "text",
+    "crc32c": "text",
 }
+ALL = ["0001.create-ingestions", "0002.delivery-outcomes"]
 COLUMNS_OF = (
     "SELECT column_name, data_type, is_nullable, column_default FROM information_schema.columns"
     " WHERE table_name = %s ORDER BY 1"
@@ -61,7 +64,7 @@ def _path_indexes(url: str, table: str) -> list[str]:
 
 def test_migrations_apply_to_an_empty_database_once(fresh_db: str) -> None:
     """Every migration applies to an empty database, the schema is as documented, and a rerun applies nothing."""
-    assert apply_migrations(fresh_db) == ["0001.create-ingestions"]
+    assert apply_migrations(fresh_db) == ALL
     assert apply_migrations(fresh_db) == []
     columns = query(
         fresh_db,
@@ -73,7 +76,8 @@ def test_migrations_apply_to_an_empty_database_once(fresh_db: str) -> None:
         name
         for (name,) in query(fresh_db, "SELECT indexname FROM pg_indexes WHERE tablename = %s", ("training_metrics_ingestions",))
     }
-    assert {"training_metrics_ingestions_one_ingested", "training_metrics_ingestions_object"} <= indexes
+    assert {"training_metrics_ingestions_one_ingested", "training_metrics_ingestions_object",
+            "training_metrics_ingestions_one_per_event"} <= indexes
     assert query(fresh_db, "SELECT to_regclass('ml_platform_quicktest')") == [(None,)]  # dev table never applied
 
 
@@ -82,11 +86,11 @@ def test_rollback_removes_the_table_and_migrate_restores_it(fresh_db: str) -> No
     apply_migrations(fresh_db)
     create_dev_platform_table(fresh_db)
     query(fresh_db, "INSERT INTO ml_platform_quicktest (gcs_artifacts_path) VALUES ('gs://b/q/9') RETURNING id")
-    assert rollback_migrations(fresh_db) == ["0001.create-ingestions"]
+    assert rollback_migrations(fresh_db) == ALL[::-1]
     assert query(fresh_db, "SELECT to_regclass('training_metrics_ingestions')") == [(None,)]
     assert query(fresh_db, "SELECT count(*) FROM ml_platform_quicktest") == [(1,)]  # platform data untouched
     assert rollback_migrations(fresh_db) == []
-    assert apply_migrations(fresh_db) == ["0001.create-ingestions"]
+    assert apply_migrations(fresh_db) == ALL
     assert query(fresh_db, "SELECT to_regclass('training_metrics_ingestions')") == [("training_metrics_ingestions",)]
 
 
@@ -137,12 +141,12 @@ def _cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedP
 def test_migrate_command(fresh_db: str) -> None:
     """`metrics-ingest migrate` applies, then says up to date; DATABASE_URL is read when no flag is given."""
     first = _cli("migrate", "--database-url", fresh_db)
-    assert (first.returncode, first.stdout.strip()) == (0, "applied 0001.create-ingestions"), first.stderr
+    assert (first.returncode, first.stdout.strip()) == (0, "\n".join(f"applied {m}" for m in ALL)), first.stderr
     assert "'ml_platform_quicktest' does not exist yet" in first.stderr
     second = _cli("migrate", env={"DATABASE_URL": fresh_db})
     assert (second.returncode, second.stdout.strip()) == (0, "up to date"), second.stderr
     rolled = _cli("migrate", "--database-url", fresh_db, "--rollback")
-    assert (rolled.returncode, rolled.stdout.strip()) == (0, "rolled back 0001.create-ingestions"), rolled.stderr
+    assert (rolled.returncode, rolled.stdout.strip()) == (0, "\n".join(f"rolled back {m}" for m in ALL[::-1])), rolled.stderr
     again = _cli("migrate", "--database-url", fresh_db, "--rollback", "--function-role", "fn")
     assert again.returncode == 2 and "do not go together" in again.stderr
 

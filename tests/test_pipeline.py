@@ -379,8 +379,8 @@ def test_memory_budget_makes_a_large_event_wait(platform_db: PlatformDb, artifac
 
     row_id, folder = platform_db.new_quicktest()
     resource = artifacts.upload(folder, dumps(v1_document(2)))
-    settings = platform_db.settings(max_metrics_bytes=1_000_003)  # a budget of its own
-    budget = memory_budget(settings)
+    settings = platform_db.settings(memory_budget_bytes=64 * 2**20 + 3)  # a budget of its own
+    budget = memory_budget(settings.memory_budget_bytes)
     results: list[IngestResult] = []
     with budget.hold(budget.capacity):
         worker = threading.Thread(target=lambda: results.append(_ingest(platform_db, resource, settings=settings)))

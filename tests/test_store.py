@@ -88,11 +88,9 @@ def test_row_source_counts_as_an_ingested_generation(platform_db: PlatformDb) ->
     with store.connection(settings) as conn:
         state = store.read_state(conn, settings, _ref(folder, 50))
         assert state == store.RowState(row_id, 50, True)
-        assert store.decide_before_download(state, _ref(folder, 50), force=False)[0] == "duplicate"
-        older = store.read_state(conn, settings, _ref(folder, 49))
-        assert store.decide_before_download(older, _ref(folder, 49), force=True)[0] == "superseded"
-        newer = store.read_state(conn, settings, _ref(folder, 51))
-        assert store.decide_before_download(newer, _ref(folder, 51), force=False) is None
+        assert store.check(conn, settings, _ref(folder, 50)).outcome == "duplicate"
+        assert store.check(conn, settings, _ref(folder, 49), force=True).outcome == "superseded"
+        assert store.check(conn, settings, _ref(folder, 51)).outcome is None
 
 
 def test_unreachable_database_is_transient() -> None:
