@@ -35,7 +35,7 @@ readonly APIS=(
 # measured worst case). The function and the job get the instance's memory less
 # the runtime as their budget, and one file at the cap must fit it alone.
 # Keep PARSE_COST in step with memory.py (tests/test_deploy.py compares them).
-readonly MEMORY_PARSE_COST=30
+readonly MEMORY_PARSE_COST=48
 readonly MEMORY_RUNTIME_MIB=256
 # Limits Cloud Run functions (2nd gen, event-driven) enforce; gcloud or the API
 # would refuse beyond them, after the build.

@@ -613,10 +613,10 @@ def test_a_policy_waits_for_a_new_log_metric(cloud: Cloud) -> None:
 def test_memory_rule_matches_the_function_budget() -> None:
     """deploy.sh's memory rule uses functions/ingest/memory.py's per-byte parse cost, and the default
     budget is what deploy.sh gives the default 1 GiB instance."""
-    from ingest import memory
+    from ingest import config, memory
 
     text = DEPLOY.read_text()
-    assert memory.BUDGET_BYTES == (1024 - 256) * 2**20
+    assert config.MEMORY_BUDGET_BYTES == (1024 - 256) * 2**20
     assert "readonly MEMORY_RUNTIME_MIB=256\n" in text
     assert f"readonly MEMORY_PARSE_COST={memory.PARSE_COST_PER_BYTE}\n" in text
 

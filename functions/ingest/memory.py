@@ -3,8 +3,9 @@
 Parsing a file costs many times its size in Python objects, and how many
 depends on how dense it is, not on how large: measured peaks
 (``bench/bench_memory.py``) are ~4.5x the file for a real training_metrics.json,
-~6x for ``[1,1,...]``, ~12x for ``[0.5,0.5,...]`` and ~27x for ``[{},{},...]``
-(each value an object and a pointer). The function serves several events at
+~6x for ``[1,1,...]``, ~12x for ``[0.5,0.5,...]``, ~28x for ``[{},{},...]`` and
+~44x for nested one-key objects (each value an object and a pointer), valid
+or not. The function serves several events at
 once (``--concurrency``) and ``replay`` runs several workers: without a budget,
 a few dense files arriving together exceed the instance's memory and kill
 every event in flight. So each event is admitted at the worst case,
@@ -32,10 +33,11 @@ if TYPE_CHECKING:
 
 # Memory per byte of file at the worst, the downloaded bytes, the decoded text
 # and the pre-parse scan included: the worst shape measured by
-# bench/bench_memory.py is nested one-key objects ('{"":{"":{}}},...'), ~35x
-# (each level a 184-byte dict for 5 bytes of text); schema-invalid files cost
-# no more (their errors never copy the failing value: ingest.document).
-PARSE_COST_PER_BYTE = 40
+# bench/bench_memory.py is nested one-key objects ('{"":{"":{"":{}}}},...'),
+# ~44x (each level a 184-byte dict for 5 bytes of text), with 10% to spare;
+# schema-invalid files cost no more (their errors never copy the failing
+# value: ingest.document). 16 MiB x 48 is the default budget, 768 MiB.
+PARSE_COST_PER_BYTE = 48
 
 
 class MemoryBudget:
