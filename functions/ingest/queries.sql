@@ -21,7 +21,8 @@
 -- Both decisions read the same facts:
 --   q       the QuickTest row of the object's folder (at most one);
 --   prior   this very event's record, if it was already settled (a redelivery,
---           or a retried step whose first commit went through unacknowledged);
+--           or a retried step whose first commit went through unacknowledged):
+--           the event is then a 'duplicate', and nothing is recorded again;
 --   newest  the newest generation the row holds by the log: 'ingested', or
 --           'unchanged' (the same bytes under a newer generation: for the
 --           generation guard it counts as written, so a generation between the
@@ -70,13 +71,13 @@ WITH q AS (
       FROM (SELECT 1) one LEFT JOIN q ON true
 ), d AS (
     SELECT g.id, g.current, g.this_one OR g.current = :'generation' AS done, p.outcome IS NOT NULL AS settled,
-           CASE WHEN p.outcome IS NOT NULL THEN p.outcome
+           CASE WHEN p.outcome IS NOT NULL THEN 'duplicate'
                 WHEN g.id IS NULL THEN 'no_matching_row'
                 WHEN (g.this_one OR g.current = :'generation') AND NOT :'force'::boolean THEN 'duplicate'
                 WHEN g.current > :'generation' THEN 'superseded'
                 WHEN g.same_bytes AND g.hashed_generation = g.current AND NOT :'force'::boolean THEN 'unchanged'
            END AS outcome,
-           CASE WHEN p.outcome IS NOT NULL THEN p.reason
+           CASE WHEN p.outcome IS NOT NULL THEN 'this event was already handled: ' || p.outcome
                 WHEN g.id IS NULL THEN :'no_row'
                 WHEN (g.this_one OR g.current = :'generation') AND NOT :'force'::boolean THEN :'duplicate'
                 WHEN g.current > :'generation' THEN 'the row already holds newer generation ' || g.current
@@ -135,14 +136,14 @@ WITH q AS (
       FROM (SELECT 1) one LEFT JOIN q ON true
 ), d AS (
     SELECT g.id, g.current, g.current = :'generation' AS forced, p.outcome IS NOT NULL AS settled,
-           CASE WHEN p.outcome IS NOT NULL THEN p.outcome
+           CASE WHEN p.outcome IS NOT NULL THEN 'duplicate'
                 WHEN g.id IS NULL THEN 'no_matching_row'
                 WHEN g.current IS NULL OR :'generation' > g.current THEN 'ingested'
                 WHEN :'generation' < g.current THEN 'superseded'
                 WHEN NOT :'force'::boolean THEN 'duplicate'
                 ELSE 'ingested'
            END AS outcome,
-           p.reason AS prior_reason
+           'this event was already handled: ' || p.outcome AS prior_reason
       FROM g LEFT JOIN prior p ON true
 ), e AS (
     SELECT d.*,
