@@ -40,9 +40,9 @@ from ingest.errors import TransientError
 from ingest.objects import ObjectRef
 from ingest.pipeline import IngestResult, ingest_object, is_metrics_object
 
-# The five outcomes of the function, plus ours for an object that could not
+# The outcomes of the function, plus ours for an object that could not
 # be processed at all (a transient fault that outlived the retries).
-OUTCOMES = ("ingested", "duplicate", "superseded", "no_matching_row", "rejected", "failed")
+OUTCOMES = ("ingested", "duplicate", "superseded", "no_matching_row", "rejected", "unchanged", "expired", "failed")
 # What a dry run reports: what *would* happen.
 DRY_RUN_LABELS = {
     "ingested": "would ingest",
@@ -50,6 +50,8 @@ DRY_RUN_LABELS = {
     "superseded": "superseded",
     "no_matching_row": "no row",
     "rejected": "would reject",
+    "unchanged": "unchanged",
+    "expired": "expired",
     "failed": "failed",
 }
 BAD_OUTCOMES = ("rejected", "failed")
