@@ -464,13 +464,13 @@ BAD_SETTINGS = {
     "20-digit concurrency": (REQUIRED_FLAGS + ["--concurrency", "9" * 20], {},
                              "--concurrency (DEPLOY_CONCURRENCY) must be a whole number from 1 to 1000"),
     "memory below the memory budget": (REQUIRED_FLAGS + ["--memory", "512Mi"], {},
-                                       "--memory (DEPLOY_MEMORY) 512Mi is below the 736Mi the function's memory budget needs"),
+                                       "--memory (DEPLOY_MEMORY) 512Mi is below the 1024Mi the function's memory budget needs"),
     "the job needs memory for one file": (REQUIRED_FLAGS + ["--memory", "4Gi", "--reconcile-memory", "1Gi"],
                                           {"DEPLOY_MAX_METRICS_BYTES": str(64 * 2**20)},
-                                          "--reconcile-memory (DEPLOY_RECONCILE_MEMORY) 1Gi is below the 2176Mi"),
+                                          "--reconcile-memory (DEPLOY_RECONCILE_MEMORY) 1Gi is below the 3328Mi"),
     "bigger files need more memory": (REQUIRED_FLAGS + ["--reconcile-memory", "8Gi"],
                                       {"DEPLOY_MAX_METRICS_BYTES": str(128 * 2**20)},
-                                      "is below the 4096Mi the function's memory budget needs for --max-metrics-bytes"),
+                                      "is below the 6400Mi the function's memory budget needs for --max-metrics-bytes"),
     "pool size zero": (REQUIRED_FLAGS + ["--db-pool-size", "0"], {},
                        "--db-pool-size (DEPLOY_DB_POOL_SIZE) must be a whole number from 1 to 100"),
     "too many connections": (REQUIRED_FLAGS + ["--db-max-connections", "80", "--reconcile-tasks", "4"], {},
@@ -669,7 +669,7 @@ def test_a_policy_waits_for_a_new_log_metric(cloud: Cloud) -> None:
     """While a just-created log metric is not yet visible to alerting ("Cannot find metric(s)"), creating the
     policy is tried again after a wait instead of failing the deploy."""
     cloud.set_state({"bucket_locations": {BUCKET: "EUROPE-CENTRAL2"}, "policy_metric_lag": 2})
-    done = cloud.run(*REQUIRED_FLAGS, "--source", str(cloud.source), "--no-reconcile",
+    done = cloud.run(*REQUIRED_FLAGS, "--source", str(cloud.source), "--no-reconcile", "--no-dead-letter",
                      env={"DEPLOY_METRIC_WAIT_SECONDS": "0"})
     assert done.returncode == 0, done.stderr
     creates = [c for c in cloud.calls() if c[:4] == ["alpha", "monitoring", "policies", "create"]]
@@ -722,7 +722,7 @@ def test_every_command_is_accepted_by_the_real_gcloud_parser(cloud: Cloud, tmp_p
          "--runtime-sa", f"fn-runtime@{PROJECT}.iam.gserviceaccount.com", "--trigger-sa", "fn-trigger",
          "--db-password-secret", "pw:3", "--cpu", "0.5", "--concurrency", "1", "--function-name", "ingest"],
         [*REQUIRED_FLAGS, "--source", str(cloud.source), "--dry-run", "--reconcile-prefix", "quick_tests/",
-         "--reconcile-since", "90s", "--reconcile-tasks", "16", "--reconcile-workers", "8", "--schedule", "*/30 1-5 * * 1",
+         "--reconcile-since", "90s", "--max-event-age", "60s", "--reconcile-tasks", "16", "--reconcile-workers", "8", "--schedule", "*/30 1-5 * * 1",
          "--time-zone", "Europe/Warsaw", "--notification-channel", f"projects/{PROJECT}/notificationChannels/42",
          "--max-metrics-bytes", "1048576", "--memory", "512Mi", "--db-pool-size", "4"],
         [*TEARDOWN_FLAGS, "--dry-run", "--mlflow-service-account", MLFLOW_SA, "--mlflow-build-trigger-region",
