@@ -97,12 +97,18 @@ def queries() -> dict[str, str]:
 
         print(queries()["check"])
     """
+    return {name: _VARIABLE.sub(r"%(\1)s", body) for name, body in psql_queries().items()}
+
+
+@functools.cache
+def psql_queries() -> dict[str, str]:
+    """The statements of ``queries.sql`` by name as written (psql variables), comment lines dropped."""
     text = resources.files("ingest").joinpath(_QUERIES_FILE).read_text("utf-8")
     parts = _SECTION.split(text)
     found = {}
     for name, body in zip(parts[1::2], parts[2::2]):
         lines = [line for line in body.splitlines() if line.strip() and not line.lstrip().startswith("--")]
-        found[name] = _VARIABLE.sub(r"%(\1)s", "\n".join(lines)).strip()
+        found[name] = "\n".join(lines).strip()
     return found
 
 
