@@ -224,7 +224,7 @@ class Settings:
         metrics_filename: the base name that is ingested (``METRICS_FILENAME``).
         max_metrics_bytes: larger objects are rejected (``MAX_METRICS_BYTES``),
             default 16 MiB, at most 256 MiB; also caps the decompressed size of
-            gzip objects. Above ~19 MiB a single dense file may exceed a 1 GiB instance.
+            gzip objects. Above 16 MiB a single dense file may exceed a 1 GiB instance (48x: ingest.memory).
         gcs_timeout: seconds to wait for GCS to connect / send data
             (``GCS_TIMEOUT_SECONDS``, default 30, at most 3600).
         db_connect_timeout: seconds to wait for a database connection
