@@ -35,7 +35,7 @@ readonly APIS=(
 # measured worst case). The function and the job get the instance's memory less
 # the runtime as their budget, and one file at the cap must fit it alone.
 # Keep PARSE_COST in step with memory.py (tests/test_deploy.py compares them).
-readonly MEMORY_PARSE_COST=30
+readonly MEMORY_PARSE_COST=48
 readonly MEMORY_RUNTIME_MIB=256
 # Limits Cloud Run functions (2nd gen, event-driven) enforce; gcloud or the API
 # would refuse beyond them, after the build.
@@ -81,6 +81,16 @@ Deploy, optional:
   --max-metrics-bytes N        DEPLOY_MAX_METRICS_BYTES: default 16777216; larger files are rejected unread
                                (--memory must hold the function's memory budget: refused otherwise)
   --db-pool-size N             DEPLOY_DB_POOL_SIZE: default 8, database connections per function instance
+  --max-event-age DURATION     DEPLOY_MAX_EVENT_AGE: default 6h (s, m or h, at most 24h): an older event that
+                               would be retried is recorded expired and acknowledged; it must be under
+                               --reconcile-since, whose nightly run ingests the object instead
+Dead letters (what still exhausts its delivery attempts):
+  --no-dead-letter             DEPLOY_NO_DEAD_LETTER=1: no dead-letter topic on the trigger's subscription
+                               (one an earlier deploy set is cleared)
+  --dead-letter-topic NAME     DEPLOY_DEAD_LETTER_TOPIC: default FUNCTION_NAME-dead-letter, with a
+                               subscription NAME-hold that keeps its messages 7 days (and an alert)
+  --max-delivery-attempts N    DEPLOY_MAX_DELIVERY_ATTEMPTS: default 50 (5..100), deliveries before an
+                               event goes to the dead-letter topic
   --db-max-connections N       DEPLOY_DB_MAX_CONNECTIONS: optional, the database's max_connections left for us;
                                refused when max-instances x pool size + job tasks x workers exceeds it
   --source DIR                 DEPLOY_SOURCE: default $SCRIPT_DIR/functions
@@ -173,6 +183,10 @@ SOURCE_DIR=${DEPLOY_SOURCE:-$SCRIPT_DIR/functions}
 MAX_METRICS_BYTES=${DEPLOY_MAX_METRICS_BYTES:-16777216}
 DB_POOL_SIZE=${DEPLOY_DB_POOL_SIZE:-8}
 DB_MAX_CONNECTIONS=${DEPLOY_DB_MAX_CONNECTIONS:-}
+MAX_EVENT_AGE=${DEPLOY_MAX_EVENT_AGE:-6h}
+NO_DEAD_LETTER=${DEPLOY_NO_DEAD_LETTER:-0}
+DEAD_LETTER_TOPIC=${DEPLOY_DEAD_LETTER_TOPIC:-}
+MAX_DELIVERY_ATTEMPTS=${DEPLOY_MAX_DELIVERY_ATTEMPTS:-50}
 NO_RECONCILE=${DEPLOY_NO_RECONCILE:-0}
 RECONCILE_JOB=${DEPLOY_RECONCILE_JOB:-metrics-ingest-reconcile}
 RECONCILE_PREFIX=${DEPLOY_RECONCILE_PREFIX:-}
@@ -208,7 +222,8 @@ DEPLOY_FLAGS+=" --metrics-filename --memory --cpu --timeout --concurrency --max-
 DEPLOY_FLAGS+=" --max-metrics-bytes --db-pool-size --db-max-connections --no-reconcile --reconcile-job"
 DEPLOY_FLAGS+=" --reconcile-prefix --reconcile-since --reconcile-tasks --reconcile-workers --reconcile-memory"
 DEPLOY_FLAGS+=" --reconcile-sa --reconcile-source --schedule --time-zone --scheduler-sa --no-alerts"
-DEPLOY_FLAGS+=" --notification-channel --config-dir "
+DEPLOY_FLAGS+=" --notification-channel --config-dir --max-event-age --no-dead-letter --dead-letter-topic"
+DEPLOY_FLAGS+=" --max-delivery-attempts "
 TEARDOWN_FLAGS=" --project --region --mlflow-service --mlflow-sql-instance --mlflow-build-trigger"
 TEARDOWN_FLAGS+=" --mlflow-build-trigger-region --mlflow-service-account --final-backup-days"
 TEARDOWN_FLAGS+=" --database-url --quicktest-table --yes --force --dry-run "
@@ -227,10 +242,11 @@ while [[ $# -gt 0 ]]; do
     die_usage "unknown argument '$arg' for $ACTION"
   fi
   case $name in
-    --dry-run | --yes | --force | --no-reconcile | --no-alerts)
+    --dry-run | --yes | --force | --no-reconcile | --no-alerts | --no-dead-letter)
       [[ $arg == *=* ]] && die_usage "$name takes no value"
       case $name in
         --dry-run) DRY_RUN=1 ;;
+        --no-dead-letter) NO_DEAD_LETTER=1 ;;
         --no-reconcile) NO_RECONCILE=1 ;;
         --no-alerts) NO_ALERTS=1 ;;
         --yes) YES=1 ;;
@@ -269,6 +285,9 @@ while [[ $# -gt 0 ]]; do
     --max-metrics-bytes) MAX_METRICS_BYTES=$value ;;
     --db-pool-size) DB_POOL_SIZE=$value ;;
     --db-max-connections) DB_MAX_CONNECTIONS=$value ;;
+    --max-event-age) MAX_EVENT_AGE=$value ;;
+    --dead-letter-topic) DEAD_LETTER_TOPIC=$value ;;
+    --max-delivery-attempts) MAX_DELIVERY_ATTEMPTS=$value ;;
     --reconcile-job) RECONCILE_JOB=$value ;;
     --reconcile-prefix) RECONCILE_PREFIX=$value ;;
     --reconcile-since) RECONCILE_SINCE=$value ;;
@@ -293,6 +312,8 @@ while [[ $# -gt 0 ]]; do
 done
 
 # --- validation (before any gcloud call) ---------------------------------------
+
+DEAD_LETTER_TOPIC=${DEAD_LETTER_TOPIC:-$FUNCTION_NAME-dead-letter}
 
 # sa_email NAME|EMAIL: the account's email (a bare name is this project's).
 sa_email() {
@@ -333,6 +354,17 @@ memory_needed_mib() {
 # The memory budget (bytes) of an instance of SIZE: what the runtime leaves.
 memory_budget_bytes() {
   echo $((($(mebibytes "$1") - MEMORY_RUNTIME_MIB) * 1048576))
+}
+
+# seconds DURATION: a number and s, m, h or d, in seconds; nothing when malformed.
+seconds() {
+  [[ $1 =~ ^([1-9][0-9]{0,6})([smhd])$ ]] || return 0
+  case ${BASH_REMATCH[2]} in
+    s) printf '%s' "${BASH_REMATCH[1]}" ;;
+    m) printf '%s' $((BASH_REMATCH[1] * 60)) ;;
+    h) printf '%s' $((BASH_REMATCH[1] * 3600)) ;;
+    d) printf '%s' $((BASH_REMATCH[1] * 86400)) ;;
+  esac
 }
 
 mebibytes() {
@@ -427,6 +459,26 @@ if [[ $ACTION == deploy ]]; then
   fi
   if [[ ! $FUNCTION_BUCKET_ROLE =~ ^(roles|projects/[a-z][-a-z0-9]{4,28}[a-z0-9]/roles|organizations/[0-9]+/roles)/[A-Za-z0-9_.]{3,64}$ ]]; then
     ERRORS+=("DEPLOY_FUNCTION_BUCKET_ROLE must be a role name such as roles/storage.legacyObjectReader or projects/P/roles/ID; got '$FUNCTION_BUCKET_ROLE'")
+  fi
+  # The function's own rule (ingest.config): a number and s, m or h, from 1s to 24h.
+  age_s=$(seconds "$MAX_EVENT_AGE")
+  if [[ $MAX_EVENT_AGE != *d && -n $age_s ]] && ((age_s <= 86400)); then
+    since_s=$(seconds "$RECONCILE_SINCE")
+    if [[ $NO_RECONCILE == 0 && -n $since_s ]] && ((age_s >= since_s)); then
+      ERRORS+=("--max-event-age (DEPLOY_MAX_EVENT_AGE) $MAX_EVENT_AGE must be under the reconciliation window --reconcile-since $RECONCILE_SINCE: an expired event's object is ingested by the nightly reconciliation, which must still list it")
+    fi
+  else
+    ERRORS+=("--max-event-age (DEPLOY_MAX_EVENT_AGE) must be a duration from 1s to 24h such as 90s, 30m or 6h; got '$MAX_EVENT_AGE'")
+  fi
+  check_bool "$NO_DEAD_LETTER" DEPLOY_NO_DEAD_LETTER
+  if [[ $NO_DEAD_LETTER == 0 ]]; then
+    check_int "$MAX_DELIVERY_ATTEMPTS" 5 100 --max-delivery-attempts DEPLOY_MAX_DELIVERY_ATTEMPTS
+    # A Pub/Sub topic id: a letter, then letters, digits and - _ . ~ + %, 3 to 255 (less the -hold suffix).
+    check "$DEAD_LETTER_TOPIC" '^[A-Za-z][-A-Za-z0-9_.~+%]{2,249}$' --dead-letter-topic DEPLOY_DEAD_LETTER_TOPIC \
+      "a Pub/Sub topic id (a letter, then letters, digits, - _ . ~ + %; at most 250)"
+    if [[ $DEAD_LETTER_TOPIC == goog* ]]; then
+      ERRORS+=("--dead-letter-topic (DEPLOY_DEAD_LETTER_TOPIC) must not start with 'goog'; got '$DEAD_LETTER_TOPIC'")
+    fi
   fi
   check_bool "$NO_RECONCILE" DEPLOY_NO_RECONCILE
   check_bool "$NO_ALERTS" DEPLOY_NO_ALERTS
@@ -675,7 +727,7 @@ do_deploy() {
   database_url="host=/cloudsql/$INSTANCE dbname=$DB_NAME user=$DB_USER"
   env_vars="DATABASE_URL=$database_url,QUICKTEST_TABLE=$QUICKTEST_TABLE,METRICS_FILENAME=$METRICS_FILENAME"
   env_vars+=",MAX_METRICS_BYTES=$MAX_METRICS_BYTES,MEMORY_BUDGET_BYTES=$(memory_budget_bytes "$MEMORY")"
-  env_vars+=",DB_POOL_SIZE=$DB_POOL_SIZE"
+  env_vars+=",DB_POOL_SIZE=$DB_POOL_SIZE,MAX_EVENT_AGE=$MAX_EVENT_AGE"
   env_vars+=",PGAPPNAME=$FUNCTION_NAME,PGCONNECT_TIMEOUT=10"
 
   run gcloud functions deploy "$FUNCTION_NAME" --gen2 --project="$PROJECT" --region="$REGION" \
@@ -704,12 +756,55 @@ do_deploy() {
       --add-cloudsql-instances="$INSTANCE"
   fi
 
+  configure_dead_letter "$location"
+
   if [[ $DRY_RUN == 0 ]]; then
     note "deployed $FUNCTION_NAME: gs://$BUCKET uploads of */$METRICS_FILENAME are ingested into $DB_NAME.$QUICKTEST_TABLE"
   fi
 
   [[ $NO_RECONCILE == 1 ]] || deploy_reconcile "$database_url" "$secret:$secret_version"
   [[ $NO_ALERTS == 1 ]] || deploy_alerts
+}
+
+# configure_dead_letter TRIGGER_LOCATION: a dead-letter topic on the Pub/Sub
+# subscription Eventarc made for the function's trigger, so that an event that
+# exhausts --max-delivery-attempts is kept (NAME-hold, 7 days) instead of being
+# dropped after Eventarc's 24 hours; the Pub/Sub service agent may publish to the
+# topic and acknowledge on the subscription. Re-runs converge: the topic and its
+# subscription are created once, the bindings and the policy set again;
+# --no-dead-letter clears a policy an earlier deploy set.
+configure_dead_letter() {
+  local location=$1 trigger subscription topic=$DEAD_LETTER_TOPIC number agent policy
+  trigger=$(lookup EVENTARC_TRIGGER gcloud functions describe "$FUNCTION_NAME" --gen2 --project="$PROJECT" \
+    --region="$REGION" --format='value(eventTrigger.trigger)')
+  subscription=$(lookup TRIGGER_SUBSCRIPTION gcloud eventarc triggers describe "${trigger##*/}" \
+    --project="$PROJECT" --location="$location" --format='value(transport.pubsub.subscription)')
+  if [[ $NO_DEAD_LETTER == 1 ]]; then
+    policy=$(current gcloud pubsub subscriptions describe "$subscription" --project="$PROJECT" \
+      --format='value(deadLetterPolicy.deadLetterTopic)')
+    if [[ -n $policy ]]; then
+      run gcloud pubsub subscriptions update "$subscription" --project="$PROJECT" --clear-dead-letter-policy
+    fi
+    return 0
+  fi
+  if ! exists gcloud pubsub topics list --project="$PROJECT" --filter="name=projects/$PROJECT/topics/$topic" \
+    --format='value(name)'; then
+    run gcloud pubsub topics create "$topic" --project="$PROJECT"
+  fi
+  # A topic drops what no subscription holds: this one keeps dead letters for the runbook.
+  if ! exists gcloud pubsub subscriptions list --project="$PROJECT" \
+    --filter="name=projects/$PROJECT/subscriptions/$topic-hold" --format='value(name)'; then
+    run gcloud pubsub subscriptions create "$topic-hold" --project="$PROJECT" --topic="$topic" \
+      --message-retention-duration=7d --expiration-period=never
+  fi
+  number=$(lookup PROJECT_NUMBER gcloud projects describe "$PROJECT" --format='value(projectNumber)')
+  agent="service-$number@gcp-sa-pubsub.iam.gserviceaccount.com"
+  run gcloud pubsub topics add-iam-policy-binding "$topic" --project="$PROJECT" \
+    --member="serviceAccount:$agent" --role=roles/pubsub.publisher
+  run gcloud pubsub subscriptions add-iam-policy-binding "$subscription" --project="$PROJECT" \
+    --member="serviceAccount:$agent" --role=roles/pubsub.subscriber
+  run gcloud pubsub subscriptions update "$subscription" --project="$PROJECT" \
+    --dead-letter-topic="projects/$PROJECT/topics/$topic" --max-delivery-attempts="$MAX_DELIVERY_ATTEMPTS"
 }
 
 # grant_cloudsql_client EMAIL: roles/cloudsql.client on the one instance only,
@@ -890,7 +985,7 @@ deploy_alerts() {
   cat >"$CONFIG_DIR/log-metric.json" <<EOF
 {
   "name": $(json_string "$metric"),
-  "description": $(json_string "Training metrics ingestion outcomes (ingested, duplicate, superseded, no_matching_row, rejected, retry, error) logged by $FUNCTION_NAME and its reconciliation job"),
+  "description": $(json_string "Training metrics ingestion outcomes (ingested, duplicate, superseded, no_matching_row, rejected, unchanged, expired, retry, error) logged by $FUNCTION_NAME and its reconciliation job"),
   "filter": $(json_string "$logs_filter"),
   "metricDescriptor": {
     "metricKind": "DELTA",
@@ -937,6 +1032,28 @@ First: open the execution in Cloud Run > Jobs > $RECONCILE_JOB and read the fail
         "metric.type=\"run.googleapis.com/job/completed_execution_count\" AND $job_resource AND resource.label.job_name=\"$RECONCILE_JOB\" AND metric.label.result=\"failed\"" \
         300s 0 0s)" >"$CONFIG_DIR/alert-reconcile-failed.json"
     apply_policy "$CONFIG_DIR/alert-reconcile-failed.json"
+  fi
+
+  if [[ $NO_DEAD_LETTER == 0 ]]; then
+    local hold="$DEAD_LETTER_TOPIC-hold" condition
+    doc="An event exhausted its $MAX_DELIVERY_ATTEMPTS delivery attempts and waits in the dead-letter subscription $hold (kept 7 days): the function could not answer it at all (a crash, out of memory, a timeout, a configuration error).
+First: pull it without acknowledging (gcloud pubsub subscriptions pull $hold --project $PROJECT --limit 10 --format=json), read the object it names, fix the cause, replay that object (metrics-ingest replay gs://BUCKET/FOLDER), then acknowledge the message. The runbook: docs/operations.md, Dead letters."
+    condition=$(cat <<EOF
+    {
+      "displayName": $(json_string "$hold: undelivered messages"),
+      "conditionThreshold": {
+        "filter": $(json_string "metric.type=\"pubsub.googleapis.com/subscription/num_undelivered_messages\" AND resource.type=\"pubsub_subscription\" AND resource.label.subscription_id=\"$hold\""),
+        "aggregations": [{"alignmentPeriod": "300s", "perSeriesAligner": "ALIGN_MAX", "crossSeriesReducer": "REDUCE_SUM"}],
+        "comparison": "COMPARISON_GT",
+        "thresholdValue": 0,
+        "duration": "0s",
+        "trigger": {"count": 1}
+      }
+    }
+EOF
+)
+    policy_json "$FUNCTION_NAME: dead-lettered events" ERROR "$doc" "$condition" >"$CONFIG_DIR/alert-dead-letter.json"
+    apply_policy "$CONFIG_DIR/alert-dead-letter.json"
   fi
   [[ $DRY_RUN == 1 ]] || note "alerts: log metric $metric and the alert policies are in place (files in $CONFIG_DIR)"
 }

@@ -3,8 +3,9 @@
 1. Non-matching events (model files) through a real functions-framework server:
    p50 latency and events/s, against an empty CloudEvent function served the same way.
 2. A matching metrics file (50 epochs x 140 metrics + 4 histograms x 50 bins):
-   p50/p95 from posting the event to the committed row, against the floor
-   (bare download + json.loads + one UPDATE, in process, same emulator and database).
+   p50/p95 from posting the event to the committed row, against the floor: a
+   minimal CloudEvent function served the same way (functions-framework; download
+   + json.loads + one UPDATE), so both sides pay the request, same emulator and database.
 3. Cold start: importing functions/main.py in a fresh interpreter, against
    importing functions_framework alone (what any Python function pays).
 4. Row lookup by gcs_artifacts_path on a 1,000,000-row platform table (after
@@ -68,6 +69,40 @@ EMPTY_FUNCTION = textwrap.dedent(
     @functions_framework.cloud_event
     def noop(cloud_event):
         return None
+    '''
+)
+
+
+# The floor of section 2: what any function that ingests the file must do, served
+# like ours (a lazy client and one connection, reused across events).
+FLOOR_FUNCTION = textwrap.dedent(
+    '''
+    import json
+    import os
+    import threading
+
+    import functions_framework
+    import psycopg2
+    from google.cloud import storage
+
+    _lock = threading.Lock()
+    _state = {}
+
+    @functions_framework.cloud_event
+    def floor(cloud_event):
+        data = cloud_event.data
+        with _lock:
+            if "client" not in _state:
+                _state["client"] = storage.Client()
+                _state["conn"] = psycopg2.connect(os.environ["DATABASE_URL"])
+            blob = _state["client"].bucket(data["bucket"]).blob(data["name"], generation=int(data["generation"]))
+            raw = blob.download_as_bytes(raw_download=True)
+            json.loads(raw)
+            folder = "gs://" + data["bucket"] + "/" + data["name"].rsplit("/", 1)[0]
+            conn = _state["conn"]
+            with conn, conn.cursor() as cur:
+                cur.execute("UPDATE ml_platform_quicktest SET training_history_json = %s::jsonb"
+                            " WHERE gcs_artifacts_path = %s", (raw.decode(), folder))
     '''
 )
 
@@ -153,6 +188,8 @@ def event(resource: dict[str, Any]) -> tuple[dict[str, str], bytes]:
 
 
 def resource_of(blob: storage.Blob) -> dict[str, Any]:
+    # No md5Hash/crc32c: every generation here holds the same bytes, which the
+    # function would decide 'unchanged' without a download; the full path is measured.
     return {
         "bucket": blob.bucket.name,
         "name": blob.name,
@@ -220,9 +257,10 @@ def bench_nonmatching(ours: str, empty: str, n: int) -> None:
 # ---------------------------------------------------------------- 2. matching file
 
 
-def bench_matching(targets: dict[str, tuple[str, Path]], db_url: str, files: int, metrics: int,
+def bench_matching(targets: dict[str, tuple[str, Path]], floor_url: str, db_url: str, files: int, metrics: int,
                    db_latency_ms: float = 0.0) -> None:
-    """``targets``: label ('after', maybe 'before') -> (function URL, its log file)."""
+    """``targets``: label ('after', maybe 'before') -> (function URL, its log file); ``floor_url``: the
+    minimal function (FLOOR_FUNCTION) served the same way."""
     doc = megabyte_document(metrics)
     data = json.dumps(doc, indent=2).encode()
     bucket = storage.Client().bucket(BUCKET)
@@ -242,33 +280,27 @@ def bench_matching(targets: dict[str, tuple[str, Path]], db_url: str, files: int
     def e2e(session: requests.Session, label: str) -> float:
         resource = upload(label)
         headers, body = event(resource)
+        url = floor_url if label == "floor" else targets[label][0]
         t = time.perf_counter()
-        response = session.post(targets[label][0], headers=headers, data=body)
+        response = session.post(url, headers=headers, data=body)
         elapsed = time.perf_counter() - t
         assert response.status_code == 200, response.text
         return elapsed
 
-    def floor() -> float:
-        resource = upload("floor")
-        t = time.perf_counter()
-        raw = bucket.blob(resource["name"], generation=int(resource["generation"])).download_as_bytes(raw_download=True)
-        json.loads(raw)
-        with conn, conn.cursor() as cur:
-            cur.execute("UPDATE ml_platform_quicktest SET training_history_json = %s::jsonb WHERE id = %s",
-                        (raw.decode(), row_ids["floor"]))  # fmt: skip
-        return time.perf_counter() - t
+    def floor(session: requests.Session) -> float:
+        return e2e(session, "floor")
 
     times: dict[str, list[float]] = {label: [] for label in [*targets, "floor"]}
     with requests.Session() as session:
         for label in targets:  # warm up: first-use imports, pool, validator
             e2e(session, label)
-        floor()
+        floor(session)
         for i in range(files):
             # Alternating order: neither side always runs right after the other.
             order = list(targets) if i % 2 == 0 else list(reversed(targets))
             for label in order:
                 times[label].append(e2e(session, label))
-            times["floor"].append(floor())
+            times["floor"].append(floor(session))
     for label in targets:
         with conn, conn.cursor() as cur:
             cur.execute("SELECT training_history_json -> 'source' ->> 'generation' FROM ml_platform_quicktest"
@@ -284,14 +316,14 @@ def bench_matching(targets: dict[str, tuple[str, Path]], db_url: str, files: int
     print(f"\n2. Matching file, {len(data) / 1e6:.2f} MB (50 epochs x {metrics} metrics + 4 histograms x 50 bins, indent=2),"
           f" {files} generations (ratio to the floor)"
           + (f"; every database query {db_latency_ms:g} ms later (modelled latency)" if db_latency_ms else ""))  # fmt: skip
-    line("floor (download + json.loads + one UPDATE, in process): p50", f"{f50 * 1000:.1f} ms")
+    line("floor, served (download + json.loads + one UPDATE): p50", f"{f50 * 1000:.1f} ms")
     line("floor: p95", f"{f95 * 1000:.1f} ms")
     for label, (_, log) in targets.items():
         e50, e95 = pct(times[label], 50), pct(times[label], 95)
         line(f"[{label}] event -> committed row through the function: p50", f"{e50 * 1000:.1f} ms", e50 / f50,
-             "goal <= 1.25x")  # fmt: skip
+             "goal <= 1.2x")  # fmt: skip
         line(f"[{label}] event -> committed row through the function: p95", f"{e95 * 1000:.1f} ms", e95 / f95,
-             "goal <= 1.25x")  # fmt: skip
+             "goal <= 1.2x")  # fmt: skip
         own = [e["duration_ms"] for e in map(json.loads, filter(lambda x: x.startswith("{"), log.read_text().splitlines()))
                if e.get("outcome") == "ingested"][1:]  # fmt: skip
         line(f"[{label}]   of which inside ingest_object (its log's duration_ms): p50",
@@ -552,6 +584,8 @@ def run(args: argparse.Namespace, before: Path | None) -> None:
             os.environ.setdefault("GOOGLE_CLOUD_PROJECT", "bench")
             empty_source = Path(tmp) / "empty_main.py"
             empty_source.write_text(EMPTY_FUNCTION)
+            floor_source = Path(tmp) / "floor_main.py"
+            floor_source.write_text(FLOOR_FUNCTION)
             relays = contextlib.ExitStack()
             if args.db_latency_ms:
                 # Every query of the function and of the floor waits that long: a remote database.
@@ -563,6 +597,7 @@ def run(args: argparse.Namespace, before: Path | None) -> None:
                     function_server(ROOT / "functions" / "main.py", "ingest_training_metrics", env, Path(tmp) / "ours.log")
                 )
                 empty = servers.enter_context(function_server(empty_source, "noop", env, Path(tmp) / "empty.log"))
+                floor_url = servers.enter_context(function_server(floor_source, "floor", env, Path(tmp) / "floor.log"))
                 targets = {"after": (ours, Path(tmp) / "ours.log")}
                 if before is not None:
                     old_env = {**env, "PYTHONPATH": str(before / "functions")}
@@ -570,7 +605,7 @@ def run(args: argparse.Namespace, before: Path | None) -> None:
                                                                 "ingest_training_metrics", old_env, Path(tmp) / "old.log"))  # fmt: skip
                     targets = {"before": (old, Path(tmp) / "old.log"), **targets}
                 bench_nonmatching(ours, empty, args.events)
-                bench_matching(targets, db_url, args.files, args.metrics, args.db_latency_ms)
+                bench_matching(targets, floor_url, db_url, args.files, args.metrics, args.db_latency_ms)
 
 
 if __name__ == "__main__":

@@ -6,8 +6,12 @@ uses) and ``ingest.memory`` (the admission budget the pipeline holds), and
 printed as a ratio to a baseline measured in the same run:
 
 1. One file: peak RSS above the process's baseline, as a multiple of the file's
-   size, for dense shapes (``[1,1,...]``, ``[0.5,0.5,...]``, ``[{},{},...]``)
-   and a real file (the benchmark's 50 epochs x 140 metrics, scaled up).
+   size, against its admission weight (``PARSE_COST_PER_BYTE``), for dense
+   shapes (``[1,1,...]``, ``[0.5,0.5,...]``, ``[{},{},...]``, nested one-key
+   objects, the worst found), files that fail the schema where the failing
+   value is large (the hostile report's ``"zz": [{"":0}, ...]``, such objects
+   in a series or a parameter: their errors must not copy the value), and a
+   real file (the benchmark's 50 epochs x 140 metrics, scaled up).
    A file over ``MAX_METRICS_BYTES`` is rejected from the event's size,
    never downloaded: its row says so.
 2. An instance: ``--concurrency`` events at once (the deployed 8), each a
@@ -18,8 +22,8 @@ printed as a ratio to a baseline measured in the same run:
 
 Run from the repository root::
 
-    python bench/bench_memory.py                       # ~2 min on 2 cores, up to ~2 GB of memory
-    python bench/bench_memory.py --sizes 1 4 --shapes ints objects
+    python bench/bench_memory.py                       # ~3 min on 2 cores, up to ~2 GB of memory
+    python bench/bench_memory.py --sizes 4 16 --shapes nested report invalid-series
 """
 
 from __future__ import annotations
@@ -34,8 +38,18 @@ ROOT = Path(__file__).resolve().parents[1]
 MIB = 2**20
 INSTANCE_MEMORY = 1024 * MIB  # deploy.sh: --memory 1GiB
 
-# One element of each dense shape; the file is "[" + unit * n + "]".
-UNITS = {"ints": "1,", "floats": "0.5,", "objects": "{},"}
+NESTED = '{"":{"":{"":{"":{"":{}}}}}},'
+# Each dense shape as (head, unit, tail): the file is head + unit * n + tail.
+UNITS = {
+    "ints": ("[", "1,", "]"),
+    "floats": ("[", "0.5,", "]"),
+    "objects": ("[", "{},", "]"),
+    "nested": ("[", NESTED, "]"),
+    # Schema-invalid, the failing value large: the hostile report's file, and the worst shape in a series.
+    "report": ('{"epochs":[0],"loss":{"l":[1]},"zz":[', '{"":0},', "]}"),
+    "invalid-series": ('{"epochs":[0],"loss":{"l":[', NESTED, "]}}"),
+    "invalid-params": ('{"epochs":[0],"params":{"a":[', NESTED, "]}}"),
+}
 
 CHILD = r'''
 import json, os, sys, threading
@@ -77,9 +91,9 @@ def make(shape, size):
                 return {k: grow(v) for k, v in node.items()}
             return node
         return json.dumps(grow(doc)).encode()
-    unit = UNITS[shape].encode()
-    n = max(1, (size - 1) // len(unit))  # "[" + n units with the last comma made "]": at most ``size`` bytes
-    return b"[" + unit * (n - 1) + unit[:-1] + b"]"
+    head, unit, tail = (part.encode() for part in UNITS[shape])
+    n = max(1, (size - len(head) - len(tail)) // len(unit))  # the last unit's comma dropped: at most ``size`` bytes
+    return head + unit * (n - 1) + unit[:-1] + tail
 
 
 def prepare(data):
@@ -108,7 +122,7 @@ else:
     def event(i):
         ref = ObjectRef("b", f"q{i}/training_metrics.json", i + 1, size=size)
         try:
-            with memory_budget(settings).hold(memory_weight(ref, settings)):
+            with memory_budget(settings.memory_budget_bytes).hold(memory_weight(ref, settings.max_metrics_bytes)):
                 data = make(shape, size)  # the download: inside the hold, as in the pipeline
                 prepare(data)
                 del data
@@ -133,23 +147,27 @@ def child(mode: str, shape: str, size: int, concurrency: int = 1) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", type=float, nargs="+", default=[1, 4, 16, 64], help="file sizes in MiB")
-    parser.add_argument("--shapes", nargs="+", default=["ints", "floats", "objects", "real"])
+    parser.add_argument("--shapes", nargs="+", default=[*UNITS, "real"])
     parser.add_argument("--concurrency", type=int, default=8, help="events at once per instance (deployed: 8)")
-    parser.add_argument("--instance-shapes", nargs="+", default=["floats", "objects"])
+    parser.add_argument("--instance-shapes", nargs="+", default=["floats", "nested", "report"])
     args = parser.parse_args()
 
     print("1. one file: peak RSS above the process's baseline (file bytes included), as a multiple of the file")
-    print(f"   {'shape':8} {'size':>8} {'peak RSS':>10} {'over base':>10} {'x file':>7}")
+    from ingest.memory import PARSE_COST_PER_BYTE
+
+    print(f"   {'shape':15} {'size':>8} {'peak RSS':>10} {'over base':>10} {'x file':>7}  admitted at")
     for shape in args.shapes:
         for mib in args.sizes:
             r = child("one", shape, int(mib * MIB))
             if not r["admitted"]:
-                print(f"   {shape:8} {r['size'] / MIB:7.1f}M {'-':>10} {'-':>10} {'-':>7}  over MAX_METRICS_BYTES: "
+                print(f"   {shape:15} {r['size'] / MIB:7.1f}M {'-':>10} {'-':>10} {'-':>7}  over MAX_METRICS_BYTES: "
                       "rejected from the event's size, never downloaded")
                 continue
             over = r["peak"] - r["base"]
-            print(f"   {shape:8} {r['size'] / MIB:7.1f}M {r['peak'] / MIB:9.0f}M {over / MIB:9.0f}M "
-                  f"{(over + r['size']) / r['size']:6.1f}x")
+            ratio = (over + r["size"]) / r["size"]
+            verdict = "ok" if ratio <= PARSE_COST_PER_BYTE else "OVER"
+            print(f"   {shape:15} {r['size'] / MIB:7.1f}M {r['peak'] / MIB:9.0f}M {over / MIB:9.0f}M "
+                  f"{ratio:6.1f}x  {PARSE_COST_PER_BYTE}x {verdict}")
 
     print(f"\n2. an instance: {args.concurrency} events at once, each a file at MAX_METRICS_BYTES, "
           "through the memory budget")
@@ -158,7 +176,7 @@ def main() -> None:
     for shape in args.instance_shapes:
         r = child("instance", shape, 0, args.concurrency)
         assert not r["errors"], r["errors"]
-        print(f"   {shape:8} {args.concurrency} x {r['size'] / MIB:.1f} MiB: peak RSS {r['peak'] / MIB:.0f} MiB = "
+        print(f"   {shape:15} {args.concurrency} x {r['size'] / MIB:.1f} MiB: peak RSS {r['peak'] / MIB:.0f} MiB = "
               f"{r['peak'] / runtime:.1f}x the runtime, {r['peak'] / INSTANCE_MEMORY:.2f}x the 1 GiB instance "
               f"(MAX_METRICS_BYTES {r['cap']})")
 

@@ -15,6 +15,7 @@ Example (local)::
 
 from __future__ import annotations
 
+import datetime as dt
 import time
 from collections.abc import Mapping
 
@@ -68,7 +69,19 @@ def ingest_training_metrics(cloud_event: CloudEvent) -> None:
         log_event("ERROR", f"malformed event, acknowledged: {exc}", event_id=event_id, outcome="bad_event",
                   **_event_fields(data), duration_ms=round((time.perf_counter() - started) * 1000, 3))
         return
-    ingest_object(ref, settings=settings, event_id=event_id)
+    ingest_object(ref, settings=settings, event_id=event_id, event_time=_event_time(cloud_event))
+
+
+def _event_time(cloud_event: CloudEvent) -> dt.datetime | None:
+    """The CloudEvent's ``time`` (RFC 3339), or None when absent or unreadable: such
+    an event is retried as before, never expired on a guess."""
+    raw = cloud_event.get("time")
+    if not isinstance(raw, str):
+        return None
+    try:
+        return dt.datetime.fromisoformat(raw.replace("Z", "+00:00").replace("z", "+00:00"))
+    except ValueError:
+        return None
 
 
 def _event_fields(data: object) -> dict[str, str | None]:

@@ -20,7 +20,7 @@ if TYPE_CHECKING:
 
 # The five outcomes of the function, plus ours for an object that could not
 # be processed at all (a transient fault that outlived the retries).
-OUTCOMES = ("ingested", "duplicate", "superseded", "no_matching_row", "rejected", "failed")
+OUTCOMES = ("ingested", "duplicate", "superseded", "no_matching_row", "rejected", "unchanged", "expired", "failed")
 # What a dry run reports: what *would* happen.
 DRY_RUN_LABELS = {
     "ingested": "would ingest",
@@ -28,6 +28,8 @@ DRY_RUN_LABELS = {
     "superseded": "superseded",
     "no_matching_row": "no row",
     "rejected": "would reject",
+    "unchanged": "unchanged",
+    "expired": "expired",
     "failed": "failed",
 }
 BAD_OUTCOMES = ("rejected", "failed")

@@ -49,6 +49,8 @@ import psycopg2
 from psycopg2 import sql
 from psycopg2.extensions import encrypt_password
 
+from ingest.config import QUICKTEST_TABLE
+
 log = logging.getLogger(__name__)
 
 INGESTIONS_TABLE = "training_metrics_ingestions"
@@ -68,7 +70,7 @@ def grant_function_role(
     database_url: str | None,
     role: str,
     *,
-    quicktest_table: str = "ml_platform_quicktest",
+    quicktest_table: str = QUICKTEST_TABLE,
     password: str | None = None,
 ) -> None:
     """Create (if missing) the function's login role and grant it exactly what it needs.

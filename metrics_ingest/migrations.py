@@ -101,13 +101,13 @@ def create_dev_platform_table(database_url: str | None, table: str | None = None
     import psycopg2
     from psycopg2 import sql
 
-    from ingest.config import quicktest_table_parts
+    from ingest.config import QUICKTEST_TABLE, quicktest_table_parts
 
     text = DEV_PLATFORM_TABLE_SQL.read_text()
     conn = psycopg2.connect(database_url or "")
     try:
         with conn, conn.cursor() as cur:
-            if table and table != "ml_platform_quicktest":
+            if table and table != QUICKTEST_TABLE:
                 template = text.replace("{", "{{").replace("}", "}}").replace("ml_platform_quicktest", "{table}")
                 statement = sql.SQL(template).format(table=sql.Identifier(*quicktest_table_parts(table)))
                 cur.execute(statement)

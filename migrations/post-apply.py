@@ -22,9 +22,9 @@ INDEX_PREFIX = "metrics_ingest_gcs_path_"
 
 
 def ensure_path_index(conn):
-    from ingest.config import quicktest_table_parts
+    from ingest.config import Settings, quicktest_table_parts
 
-    table = os.environ.get("QUICKTEST_TABLE") or "ml_platform_quicktest"
+    table = Settings.quicktest_table_from_env()  # the one place settings are read
     parts = quicktest_table_parts(table)  # "table" or "schema.table"
     schema = parts[:-1]  # the index lives in the table's schema
     # A short, stable index name whatever the table is called.

@@ -9,6 +9,8 @@ import os
 
 import pytest
 
+from ingest.config import LIBRARY_ENV, Settings
+
 pytest_plugins = [
     "tests.support.postgres",
     "tests.support.gcs",
@@ -19,25 +21,9 @@ pytest_plugins = [
     "tests.support.mlflow_server",
 ]
 
-# The product's own settings: a developer's shell must not leak into a test.
-PRODUCT_ENV = (
-    "DATABASE_URL",
-    "QUICKTEST_TABLE",
-    "METRICS_FILENAME",
-    "MAX_METRICS_BYTES",
-    "STORAGE_EMULATOR_HOST",
-    "GCS_TIMEOUT_SECONDS",
-    "DB_CONNECT_TIMEOUT_SECONDS",
-    "DB_POOL_SIZE",
-    "NOTIFY_CHANNEL",
-    "PGHOST",
-    "PGPORT",
-    "PGUSER",
-    "PGPASSWORD",
-    "PGDATABASE",
-    "GOOGLE_CLOUD_PROJECT",
-    "GOOGLE_APPLICATION_CREDENTIALS",
-)
+# The product's own settings (Settings' list, so a new one is cleared too) and
+# those of the clients underneath: a developer's shell must not leak into a test.
+PRODUCT_ENV = (*Settings.ENV, *LIBRARY_ENV)
 
 
 @pytest.fixture(autouse=True)

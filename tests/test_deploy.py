@@ -53,7 +53,9 @@ POLICIES = {
     "alert-rejected-or-error.json": "ingest-training-metrics: files rejected or ingestion errors",
     "alert-retry-rate.json": "ingest-training-metrics: sustained ingestion retries",
     "alert-reconcile-failed.json": "metrics-ingest-reconcile: reconciliation execution failed",
+    "alert-dead-letter.json": "ingest-training-metrics: dead-lettered events",
 }
+DEAD_LETTER = "ingest-training-metrics-dead-letter"
 DB_URL = f"DATABASE_URL=host=/cloudsql/{CONNECTION} dbname=platform user=metrics_ingest_fn"
 
 
@@ -98,6 +100,35 @@ def expected_reconcile(*, tasks: int = 1) -> list[list[str]]:
          "--schedule=30 3 * * *", "--time-zone=Etc/UTC",
          f"--uri=https://run.googleapis.com/v2/projects/{PROJECT}/locations/{REGION}/jobs/{JOB}:run",
          "--http-method=POST", f"--oauth-service-account-email={SCHEDULER_SA}", "--attempt-deadline=180s"],
+    ]
+
+
+def expected_dead_letter(location: str) -> list[list[str]]:
+    """What the dead-letter part of a first deploy runs (dry run: the lookups' placeholders)."""
+    dry = location == "BUCKET_LOCATION"
+    trigger = "EVENTARC_TRIGGER" if dry else f"projects/{PROJECT}/locations/{REGION}/triggers/ingest-training-metrics-trigger"
+    subscription = ("TRIGGER_SUBSCRIPTION" if dry else
+                    f"projects/{PROJECT}/subscriptions/eventarc-{location}-ingest-training-metrics-trigger-sub")
+    agent = f"service-{'PROJECT_NUMBER' if dry else '123456789012'}@gcp-sa-pubsub.iam.gserviceaccount.com"
+    return [
+        ["functions", "describe", "ingest-training-metrics", "--gen2", f"--project={PROJECT}", f"--region={REGION}",
+         "--format=value(eventTrigger.trigger)"],
+        ["eventarc", "triggers", "describe", trigger.rsplit("/", 1)[-1], f"--project={PROJECT}",
+         f"--location={location}", "--format=value(transport.pubsub.subscription)"],
+        ["pubsub", "topics", "list", f"--project={PROJECT}", f"--filter=name=projects/{PROJECT}/topics/{DEAD_LETTER}",
+         "--format=value(name)"],
+        ["pubsub", "topics", "create", DEAD_LETTER, f"--project={PROJECT}"],
+        ["pubsub", "subscriptions", "list", f"--project={PROJECT}",
+         f"--filter=name=projects/{PROJECT}/subscriptions/{DEAD_LETTER}-hold", "--format=value(name)"],
+        ["pubsub", "subscriptions", "create", f"{DEAD_LETTER}-hold", f"--project={PROJECT}", f"--topic={DEAD_LETTER}",
+         "--message-retention-duration=7d", "--expiration-period=never"],
+        ["projects", "describe", PROJECT, "--format=value(projectNumber)"],
+        ["pubsub", "topics", "add-iam-policy-binding", DEAD_LETTER, f"--project={PROJECT}",
+         f"--member=serviceAccount:{agent}", "--role=roles/pubsub.publisher"],
+        ["pubsub", "subscriptions", "add-iam-policy-binding", subscription, f"--project={PROJECT}",
+         f"--member=serviceAccount:{agent}", "--role=roles/pubsub.subscriber"],
+        ["pubsub", "subscriptions", "update", subscription, f"--project={PROJECT}",
+         f"--dead-letter-topic=projects/{PROJECT}/topics/{DEAD_LETTER}", "--max-delivery-attempts=50"],
     ]
 
 
@@ -159,7 +190,7 @@ def expected_deploy(
          "--timeout=300s", "--concurrency=8", "--max-instances=10",
          f"--set-env-vars={DB_URL},"
          "QUICKTEST_TABLE=ml_platform_quicktest,METRICS_FILENAME=training_metrics.json,"
-         f"MAX_METRICS_BYTES=16777216,MEMORY_BUDGET_BYTES={(1024 - 256) * 2**20},DB_POOL_SIZE=8,"
+         f"MAX_METRICS_BYTES=16777216,MEMORY_BUDGET_BYTES={(1024 - 256) * 2**20},DB_POOL_SIZE=8,MAX_EVENT_AGE=6h,"
          "PGAPPNAME=ingest-training-metrics,PGCONNECT_TIMEOUT=10",
          "--set-secrets=PGPASSWORD=metrics-ingest-db-password:latest"],
         ["functions", "add-invoker-policy-binding", "ingest-training-metrics", f"--project={PROJECT}",
@@ -171,6 +202,7 @@ def expected_deploy(
     ]
     return (
         function
+        + expected_dead_letter(location)
         + (expected_reconcile() if reconcile else [])
         + (expected_alerts(config, reconcile=reconcile) if alerts else [])
     )
@@ -292,10 +324,11 @@ def test_run_issues_the_dry_run_commands_then_a_rerun_creates_nothing(cloud: Clo
 def second_run(first: list[list[str]]) -> list[list[str]]:
     """A re-run against what the first run made: nothing created; the scheduler job, the log metric
     and the policies updated; the declarative rest issued again, unchanged."""
-    policy_names = iter(f"projects/{PROJECT}/alertPolicies/{i}" for i in range(1, 4))
+    policy_names = iter(f"projects/{PROJECT}/alertPolicies/{i}" for i in range(1, 5))
     calls = []
     for call in first:
-        if call[:3] in (["iam", "service-accounts", "create"], ["run", "services", "update"]):
+        if call[:3] in (["iam", "service-accounts", "create"], ["run", "services", "update"],
+                        ["pubsub", "topics", "create"], ["pubsub", "subscriptions", "create"]):
             continue
         if call[:3] == ["scheduler", "jobs", "create"]:
             call = ["scheduler", "jobs", "update", *call[3:]]
@@ -314,12 +347,38 @@ def test_existing_resources_are_not_created(cloud: Cloud) -> None:
         "service_accounts": [RUNTIME_SA, TRIGGER_SA],
         "run_services": {"ingest-training-metrics": {"cloudsql_instances": ["other:europe-west1:db", CONNECTION]}},
     })
-    done = cloud.run(*REQUIRED_FLAGS, "--source", str(cloud.source), "--no-reconcile", "--no-alerts")
+    done = cloud.run(*REQUIRED_FLAGS, "--source", str(cloud.source), "--no-reconcile", "--no-alerts",
+                     "--no-dead-letter")  # fmt: skip
     assert done.returncode == 0, done.stderr
     calls = cloud.calls()
     assert [c[:3] for c in calls if "create" in c or "update" in c] == []
     deploy = next(c for c in calls if c[:2] == ["functions", "deploy"])
     assert "--trigger-location=eu" in deploy
+
+
+def test_dead_letter_converges_on_reruns_and_no_dead_letter_clears_it(cloud: Cloud) -> None:
+    """The dead-letter topic, its holding subscription and the trigger subscription's policy are made once and
+    set again on a re-run; --no-dead-letter clears the policy, and a second such run changes nothing."""
+    base = [*REQUIRED_FLAGS, "--source", str(cloud.source), "--no-reconcile", "--no-alerts",
+            "--max-delivery-attempts", "12"]  # fmt: skip
+    subscription = f"projects/{PROJECT}/subscriptions/eventarc-europe-central2-ingest-training-metrics-trigger-sub"
+    for _ in range(2):
+        assert cloud.run(*base).returncode == 0
+        state = cloud.state()
+        assert state["pubsub_topics"] == [f"projects/{PROJECT}/topics/{DEAD_LETTER}"]
+        assert state["pubsub_subscriptions"] == [f"projects/{PROJECT}/subscriptions/{DEAD_LETTER}-hold"]
+        assert state["dead_letter_policies"] == {subscription: f"projects/{PROJECT}/topics/{DEAD_LETTER}"}
+        assert ["pubsub", "subscriptions", "update", subscription, f"--project={PROJECT}",
+                f"--dead-letter-topic=projects/{PROJECT}/topics/{DEAD_LETTER}",
+                "--max-delivery-attempts=12"] in cloud.calls()  # fmt: skip
+    assert not [c for c in cloud.calls() if c[1:3] == ["topics", "create"] or c[1:3] == ["subscriptions", "create"]]
+    done = cloud.run(*base, "--no-dead-letter")
+    assert done.returncode == 0, done.stderr
+    assert ["pubsub", "subscriptions", "update", subscription, f"--project={PROJECT}",
+            "--clear-dead-letter-policy"] in cloud.calls()  # fmt: skip
+    assert cloud.state()["dead_letter_policies"] == {}
+    assert cloud.run(*base, "--no-dead-letter").returncode == 0
+    assert not [c for c in cloud.calls() if c[:3] == ["pubsub", "subscriptions", "update"]]
 
 
 def test_environment_variables_configure_like_flags(cloud: Cloud) -> None:
@@ -349,6 +408,8 @@ def test_environment_variables_configure_like_flags(cloud: Cloud) -> None:
         ("--schedule", "DEPLOY_SCHEDULE"), ("--time-zone", "DEPLOY_TIME_ZONE"),
         ("--notification-channel", "DEPLOY_NOTIFICATION_CHANNEL"), ("--max-metrics-bytes", "DEPLOY_MAX_METRICS_BYTES"),
         ("--db-pool-size", "DEPLOY_DB_POOL_SIZE"), ("--db-max-connections", "DEPLOY_DB_MAX_CONNECTIONS"),
+        ("--max-event-age", "DEPLOY_MAX_EVENT_AGE"), ("--no-dead-letter", "DEPLOY_NO_DEAD_LETTER"),
+        ("--dead-letter-topic", "DEPLOY_DEAD_LETTER_TOPIC"), ("--max-delivery-attempts", "DEPLOY_MAX_DELIVERY_ATTEMPTS"),
     ]:
         line = next(line for line in help_text.splitlines() if line.strip().startswith(flag + " "))
         assert variable in line, (flag, line)
@@ -403,13 +464,13 @@ BAD_SETTINGS = {
     "20-digit concurrency": (REQUIRED_FLAGS + ["--concurrency", "9" * 20], {},
                              "--concurrency (DEPLOY_CONCURRENCY) must be a whole number from 1 to 1000"),
     "memory below the memory budget": (REQUIRED_FLAGS + ["--memory", "512Mi"], {},
-                                       "--memory (DEPLOY_MEMORY) 512Mi is below the 736Mi the function's memory budget needs"),
+                                       "--memory (DEPLOY_MEMORY) 512Mi is below the 1024Mi the function's memory budget needs"),
     "the job needs memory for one file": (REQUIRED_FLAGS + ["--memory", "4Gi", "--reconcile-memory", "1Gi"],
                                           {"DEPLOY_MAX_METRICS_BYTES": str(64 * 2**20)},
-                                          "--reconcile-memory (DEPLOY_RECONCILE_MEMORY) 1Gi is below the 2176Mi"),
+                                          "--reconcile-memory (DEPLOY_RECONCILE_MEMORY) 1Gi is below the 3328Mi"),
     "bigger files need more memory": (REQUIRED_FLAGS + ["--reconcile-memory", "8Gi"],
                                       {"DEPLOY_MAX_METRICS_BYTES": str(128 * 2**20)},
-                                      "is below the 4096Mi the function's memory budget needs for --max-metrics-bytes"),
+                                      "is below the 6400Mi the function's memory budget needs for --max-metrics-bytes"),
     "pool size zero": (REQUIRED_FLAGS + ["--db-pool-size", "0"], {},
                        "--db-pool-size (DEPLOY_DB_POOL_SIZE) must be a whole number from 1 to 100"),
     "too many connections": (REQUIRED_FLAGS + ["--db-max-connections", "80", "--reconcile-tasks", "4"], {},
@@ -439,6 +500,13 @@ BAD_SETTINGS = {
     "channel by id only": (REQUIRED_FLAGS + ["--notification-channel", "12345"], {},
                            "--notification-channel (DEPLOY_NOTIFICATION_CHANNEL) must be a channel name"),
     "flag without value": (REQUIRED_FLAGS + ["--region"], {}, "--region needs a value"),
+    "event age not under the reconciliation window": (
+        REQUIRED_FLAGS + ["--max-event-age", "12h", "--reconcile-since", "10h"], {},
+        "--max-event-age (DEPLOY_MAX_EVENT_AGE) 12h must be under the reconciliation window --reconcile-since 10h"),
+    "event age past a day": (REQUIRED_FLAGS, {"DEPLOY_MAX_EVENT_AGE": "25h"},
+                             "--max-event-age (DEPLOY_MAX_EVENT_AGE) must be a duration from 1s to 24h"),
+    "delivery attempts under Pub/Sub's least": (REQUIRED_FLAGS + ["--max-delivery-attempts", "4"], {},
+                                                "--max-delivery-attempts (DEPLOY_MAX_DELIVERY_ATTEMPTS) must be a whole number from 5 to 100"),
     "teardown without instance": (without(TEARDOWN_FLAGS, "--mlflow-sql-instance"), {},
                                   "--mlflow-sql-instance (DEPLOY_MLFLOW_SQL_INSTANCE) is required"),
     "teardown with a connection name": (replaced(TEARDOWN_FLAGS, "--mlflow-sql-instance", CONNECTION), {},
@@ -601,7 +669,7 @@ def test_a_policy_waits_for_a_new_log_metric(cloud: Cloud) -> None:
     """While a just-created log metric is not yet visible to alerting ("Cannot find metric(s)"), creating the
     policy is tried again after a wait instead of failing the deploy."""
     cloud.set_state({"bucket_locations": {BUCKET: "EUROPE-CENTRAL2"}, "policy_metric_lag": 2})
-    done = cloud.run(*REQUIRED_FLAGS, "--source", str(cloud.source), "--no-reconcile",
+    done = cloud.run(*REQUIRED_FLAGS, "--source", str(cloud.source), "--no-reconcile", "--no-dead-letter",
                      env={"DEPLOY_METRIC_WAIT_SECONDS": "0"})
     assert done.returncode == 0, done.stderr
     creates = [c for c in cloud.calls() if c[:4] == ["alpha", "monitoring", "policies", "create"]]
@@ -613,10 +681,10 @@ def test_a_policy_waits_for_a_new_log_metric(cloud: Cloud) -> None:
 def test_memory_rule_matches_the_function_budget() -> None:
     """deploy.sh's memory rule uses functions/ingest/memory.py's per-byte parse cost, and the default
     budget is what deploy.sh gives the default 1 GiB instance."""
-    from ingest import memory
+    from ingest import config, memory
 
     text = DEPLOY.read_text()
-    assert memory.BUDGET_BYTES == (1024 - 256) * 2**20
+    assert config.MEMORY_BUDGET_BYTES == (1024 - 256) * 2**20
     assert "readonly MEMORY_RUNTIME_MIB=256\n" in text
     assert f"readonly MEMORY_PARSE_COST={memory.PARSE_COST_PER_BYTE}\n" in text
 
@@ -654,7 +722,7 @@ def test_every_command_is_accepted_by_the_real_gcloud_parser(cloud: Cloud, tmp_p
          "--runtime-sa", f"fn-runtime@{PROJECT}.iam.gserviceaccount.com", "--trigger-sa", "fn-trigger",
          "--db-password-secret", "pw:3", "--cpu", "0.5", "--concurrency", "1", "--function-name", "ingest"],
         [*REQUIRED_FLAGS, "--source", str(cloud.source), "--dry-run", "--reconcile-prefix", "quick_tests/",
-         "--reconcile-since", "90s", "--reconcile-tasks", "16", "--reconcile-workers", "8", "--schedule", "*/30 1-5 * * 1",
+         "--reconcile-since", "90s", "--max-event-age", "60s", "--reconcile-tasks", "16", "--reconcile-workers", "8", "--schedule", "*/30 1-5 * * 1",
          "--time-zone", "Europe/Warsaw", "--notification-channel", f"projects/{PROJECT}/notificationChannels/42",
          "--max-metrics-bytes", "1048576", "--memory", "512Mi", "--db-pool-size", "4"],
         # (--force: no database here, so the dry run's row check cannot run; the commands are what is checked)
@@ -671,12 +739,14 @@ def test_every_command_is_accepted_by_the_real_gcloud_parser(cloud: Cloud, tmp_p
         "project_bindings": [[PROJECT, member, "roles/cloudsql.client", None]],
         "bucket_bindings": {BUCKET: [["roles/storage.objectViewer", member]]},
     })
-    for _ in range(2):
-        done = cloud.run(*REQUIRED_FLAGS, "--source", str(cloud.source))
+    for extra in ([], [], ["--no-dead-letter"]):
+        done = cloud.run(*REQUIRED_FLAGS, "--source", str(cloud.source), *extra)
         assert done.returncode == 0, done.stderr
         commands += cloud.calls()
     assert [c for c in commands if c[:3] == ["scheduler", "jobs", "update"]]
     assert [c for c in commands if c[:2] == ["projects", "remove-iam-policy-binding"]]
+    assert [c for c in commands if "--clear-dead-letter-policy" in c]
+    assert [c for c in commands if c[:3] == ["pubsub", "subscriptions", "update"] and "--max-delivery-attempts=50" in c]
     # One run per command shape (command and flag names) keeps this quick; every
     # variant of the deploys themselves is run, since their flag values are the ones gcloud checks.
     def shape(argv: list[str]) -> tuple:

@@ -155,7 +155,7 @@ def test_function_ingests_normally_as_the_role(
 
     result = ingest_object(ref, settings=settings, event_id="evt-role")
     assert (result.outcome, result.reason, result.quicktest_id) == ("ingested", None, platform_db.row_id)
-    assert ingest_object(ref, settings=settings, event_id="evt-role").outcome == "duplicate"
+    assert ingest_object(ref, settings=settings, event_id="evt-role-2").outcome == "duplicate"
     select.select([listener], [], [], 5)
     listener.poll()
     assert [json.loads(n.payload)["quicktest_id"] for n in listener.notifies] == [platform_db.row_id]

@@ -35,6 +35,8 @@ EXPECTED_COLUMNS = {
     "duration_ms": "double precision",
     "forced": "boolean",
     "created_at": "timestamp with time zone",
+    "md5_hash": "text",
+    "crc32c": "text",
 }
 COLUMNS_OF = (
     "SELECT column_name, data_type, is_nullable, column_default FROM information_schema.columns"
@@ -60,7 +62,7 @@ def _path_indexes(url: str, table: str) -> list[str]:
 
 
 # Every versioned migration, in order (0004: the summary ranking index, docs/platform.md).
-MIGRATION_IDS = ["0001.create-ingestions", "0003.export-decisions", "0004.summary-index"]
+MIGRATION_IDS = ["0001.create-ingestions", "0002.delivery-outcomes", "0003.export-decisions", "0004.summary-index"]
 
 
 def test_migrations_apply_to_an_empty_database_once(fresh_db: str) -> None:
@@ -77,7 +79,8 @@ def test_migrations_apply_to_an_empty_database_once(fresh_db: str) -> None:
         name
         for (name,) in query(fresh_db, "SELECT indexname FROM pg_indexes WHERE tablename = %s", ("training_metrics_ingestions",))
     }
-    assert {"training_metrics_ingestions_one_ingested", "training_metrics_ingestions_object"} <= indexes
+    assert {"training_metrics_ingestions_one_ingested", "training_metrics_ingestions_object",
+            "training_metrics_ingestions_one_per_event"} <= indexes
     assert query(fresh_db, "SELECT to_regclass('ml_platform_quicktest')") == [(None,)]  # dev table never applied
 
 

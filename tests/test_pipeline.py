@@ -6,6 +6,7 @@ import gzip
 import json
 import random
 import threading
+import uuid
 from typing import Any
 
 import pytest
@@ -22,8 +23,10 @@ from tests.support.platform_db import Artifacts, PlatformDb
 
 
 def _ingest(platform_db: PlatformDb, resource: dict[str, Any], **kwargs: Any) -> IngestResult:
+    """One delivery: a new event id unless ``event_id`` names one (a redelivery)."""
     settings = kwargs.pop("settings", None) or platform_db.settings()
-    return ingest_object(ObjectRef.from_resource(resource), settings=settings, event_id="evt-1", **kwargs)
+    event_id = kwargs.pop("event_id", None) or f"evt-{uuid.uuid4().hex[:12]}"
+    return ingest_object(ObjectRef.from_resource(resource), settings=settings, event_id=event_id, **kwargs)
 
 
 def _without_ingestion_keys(history: dict[str, Any]) -> dict[str, Any]:
@@ -36,7 +39,7 @@ def test_valid_v1_file_is_ingested(platform_db: PlatformDb, artifacts: Artifacts
     row_id, folder = platform_db.new_quicktest(trailing_slash=trailing_slash)
     doc = v1_document(4)
     resource = artifacts.upload(folder, dumps(doc))
-    result = _ingest(platform_db, resource)
+    result = _ingest(platform_db, resource, event_id="evt-1")
     assert (result.outcome, result.quicktest_id, result.epochs) == ("ingested", row_id, 4)
     summary = json.loads(json.dumps(result.to_dict()))
     assert (summary["outcome"], summary["object"], summary["generation"], summary["dry_run"]) == (
@@ -84,14 +87,18 @@ def test_gzip_object_is_inflated(platform_db: PlatformDb, artifacts: Artifacts) 
 
 
 def test_same_event_twice_writes_once(platform_db: PlatformDb, artifacts: Artifacts) -> None:
-    """The second delivery of one event is a duplicate and does not touch the row."""
+    """The second delivery of one event is a duplicate, does not touch the row and adds no record;
+    another event for the same generation (a replay) is recorded as a duplicate."""
     row_id, folder = platform_db.new_quicktest()
     resource = artifacts.upload(folder, dumps(v1_document(2)))
-    assert _ingest(platform_db, resource).outcome == "ingested"
+    assert _ingest(platform_db, resource, event_id="evt-twice").outcome == "ingested"
     first = platform_db.history(row_id)
-    second = _ingest(platform_db, resource)
-    assert second.outcome == "duplicate" and "already ingested" in (second.reason or "")
+    second = _ingest(platform_db, resource, event_id="evt-twice")
+    assert second.outcome == "duplicate" and "already handled: ingested" in (second.reason or "")
     assert platform_db.history(row_id) == first  # same ingested_at: not rewritten
+    assert [r["outcome"] for r in platform_db.ingestions("ml-artifacts", resource["name"])] == ["ingested"]
+    other = _ingest(platform_db, resource, event_id="replay:1:0")
+    assert other.outcome == "duplicate" and "already ingested" in (other.reason or "")
     assert [r["outcome"] for r in platform_db.ingestions("ml-artifacts", resource["name"])] == ["ingested", "duplicate"]
 
 
@@ -379,8 +386,8 @@ def test_memory_budget_makes_a_large_event_wait(platform_db: PlatformDb, artifac
 
     row_id, folder = platform_db.new_quicktest()
     resource = artifacts.upload(folder, dumps(v1_document(2)))
-    settings = platform_db.settings(max_metrics_bytes=1_000_003)  # a budget of its own
-    budget = memory_budget(settings)
+    settings = platform_db.settings(memory_budget_bytes=64 * 2**20 + 3)  # a budget of its own
+    budget = memory_budget(settings.memory_budget_bytes)
     results: list[IngestResult] = []
     with budget.hold(budget.capacity):
         worker = threading.Thread(target=lambda: results.append(_ingest(platform_db, resource, settings=settings)))
@@ -418,7 +425,7 @@ def test_unexpected_failure_is_logged_as_one_json_line_then_raised(
     _, folder = platform_db.new_quicktest()
     resource = artifacts.upload(folder, dumps(v1_document(2)))
     with pytest.raises(AttributeError):
-        _ingest(platform_db, resource, client=object())
+        _ingest(platform_db, resource, client=object(), event_id="evt-1")
     entries = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
     [entry] = [e for e in entries if e.get("generation") == int(resource["generation"])]
     assert (entry["severity"], entry["outcome"], entry["event_id"], entry["error"]) == ("ERROR", "error", "evt-1", "AttributeError")

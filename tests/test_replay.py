@@ -45,7 +45,8 @@ from tests.support.localstack import (
     ingestion_records,
 )
 
-ALL_ZERO = {"ingested": 0, "duplicate": 0, "superseded": 0, "no_matching_row": 0, "rejected": 0, "failed": 0}
+ALL_ZERO = {"ingested": 0, "duplicate": 0, "superseded": 0, "no_matching_row": 0, "rejected": 0, "unchanged": 0, "expired": 0,
+            "failed": 0}
 
 
 def _replay_json(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, dict[str, Any]]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import subprocess
 import threading
 
 import psycopg2
@@ -14,6 +15,7 @@ from ingest.errors import TransientError
 from ingest.objects import ObjectRef
 from tests.support.network import unreachable_database_url
 from tests.support.platform_db import BUCKET, PlatformDb
+from tests.support.scratch_db import psql_path
 
 
 def _ref(folder: str, generation: int) -> ObjectRef:
@@ -88,11 +90,9 @@ def test_row_source_counts_as_an_ingested_generation(platform_db: PlatformDb) ->
     with store.connection(settings) as conn:
         state = store.read_state(conn, settings, _ref(folder, 50))
         assert state == store.RowState(row_id, 50, True)
-        assert store.decide_before_download(state, _ref(folder, 50), force=False)[0] == "duplicate"
-        older = store.read_state(conn, settings, _ref(folder, 49))
-        assert store.decide_before_download(older, _ref(folder, 49), force=True)[0] == "superseded"
-        newer = store.read_state(conn, settings, _ref(folder, 51))
-        assert store.decide_before_download(newer, _ref(folder, 51), force=False) is None
+        assert store.check(conn, settings, _ref(folder, 50)).outcome == "duplicate"
+        assert store.check(conn, settings, _ref(folder, 49), force=True).outcome == "superseded"
+        assert store.check(conn, settings, _ref(folder, 51)).outcome is None
 
 
 def test_unreachable_database_is_transient() -> None:
@@ -192,3 +192,25 @@ def test_a_file_at_the_value_limit_is_storable(platform_db: PlatformDb) -> None:
             cur.execute("UPDATE ml_platform_quicktest SET training_history_json = NULL WHERE id = %s", (row_id,))
     finally:
         conn.close()
+
+
+def test_statements_paste_into_psql_as_written(platform_db: PlatformDb) -> None:
+    """queries.sql's statements run in psql as they stand, given \\set variables: the check under EXPLAIN
+    (an index scan on the platform table), the write and the record inside a transaction rolled back."""
+    row_id, folder = platform_db.new_quicktest()
+    variables = {
+        "quicktest_table": platform_db.table, "bucket": BUCKET, "object_name": f"{folder}/training_metrics.json",
+        "path": f"gs://{BUCKET}/{folder}", "path_slash": f"gs://{BUCKET}/{folder}/", "generation": "7",
+        "event_id": "psql-1", "md5_hash": "1B2M2Y8AsgTpgAmY7PhCfg==", "crc32c": "AAAAAA==", "force": "false",
+        "record": "true", "size_bytes": "12", "epochs": "1", "duration_ms": "1.5", "no_row": "no row",
+        "duplicate": "dup", "payload": '{"epochs": [0]}', "quicktest_id": str(row_id), "outcome": "rejected",
+        "reason": "bad", "forced": "false", "channel": "training_metrics", "status": "completed",
+    }  # fmt: skip
+    statements = store.psql_queries()
+    script = "".join(f"\\set {k} '{v}'\n" for k, v in variables.items())
+    script += f"EXPLAIN {statements['check']}\nBEGIN;\n{statements['write']}\n{statements['record']}\nROLLBACK;\n"
+    done = subprocess.run([str(psql_path()), platform_db.url, "--no-psqlrc", "-v", "ON_ERROR_STOP=1"],
+                          input=script, capture_output=True, text=True, timeout=60, check=False)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "Index" in done.stdout and "ingested" in done.stdout  # the plan, then the write's answer
+    assert platform_db.history(row_id) is None  # rolled back

@@ -76,7 +76,9 @@ _SUSPECT_ESCAPE = re.compile(r"\\u(?:0000|[dD][89a-fA-F])")
 # is then one literal search each (see _scan).
 _ZEROED = bytes.maketrans(b"123456789E", b"000000000e")
 _LONG_DIGITS = b"0" * 1000
-_LOW_EXPONENT = re.compile(rb"e-0000")  # sre's literal search: "in" crawls on a needle ending in '0'
+_LOW_EXPONENT = re.compile(rb"e-0000")
+# Piecewise (not one-shot) encoding, to measure a value's JSON size with an early stop.
+_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=True)  # sre's literal search: "in" crawls on a needle ending in '0'
 
 
 def load_document(data: bytes, *, max_depth: int = MAX_DEPTH) -> dict[str, Any]:
@@ -226,19 +228,19 @@ def validate(doc: Any, text: str | None = None) -> None:
     # A one-character search runs at memory speed ('\\u' would cost ~100x more).
     if text is None or ("\\" in text and _SUSPECT_ESCAPE.search(text)):
         _check_strings(doc)  # also before the validator, which cannot take a lone surrogate
-    validator = _validator()
-    if not validator.is_valid(doc):
-        # The first error is enough to name the problem. A number too large for
-        # a float (1e999) was parsed as infinity, which the validator sees as
-        # null; judged as the number it is written as, it may pass after all.
-        if _has_non_finite(doc):
-            finite = _finite_copy(doc)
-            error = next(iter(validator.iter_errors(finite)), None)
-        else:
-            error = next(iter(validator.iter_errors(doc)), None)
-        if error is not None:
-            raise Rejected(_describe(error))
+    # Cheap structural checks first: an unknown top-level value's size, read
+    # without serializing it whole (the validator's own error would copy it).
     _check_unknown_values(doc)
+    if not _validator().is_valid(doc):
+        # Located without asking the validator to describe a large value (its
+        # errors carry a full copy of the failing one). A number too large for a
+        # float (1e999) was parsed as infinity, which the validator sees as
+        # null; judged as the number it is written as, it may pass after all.
+        reason = _locator().locate(doc)
+        if reason is not None:
+            raise Rejected(_clip(reason))
+        if not _has_non_finite(doc):
+            raise Rejected("the file does not match the schema")  # not expected: a keyword the locator lacks
     _check_alignment(doc)
 
 
@@ -332,6 +334,15 @@ def _validator() -> Any:
     return jsonschema_rs.validator_for(schema())
 
 
+@functools.cache
+def _locator() -> Any:
+    from ingest._schema_errors import Locator
+
+    import jsonschema_rs
+
+    return Locator(schema(), jsonschema_rs.validator_for, _describe, _json_type)
+
+
 def _check_strings(doc: dict[str, Any]) -> None:
     """Reject a name or string holding a NUL or a lone surrogate, naming where it is."""
     for where, value in _walk(doc):
@@ -361,31 +372,32 @@ def _has_non_finite(value: Any) -> bool:
     return any(type(v) is float and not math.isfinite(v) for _, v in _walk(value))
 
 
-def _finite_copy(value: Any) -> Any:
-    """``value`` with each infinity as a finite non-integer number of its sign: for the
-    validator, an overflowing literal (1e999) is a number, as the file spells it."""
-    if type(value) is float and not math.isfinite(value):
-        return math.copysign(0.5, value)
-    if isinstance(value, dict):
-        return {key: _finite_copy(item) for key, item in value.items()}
-    if isinstance(value, list):
-        return [_finite_copy(item) for item in value]
-    return value
-
-
 def _check_unknown_values(doc: dict[str, Any]) -> None:
-    """A top-level value the schema does not define is kept, up to its ``x-maxJsonBytes``."""
+    """A top-level value the schema does not define is kept, up to its ``x-maxJsonBytes``.
+
+    Measured by encoding it piece by piece and stopping at the limit: a huge
+    value is never serialized whole.
+    """
     known = schema()["properties"]
-    limit = int(schema()["$defs"]["unknownValue"]["x-maxJsonBytes"])
+    unknown = schema()["$defs"]["unknownValue"]
+    limit = int(unknown["x-maxJsonBytes"])
     for key, value in doc.items():
         if key in known or isinstance(value, (bool, int, float)) or value is None:
             continue
-        size = len(json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode("utf-8"))
-        if size > limit:
-            raise Rejected(
-                f"at $.{key}: an unknown top-level value of {size:,} bytes as JSON;"
-                f" at most {limit:,} are kept (x-maxJsonBytes in the schema)"
-            )
+        # The schema's own bounds on the value, in its words (as the validator would say).
+        for kind, keyword, words in ((str, "maxLength", "characters"), (list, "maxItems", "items"),
+                                     (dict, "maxProperties", "keys")):  # fmt: skip
+            if isinstance(value, kind) and keyword in unknown and len(value) > unknown[keyword]:
+                more = "longer than" if kind is str else "more than"
+                raise Rejected(f"at $.{printable(key, 60)}: {more} {unknown[keyword]} {words}")
+        size = 0
+        for chunk in _ENCODER.iterencode(value):
+            size += len(chunk.encode("utf-8", "surrogatepass"))
+            if size > limit:
+                raise Rejected(
+                    f"at $.{printable(key, 60)}: an unknown top-level value of more than {limit:,} bytes as JSON;"
+                    f" at most {limit:,} are kept (x-maxJsonBytes in the schema)"
+                )
 
 
 def _check_alignment(doc: dict[str, Any]) -> None:
@@ -439,17 +451,17 @@ def _path(parts: Any) -> str:
     return "$" + "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in parts)
 
 
-def _describe(error: Any) -> str:
+def _describe(error: Any, prefix: list[Any] | None = None, base: Any = None) -> str:
     """A jsonschema-rs error -> 'at $.loss.val_loss[3]: expected number or null, got a string'.
 
     Built from the error's location and keyword, never from a quoted
     instance alone: a value can be megabytes long.
     """
-    where = _path(error.instance_path)
+    where = _path([*(prefix or []), *error.instance_path])
     kind = error.kind
     name = kind.name
     if name == "type":
-        return _clip(f"at {where}: expected {' or '.join(_types(error))}, got {_json_type(error.instance)}")
+        return _clip(f"at {where}: expected {' or '.join(_types(error, base))}, got {_json_type(error.instance)}")
     if name == "required":
         return _clip(f"at {where}: '{kind.property}' is a required property")
     if name == "propertyNames":
@@ -471,9 +483,10 @@ def _describe(error: Any) -> str:
     return _clip(f"at {where}: {message}")
 
 
-def _types(error: Any) -> list[str]:
-    """The ``type`` keyword's list in the schema's own order (the error's is sorted)."""
-    node: Any = schema()
+def _types(error: Any, base: Any = None) -> list[str]:
+    """The ``type`` keyword's list in the schema's own order (the error's is sorted);
+    ``base``: the part of the schema the error's path starts from (default: the root)."""
+    node: Any = schema() if base is None else base
     try:
         for part in error.schema_path:
             node = node[part]

@@ -3,19 +3,20 @@
 Parsing a file costs many times its size in Python objects, and how many
 depends on how dense it is, not on how large: measured peaks
 (``bench/bench_memory.py``) are ~4.5x the file for a real training_metrics.json,
-~6x for ``[1,1,...]``, ~12x for ``[0.5,0.5,...]`` and ~27x for ``[{},{},...]``
-(each value an object and a pointer). The function serves several events at
+~6x for ``[1,1,...]``, ~12x for ``[0.5,0.5,...]``, ~28x for ``[{},{},...]`` and
+~44x for nested one-key objects (each value an object and a pointer), valid
+or not. The function serves several events at
 once (``--concurrency``) and ``replay`` runs several workers: without a budget,
 a few dense files arriving together exceed the instance's memory and kill
 every event in flight. So each event is admitted at the worst case,
-``PARSE_COST_PER_BYTE`` x its size, against ``BUDGET_BYTES``; an event that does
+``PARSE_COST_PER_BYTE`` x its size, against the budget (``MEMORY_BUDGET_BYTES``); an event that does
 not fit waits for memory instead. Real files (~0.3-3 MB) never wait in
 practice; with the default MAX_METRICS_BYTES (16 MiB) one file at the cap,
 however dense, fits the budget alone.
 
 Example::
 
-    with memory_budget(settings).hold(memory_weight(ref, settings)):
+    with memory_budget(settings.memory_budget_bytes).hold(memory_weight(ref, settings.max_metrics_bytes)):
         ...  # download, parse, write
 """
 
@@ -28,19 +29,15 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from ingest.config import Settings
     from ingest.objects import ObjectRef
 
-# Memory per byte of file at the worst (the measured 27x of ``[{},{},...]``,
-# the downloaded bytes included, plus room for the download buffer's growth).
-PARSE_COST_PER_BYTE = 30
-# The default memory for files in flight per process (MEMORY_BUDGET_BYTES): a
-# 1 GiB instance less the runtime (~75 MiB measured, more while serving) and
-# allocator headroom. deploy.sh sets it from the instance's --memory.
-BUDGET_BYTES = 768 * 2**20
-# The largest MAX_METRICS_BYTES whose worst case fits the budget alone (25.6 MiB):
-# above it, one dense file at the cap can still exceed the instance's memory.
-SAFE_MAX_METRICS_BYTES = BUDGET_BYTES // PARSE_COST_PER_BYTE
+# Memory per byte of file at the worst, the downloaded bytes, the decoded text
+# and the pre-parse scan included: the worst shape measured by
+# bench/bench_memory.py is nested one-key objects ('{"":{"":{"":{}}}},...'),
+# ~44x (each level a 184-byte dict for 5 bytes of text), with 10% to spare;
+# schema-invalid files cost no more (their errors never copy the failing
+# value: ingest.document). 16 MiB x 48 is the default budget, 768 MiB.
+PARSE_COST_PER_BYTE = 48
 
 
 class MemoryBudget:
@@ -88,26 +85,24 @@ _budgets: dict[int, MemoryBudget] = {}
 _budgets_lock = threading.Lock()
 
 
-def memory_budget(settings: Settings) -> MemoryBudget:
-    """The process's budget (``settings.memory_budget_bytes``, shared by every thread).
+def memory_budget(capacity: int) -> MemoryBudget:
+    """The process's budget of ``capacity`` bytes (``Settings.memory_budget_bytes``), shared by every thread.
 
-    One per (cap, budget) pair, so that tests with settings of their own do not
-    wait on each other; a deployment has one.
+    One per capacity, so that tests with settings of their own do not wait on
+    each other; a deployment has one.
     """
-    key = (settings.max_metrics_bytes, settings.memory_budget_bytes)
-    found = _budgets.get(key)
+    found = _budgets.get(capacity)
     if found is not None:
         return found
     with _budgets_lock:
-        return _budgets.setdefault(key, MemoryBudget(settings.memory_budget_bytes))
+        return _budgets.setdefault(capacity, MemoryBudget(capacity))
 
 
-def memory_weight(ref: ObjectRef, settings: Settings) -> int:
+def memory_weight(ref: ObjectRef, cap: int) -> int:
     """What an event may cost in memory at the worst: ``PARSE_COST_PER_BYTE`` x its
     size, or x the cap when the size is unknown or the object is gzip (its
     inflated size is unknown); 0 when it is rejected from its size alone
-    (never downloaded)."""
-    cap = settings.max_metrics_bytes
+    (never downloaded). ``cap`` is ``Settings.max_metrics_bytes``."""
     if ref.size is not None and ref.size > cap:
         return 0
     if ref.size is None or (ref.content_encoding or "").lower() == "gzip":

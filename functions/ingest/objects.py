@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import posixpath
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -52,6 +53,17 @@ def _str_field(data: Mapping[str, Any], key: str) -> str | None:
     return raw or None
 
 
+_BASE64 = re.compile(r"^[A-Za-z0-9+/]{4,64}={0,2}$")
+
+
+def _hash_field(data: Mapping[str, Any], key: str) -> str | None:
+    """A checksum as GCS sends it (base64), or None; anything else is a malformed event."""
+    raw = _str_field(data, key)
+    if raw is not None and not _BASE64.match(raw):
+        raise BadEvent(f"object resource field {key!r} is not a base64 checksum: {printable(repr(raw), 80)}")
+    return raw
+
+
 def _encodable(text: str) -> bool:
     try:
         text.encode("utf-8")
@@ -72,6 +84,9 @@ class ObjectRef:
         size: its size in bytes as stored (compressed, for gzip objects), if known.
         content_type: ``contentType``, if any.
         content_encoding: ``contentEncoding`` (``gzip`` for compressed uploads), if any.
+        md5_hash: ``md5Hash`` (base64), if any: composite objects have none.
+        crc32c: ``crc32c`` (base64), if any. With ``md5_hash`` it tells the same
+            bytes under a new generation (a copy, rewrite or restore) before any download.
 
     Example::
 
@@ -85,6 +100,8 @@ class ObjectRef:
     size: int | None = None
     content_type: str | None = None
     content_encoding: str | None = None
+    md5_hash: str | None = None
+    crc32c: str | None = None
 
     @classmethod
     def from_resource(cls, data: Mapping[str, Any]) -> ObjectRef:
@@ -110,6 +127,8 @@ class ObjectRef:
             size=_int_field(data, "size", required=False),
             content_type=_str_field(data, "contentType"),
             content_encoding=_str_field(data, "contentEncoding"),
+            md5_hash=_hash_field(data, "md5Hash"),
+            crc32c=_hash_field(data, "crc32c"),
         )
 
     @property

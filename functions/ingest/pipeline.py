@@ -1,8 +1,9 @@
 """THE ingestion code path, shared by the Cloud Function and ``metrics-ingest replay``.
 
 Steps, cheapest first: name filter -> what the database already knows (row,
-recorded generations; a duplicate or superseded generation is decided and
-recorded in the same round trip) -> size from the event -> bounded download
+recorded generations and hashes; a duplicate, superseded or unchanged
+generation, or an event already settled, is decided and recorded in the same
+round trip) -> size from the event -> bounded download
 of exactly the event's generation -> decode, parse, validate, normalize ->
 one guarded write (one round trip). A first ingestion costs two database
 round trips, a duplicate one.
@@ -40,6 +41,9 @@ _SEVERITY = {
     "superseded": "INFO",
     "no_matching_row": "WARNING",
     "rejected": "ERROR",
+    "unchanged": "INFO",
+    # Recorded: the nightly reconciliation ingests the object; an operator may look.
+    "expired": "WARNING",
 }
 
 
@@ -51,6 +55,7 @@ class IngestResult:
 
         result = ingest_object(ref)
         result.outcome     # 'ingested' | 'duplicate' | 'superseded' | 'no_matching_row' | 'rejected'
+                           # | 'unchanged' | 'expired'
         result.to_dict()   # JSON-ready, for logs and `replay --json`
     """
 
@@ -96,6 +101,7 @@ def ingest_object(
     force: bool = False,
     dry_run: bool = False,
     client: Any = None,
+    event_time: dt.datetime | None = None,
 ) -> IngestResult:
     """Ingest one generation of one object into its QuickTest row; record and log the outcome.
 
@@ -107,6 +113,11 @@ def ingest_object(
             overwrites a newer one).
         dry_run: decide everything, write nothing (no row update, no record).
         client: a ``google.cloud.storage.Client``; defaults to the shared lazy one.
+        event_time: the CloudEvent's ``time``. An event older than
+            ``settings.max_event_age`` whose failure would be retried is
+            recorded ``expired`` and acknowledged instead (logged at ERROR when
+            the database does not answer either): the nightly reconciliation,
+            whose window is longer, ingests its object. None: never expires.
 
     Raises:
         TransientError: database unreachable, GCS 5xx or timeout: retry later.
@@ -122,29 +133,16 @@ def ingest_object(
         event_id = printable(event_id, 200)  # the id is recorded: no NUL or lone surrogate
     fields = {"event_id": event_id, "object": f"gs://{ref.bucket}/{ref.name}", "generation": ref.generation}
     try:
-        with memory_budget(settings).hold(memory_weight(ref, settings)):
+        with memory_budget(settings.memory_budget_bytes).hold(memory_weight(ref, settings.max_metrics_bytes)):
             result = _run(ref, settings, event_id, force, dry_run, client, started)
-    except TransientError as exc:
-        log_event(
-            "ERROR",
-            f"transient failure, the event will be retried: {exc}",
-            **fields,
-            outcome="retry",
-            duration_ms=_ms(started),
-        )
-        raise
     except Exception as exc:
-        # Not a known outcome: log it in the same shape (the platform's own
-        # trace has no event id), then let the event be retried.
-        log_event(
-            "ERROR",
-            printable(f"unexpected failure, the event will be retried: {type(exc).__name__}: {exc}", 1000),
-            **fields,
-            outcome="error",
-            error=type(exc).__name__,
-            exception=traceback.format_exc(limit=20),
-            duration_ms=_ms(started),
-        )
+        age = _age_seconds(event_time)
+        if age is not None and age > settings.max_event_age and not dry_run:
+            return _expire(ref, settings, event_id, exc, age, started, fields)
+        if isinstance(exc, TransientError):
+            _log_retry(exc, fields, started)
+        else:
+            _log_unexpected(exc, fields, started)
         raise
     log_event(
         _SEVERITY[result.outcome],
@@ -155,10 +153,67 @@ def ingest_object(
         quicktest_id=result.quicktest_id,
         epochs=result.epochs,
         size=result.size,
+        md5_hash=ref.md5_hash,
         dry_run=dry_run,
         duration_ms=round(result.duration_ms, 3),
     )
     return result
+
+
+def _age_seconds(event_time: dt.datetime | None) -> float | None:
+    if event_time is None:
+        return None
+    if event_time.tzinfo is None:  # CloudEvents times are RFC 3339; a naive one is read as UTC
+        event_time = event_time.replace(tzinfo=dt.timezone.utc)
+    return (dt.datetime.now(dt.timezone.utc) - event_time).total_seconds()
+
+
+def _expire(
+    ref: ObjectRef,
+    settings: Settings,
+    event_id: str | None,
+    exc: BaseException,
+    age: float,
+    started: float,
+    fields: dict[str, Any],
+) -> IngestResult:
+    """Acknowledge an event too old to retry again: record ``expired`` (or, when the
+    database does not answer, log it at ERROR), so that it is never silently lost."""
+    cause = printable(f"{type(exc).__name__}: {exc}", 160)
+    reason = (
+        f"the event is {age / 3600:.1f}h old, past MAX_EVENT_AGE ({settings.max_event_age / 3600:g}h): acknowledged"
+        f" instead of retried again (the reconciliation replays the object); last failure: {cause}"
+    )
+    duration = _ms(started)
+    rec = store.Record(ref, "expired", event_id, None, printable(reason), None, duration, False)
+    try:
+        store.run(settings, lambda conn: store.record(conn, rec))
+        severity, message = "WARNING", f"expired: {reason}"
+    except TransientError as db_exc:
+        severity = "ERROR"
+        message = printable(f"expired, NOT recorded (the database did not answer: {db_exc}): {reason}", 1000)
+    log_event(severity, message, **fields, outcome="expired", reason=reason, md5_hash=ref.md5_hash,
+              duration_ms=round(duration, 3))
+    return IngestResult("expired", reason, None, None, ref.size, duration, ref)
+
+
+def _log_retry(exc: BaseException, fields: dict[str, Any], started: float) -> None:
+    log_event("ERROR", f"transient failure, the event will be retried: {exc}", **fields, outcome="retry",
+              duration_ms=_ms(started))
+
+
+def _log_unexpected(exc: BaseException, fields: dict[str, Any], started: float) -> None:
+    # Not a known outcome: log it in the same shape (the platform's own
+    # trace has no event id), then let the event be retried.
+    log_event(
+        "ERROR",
+        printable(f"unexpected failure, the event will be retried: {type(exc).__name__}: {exc}", 1000),
+        **fields,
+        outcome="error",
+        error=type(exc).__name__,
+        exception=traceback.format_exc(limit=20),
+        duration_ms=_ms(started),
+    )
 
 
 def _run(
@@ -195,9 +250,10 @@ def _run(
     # and is recorded by the same statement: a redelivered or replayed
     # generation is a duplicate whatever size its event claims.
     # Each database step runs once more on a fresh connection if its pooled
-    # one died (restart, failover): reads, and writes guarded by generation.
-    # (A record whose commit was acknowledged to no one may be written twice:
-    # the log gains a line, the row never changes twice.)
+    # one died (restart, failover): reads, and writes guarded by generation
+    # and by the event (a record whose commit was acknowledged to no one is
+    # found on the retry, never written twice). Same bytes as the generation
+    # the row holds (the event's md5Hash/crc32c): 'unchanged', not downloaded.
     known = store.run(
         settings,
         lambda conn: store.check(

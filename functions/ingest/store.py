@@ -5,7 +5,8 @@ shared by threads; driver errors translated there, by SQLSTATE). Every
 transaction is explicit and short: the write locks the QuickTest row
 (``SELECT ... FOR UPDATE``), compares generations, writes, records, commits.
 Duplicates are safe by schema too: a partial unique index allows one
-``ingested`` record per (bucket, object, generation).
+``ingested`` record per (bucket, object, generation), another one record per
+event and generation. The statements are written whole in ``queries.sql``.
 
 Example::
 
@@ -17,8 +18,11 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import json
+import re
 from collections.abc import Iterator
+from importlib import resources
 from typing import TYPE_CHECKING, Any
 
 from ingest.db import close_pools, connection, pool, run  # noqa: F401  (re-exported: store.connection(...))
@@ -78,6 +82,48 @@ def _paths(ref: ObjectRef) -> tuple[str, str]:
     return folder, folder + "/"
 
 
+_QUERIES_FILE = "queries.sql"
+_SECTION = re.compile(r"^-- name: (\w+)\s*$", re.MULTILINE)
+_VARIABLE = re.compile(r"(?<![:\w]):'(\w+)'")
+_TABLE = ':"quicktest_table"'
+
+
+@functools.cache
+def queries() -> dict[str, str]:
+    """The statements of ``queries.sql`` by name, in psycopg2's form (``%(name)s``;
+    the table still written ``:"quicktest_table"``), comment lines dropped.
+
+    Example::
+
+        print(queries()["check"])
+    """
+    return {name: _VARIABLE.sub(r"%(\1)s", body) for name, body in psql_queries().items()}
+
+
+@functools.cache
+def psql_queries() -> dict[str, str]:
+    """The statements of ``queries.sql`` by name as written (psql variables), comment lines dropped."""
+    text = resources.files("ingest").joinpath(_QUERIES_FILE).read_text("utf-8")
+    parts = _SECTION.split(text)
+    found = {}
+    for name, body in zip(parts[1::2], parts[2::2]):
+        lines = [line for line in body.splitlines() if line.strip() and not line.lstrip().startswith("--")]
+        found[name] = "\n".join(lines).strip()
+    return found
+
+
+def _statement(name: str, settings: Settings) -> Any:
+    """The named statement with QUICKTEST_TABLE quoted in (psycopg2.sql, never string formatting)."""
+    from psycopg2 import sql
+
+    pieces = queries()[name].split(_TABLE)
+    table = _table(settings)
+    composed: list[Any] = [sql.SQL(pieces[0])]
+    for piece in pieces[1:]:
+        composed += [table, sql.SQL(piece)]
+    return sql.Composed(composed)
+
+
 @dataclasses.dataclass(frozen=True)
 class Record:
     """One line of ``training_metrics_ingestions``."""
@@ -90,26 +136,6 @@ class Record:
     epochs: int | None = None
     duration_ms: float = 0.0
     forced: bool = False
-
-
-_COLUMNS = (
-    "bucket, object_name, generation, event_id, quicktest_id, outcome,"
-    " reason, size_bytes, epochs, duration_ms, forced"
-)
-_INSERT = (
-    f"INSERT INTO {INGESTIONS_TABLE} ({_COLUMNS})"
-    " VALUES (%(bucket)s, %(object_name)s, %(generation)s, %(event_id)s, %(quicktest_id)s, %(outcome)s,"
-    " %(reason)s, %(size_bytes)s, %(epochs)s, %(duration_ms)s, %(forced)s)"
-)
-
-
-def _insert_from(source: str, *, quicktest_id: str, outcome: str, reason: str, forced: str, where: str) -> str:
-    """An INSERT of the event's record whose decided columns come from the CTE ``source``."""
-    return (
-        f"INSERT INTO {INGESTIONS_TABLE} ({_COLUMNS})"
-        f" SELECT %(bucket)s, %(object_name)s, %(generation)s, %(event_id)s, {quicktest_id}, {outcome},"
-        f" {reason}, %(size_bytes)s, %(epochs)s, %(duration_ms)s, {forced} FROM {source} WHERE {where}"
-    )
 
 
 def _params(record: Record) -> dict[str, Any]:
@@ -126,6 +152,8 @@ def _params(record: Record) -> dict[str, Any]:
         "epochs": record.epochs,
         "duration_ms": record.duration_ms,
         "forced": record.forced,
+        "md5_hash": record.ref.md5_hash,
+        "crc32c": record.ref.crc32c,
         "path": path,
         "path_slash": path_slash,
         "no_row": _no_row(record.ref),
@@ -133,56 +161,18 @@ def _params(record: Record) -> dict[str, Any]:
     }
 
 
-# The row and the generations of the event's object, as CTEs ``q`` (the row,
-# at most one) and ``g`` (exactly one line): ``current`` is the newest
-# ingested generation of this object from the log (an index probe from the
-# top), or, only when the log knows nothing of it (a row filled before the
-# log existed, a wiped log), the generation named by the row's own
-# ``source``: reading into a large jsonb costs a decompression, so coalesce
-# evaluates that subquery only when needed, and ``OFFSET 0`` keeps it from
-# being inlined (four references would read the jsonb four times).
-# ``this_one``: an index probe for this very generation. ``g`` is
-# materialized: the statements below refer to ``current`` often, and each
-# reference to an inlined one would repeat the subquery in the plan.
-_ROW_AND_GENERATIONS = (
-    "q AS (SELECT id FROM {table} WHERE gcs_artifacts_path IN (%(path)s, %(path_slash)s) ORDER BY id DESC LIMIT 1),"
-    " g AS MATERIALIZED (SELECT q.id,"
-    f" EXISTS (SELECT 1 FROM {INGESTIONS_TABLE} WHERE bucket = %(bucket)s AND object_name = %(object_name)s"
-    " AND generation = %(generation)s AND outcome = 'ingested') AS this_one,"
-    f" coalesce((SELECT max(generation) FROM {INGESTIONS_TABLE}"
-    " WHERE bucket = %(bucket)s AND object_name = %(object_name)s AND outcome = 'ingested'),"
-    " (SELECT CASE WHEN s ->> 'bucket' = %(bucket)s AND s ->> 'object' = %(object_name)s"
-    " AND s ->> 'generation' ~ '^[0-9]{{1,19}}$' THEN (s ->> 'generation')::numeric END"
-    " FROM (SELECT x.training_history_json -> 'source' AS s FROM {table} x WHERE x.id = q.id OFFSET 0) y)"
-    ") AS current"
-    " FROM (SELECT 1) one LEFT JOIN q ON true)"
-)
-
-# What the database alone decides, before any download (see decide_before_download):
-# no row, this generation already ingested, or a newer one already in the row.
-_KNOWN = (
-    "WITH " + _ROW_AND_GENERATIONS + ","
-    " d AS (SELECT id, current, this_one OR current = %(generation)s AS done,"
-    " CASE WHEN id IS NULL THEN 'no_matching_row'"
-    " WHEN (this_one OR current = %(generation)s) AND NOT %(force)s THEN 'duplicate'"
-    " WHEN current > %(generation)s THEN 'superseded' END AS outcome FROM g),"
-    " e AS (SELECT *, CASE outcome WHEN 'no_matching_row' THEN %(no_row)s WHEN 'duplicate' THEN %(duplicate)s"
-    " WHEN 'superseded' THEN 'the row already holds newer generation ' || current END AS reason FROM d),"
-    " rec AS ("
-    + _insert_from("e", quicktest_id="id", outcome="outcome", reason="reason", forced="false",
-                   where="outcome IS NOT NULL AND %(record)s")  # fmt: skip
-    + " RETURNING id)"
-    " SELECT id, current, done, outcome, reason FROM e"
-)
-
-
 @dataclasses.dataclass(frozen=True)
 class Known:
-    """What :func:`check` found: the row's state and the outcome it decides, if any."""
+    """What :func:`check` found: the row's state and the outcome it decides, if any.
+
+    ``settled``: the outcome is this event's own earlier record (a redelivery,
+    or a retried step whose first commit went through): nothing was recorded again.
+    """
 
     state: RowState
     outcome: str | None
     reason: str | None
+    settled: bool = False
 
 
 def check(
@@ -196,9 +186,9 @@ def check(
     duration_ms: float = 0.0,
 ) -> Known:
     """The row's state and the outcome the database alone decides (no row,
-    duplicate, superseded; see :func:`decide_before_download`); with
-    ``record``, that outcome is recorded by the same statement. One round
-    trip, no locks.
+    this event already settled, duplicate, superseded, unchanged: the
+    ``check`` statement of ``queries.sql``); with ``record``, that outcome is
+    recorded by the same statement, once per event. One round trip, no locks.
 
     Example::
 
@@ -206,20 +196,18 @@ def check(
         if known.outcome is not None:   # decided, and recorded
             print(known.outcome, known.reason)
     """
-    from psycopg2 import sql
-
     params = {
         **_params(Record(ref, "", event_id=event_id, duration_ms=duration_ms)),
         "force": force,
         "record": record,
     }
     with _one_statement(conn) as cur:
-        cur.execute(sql.SQL(_KNOWN).format(table=_table(settings)), params)
-        quicktest_id, current, done, outcome, reason = cur.fetchone()
+        cur.execute(_statement("check", settings), params)
+        quicktest_id, current, done, outcome, reason, settled = cur.fetchone()
     state = RowState(
         None if quicktest_id is None else int(quicktest_id), None if current is None else int(current), bool(done)
     )
-    return Known(state, outcome, reason)
+    return Known(state, outcome, reason, bool(settled))
 
 
 def read_state(conn: Any, settings: Settings, ref: ObjectRef) -> RowState:
@@ -228,9 +216,10 @@ def read_state(conn: Any, settings: Settings, ref: ObjectRef) -> RowState:
 
 
 def record(conn: Any, rec: Record) -> None:
-    """Record an outcome decided without writing the row (one statement, its own transaction)."""
+    """Record an outcome decided without writing the row (one statement, its own
+    transaction); a second record of the same event and generation is not added."""
     with _one_statement(conn) as cur:
-        cur.execute(_INSERT, _params(rec))
+        cur.execute(queries()["record"], _params(rec))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -238,55 +227,6 @@ class WriteResult:
     outcome: str
     quicktest_id: int | None
     reason: str | None
-
-
-# The guarded write in one round trip: two statements in one query string,
-# run by PostgreSQL as one implicit transaction. The first locks the row; the
-# second takes its snapshot after the lock is granted, so it sees every
-# earlier writer's commit (one statement could not: its snapshot would
-# predate the lock wait). The second decides (no row / superseded / duplicate
-# / ingested), inserts the one record (``ON CONFLICT DO NOTHING`` against the
-# unique index on ingested generations), updates the row only when an
-# 'ingested' record went in, and otherwise, should the index refuse it, records
-# 'duplicate' instead.
-_WRITE = (
-    "SELECT id FROM {table} WHERE gcs_artifacts_path IN (%(path)s, %(path_slash)s) ORDER BY id DESC LIMIT 1"
-    " FOR UPDATE;"
-    " WITH " + _ROW_AND_GENERATIONS + ","
-    " d AS (SELECT id, current = %(generation)s AS forced,"
-    " CASE WHEN id IS NULL THEN 'no_matching_row'"
-    " WHEN current IS NULL OR %(generation)s > current THEN 'ingested'"
-    " WHEN %(generation)s < current THEN 'superseded'"
-    " WHEN NOT %(force)s THEN 'duplicate' ELSE 'ingested' END AS outcome,"
-    " current FROM g),"
-    " e AS (SELECT *, CASE outcome WHEN 'no_matching_row' THEN %(no_row)s WHEN 'duplicate' THEN %(duplicate)s"
-    " WHEN 'superseded' THEN 'the row already holds newer generation ' || current END AS reason FROM d),"
-    " rec AS ("
-    + _insert_from("e", quicktest_id="id", outcome="outcome", reason="reason",
-                   forced="outcome = 'ingested' AND coalesce(forced, false)", where="true")  # fmt: skip
-    + " ON CONFLICT DO NOTHING RETURNING outcome),"
-    " upd AS (UPDATE {table} SET training_history_json = %(payload)s::jsonb"
-    " WHERE id = (SELECT id FROM e) AND EXISTS (SELECT 1 FROM rec WHERE outcome = 'ingested') RETURNING id),"
-    " dup AS ("
-    + _insert_from("e", quicktest_id="id", outcome="'duplicate'", reason="%(duplicate)s", forced="false",
-                   where="outcome = 'ingested' AND NOT EXISTS (SELECT 1 FROM rec)")  # fmt: skip
-    + " RETURNING id)"
-    " SELECT e.id, CASE WHEN EXISTS (SELECT 1 FROM dup) THEN 'duplicate' ELSE e.outcome END,"
-    " CASE WHEN EXISTS (SELECT 1 FROM dup) THEN %(duplicate)s ELSE e.reason END,"
-    " coalesce(e.forced, false), (SELECT count(*) FROM upd), " + "{notify}" + " FROM e"
-)
-
-# The platform is told in the same transaction as the row update (a NOTIFY is
-# delivered at commit, and only then): one notification per updated row, none
-# for any other outcome or a rolled-back write. A scalar subquery of the
-# final SELECT, so it runs after ``upd``; with NOTIFY_CHANNEL empty the
-# statement carries a constant instead, and pg_notify is never called.
-# Payload (docs/platform.md): generation is a string, as in the history's ``source``.
-_NOTIFY = (
-    "(SELECT count(pg_notify(%(channel)s, json_build_object('quicktest_id', upd.id,"
-    " 'generation', %(generation)s::text, 'status', %(status)s::text, 'epochs', %(epochs)s::integer,"
-    " 'outcome', 'ingested')::text)) FROM upd)"
-)
 
 
 def write(
@@ -311,13 +251,11 @@ def write(
     ``raw_text::jsonb || history`` would, with one jsonb parse instead of two
     parses and a merge.
 
-    One round trip (see ``_WRITE``): the row lock, the generation comparison
-    under it, the one record of the event, the row update and its
-    notification on ``settings.notify_channel`` (with ``status`` and
-    ``epochs``; see ``_NOTIFY``) commit together.
+    One round trip (the ``write`` statements of ``queries.sql``): the row lock,
+    the generation comparison under it, the one record of the event, the row
+    update and its notification on ``settings.notify_channel`` commit together. An event already settled (its record exists)
+    returns that record's outcome and changes nothing.
     """
-    from psycopg2 import sql
-
     payload = json.dumps(history, allow_nan=False, separators=(",", ":"))
     if raw_text is not None and history:
         # The text's last character, JSON whitespace aside, is its closing brace.
@@ -334,37 +272,14 @@ def write(
         "channel": settings.notify_channel,
         "status": status,
     }
-    notify = sql.SQL(_NOTIFY if settings.notify_channel else "0")
     with _one_statement(conn) as cur:
-        cur.execute(sql.SQL(_WRITE).format(table=_table(settings), notify=notify), params)
-        quicktest_id, outcome, reason, forced, updated, _notified = cur.fetchone()
+        cur.execute(_statement("write", settings), params)
+        quicktest_id, outcome, reason, forced, updated, settled, _notified = cur.fetchone()
     quicktest_id = None if quicktest_id is None else int(quicktest_id)
-    if outcome == "ingested":
+    if outcome == "ingested" and not settled:
         assert updated == 1, "an 'ingested' record went in without the row update"
         return WriteResult("ingested", quicktest_id, "re-ingested (--force)" if forced else None)
     return WriteResult(outcome, quicktest_id, reason)
-
-
-def decide_before_download(state: RowState, ref: ObjectRef, force: bool) -> tuple[str, str] | None:
-    """Outcome known from the database alone (no row, duplicate, superseded), or None.
-
-    :func:`check` decides the same in SQL (and records it in the same round trip).
-    """
-    if state.quicktest_id is None:
-        return "no_matching_row", _no_row(ref)
-    if state.already_ingested and not force:
-        return "duplicate", _duplicate(ref.generation)
-    return _decide(ref.generation, state.current_generation, force)
-
-
-def _decide(generation: int, current: int | None, force: bool) -> tuple[str, str] | None:
-    if current is None or generation > current:
-        return None
-    if generation < current:
-        return "superseded", f"the row already holds newer generation {current}"
-    if not force:
-        return "duplicate", _duplicate(generation)
-    return None
 
 
 def _no_row(ref: ObjectRef) -> str:

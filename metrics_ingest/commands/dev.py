@@ -64,7 +64,9 @@ def run(args: argparse.Namespace) -> int:
     stop = threading.Event()
     # SIGTERM (e.g. from a supervisor) stops as cleanly as Ctrl-C.
     previous = signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    previous_int = signal.getsignal(signal.SIGINT)
     try:
+        # While starting, Ctrl-C interrupts (LocalStack.start stops what it started).
         with LocalStack(
             args.state_dir,
             bucket=args.bucket,
@@ -76,6 +78,12 @@ def run(args: argparse.Namespace) -> int:
             function_log="-",
             steps=Steps(sys.stdout),
         ) as stack:
+            # Once up, Ctrl-C only sets a flag, acted on between polls. A
+            # KeyboardInterrupt raised at any bytecode could land inside
+            # Popen.poll() after it took its wait lock: stop()'s process.wait()
+            # then blocks on that lock for ever (the hang under load). A second
+            # Ctrl-C while stopping changes nothing either.
+            signal.signal(signal.SIGINT, lambda *_: stop.set())
             env_file = stack.state_dir / "env.sh"
             print(
                 f"""
@@ -96,20 +104,20 @@ The function's log lines follow. Ctrl-C stops everything.
 """,
                 flush=True,
             )
-            # Wake up regularly: a blocked Event.wait() still lets SIGINT through
-            # as KeyboardInterrupt, which the `with` turns into a full stop.
             while not stop.wait(0.5):
                 if stack.function is not None and stack.function.poll() is not None:
                     print(f"the function exited with status {stack.function.returncode}", file=sys.stderr)
                     return 1
+            print("\nstopping...", flush=True)
     except StackError as exc:
         print(f"metrics-ingest dev: error: {exc}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
+    except KeyboardInterrupt:  # during start-up only
         print("\nstopped: PostgreSQL, the emulator, the function and the bridge are down.", flush=True)
         return 0
     finally:
         signal.signal(signal.SIGTERM, previous)
+        signal.signal(signal.SIGINT, previous_int)
     print("stopped: PostgreSQL, the emulator, the function and the bridge are down.", flush=True)
     return 0
 
@@ -117,6 +125,7 @@ The function's log lines follow. Ctrl-C stops everything.
 def _add_row(args: argparse.Namespace) -> int:
     import psycopg2
 
+    from ingest.config import Settings
     from metrics_ingest.localstack.stack import create_quicktest, running_stack
     from metrics_ingest.replay import UsageError, parse_gs_uri
 
@@ -140,7 +149,11 @@ def _add_row(args: argparse.Namespace) -> int:
             print(f"metrics-ingest dev: error: {exc}", file=sys.stderr)
             return 2
         folder, bucket = target.uri, target.bucket
-    table = os.environ.get("QUICKTEST_TABLE") or "ml_platform_quicktest"
+    try:
+        table = Settings.quicktest_table_from_env()
+    except ValueError as exc:
+        print(f"metrics-ingest dev: error: {exc}", file=sys.stderr)
+        return 2
     try:
         quicktest_id, folder = create_quicktest(database_url, bucket, folder, table=table)
     except psycopg2.Error as exc:

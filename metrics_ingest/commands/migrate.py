@@ -22,7 +22,7 @@ from typing import Any
 
 import psycopg2
 
-from ingest.config import check_database_url, quicktest_table_parts
+from ingest.config import Settings, check_database_url
 from metrics_ingest.db_role import RoleMigrationError, add_function_role_option, apply_function_role_option
 from metrics_ingest.migrations import apply_migrations, rollback_migrations
 
@@ -57,8 +57,7 @@ def run(args: argparse.Namespace) -> int:
         # (never its value, which holds the password), not yoyo's traceback or a
         # misparsed host's "connection refused".
         check_database_url(database_url, "--database-url" if args.database_url else "DATABASE_URL")
-        quicktest_table = os.environ.get("QUICKTEST_TABLE") or "ml_platform_quicktest"
-        quicktest_table_parts(quicktest_table)
+        quicktest_table = Settings.quicktest_table_from_env()
     except ValueError as exc:
         print(f"migrate: error: {exc}", file=sys.stderr)
         return 2

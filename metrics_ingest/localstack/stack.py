@@ -43,6 +43,7 @@ import requests
 from psycopg2 import sql
 from psycopg2.extensions import make_dsn, parse_dsn
 
+from ingest.config import QUICKTEST_TABLE, Settings
 from metrics_ingest.localstack.bridge import EventBridge
 from metrics_ingest.localstack.emulator import GcsEmulator
 
@@ -131,7 +132,7 @@ def prepare_database(database_url: str) -> list[str]:
     (in this order: a migration's post-apply hook indexes the platform table)."""
     from metrics_ingest.migrations import apply_migrations, create_dev_platform_table
 
-    create_dev_platform_table(database_url, os.environ.get("QUICKTEST_TABLE") or None)
+    create_dev_platform_table(database_url, Settings.quicktest_table_from_env())
     return apply_migrations(database_url)
 
 
@@ -144,7 +145,7 @@ def create_quicktest(
     folder: str | None = None,
     *,
     name: str = "local quick test",
-    table: str = "ml_platform_quicktest",
+    table: str = QUICKTEST_TABLE,
 ) -> tuple[int, str]:
     """Insert a QuickTest row; returns (id, its ``gs://`` folder).
 
@@ -171,7 +172,7 @@ def create_quicktest(
     return quicktest_id, folder
 
 
-def fetch_history(database_url: str, quicktest_id: int, table: str = "ml_platform_quicktest") -> dict[str, Any] | None:
+def fetch_history(database_url: str, quicktest_id: int, table: str = QUICKTEST_TABLE) -> dict[str, Any] | None:
     """The row's ``training_history_json`` (None while empty)."""
     conn = psycopg2.connect(database_url)
     try:
@@ -203,7 +204,7 @@ def fetch_ingestions(database_url: str, bucket: str, name: str) -> list[dict[str
 
 
 def wait_for_history(
-    database_url: str, quicktest_id: int, timeout: float, *, table: str = "ml_platform_quicktest", poll: float = 0.05
+    database_url: str, quicktest_id: int, timeout: float, *, table: str = QUICKTEST_TABLE, poll: float = 0.05
 ) -> dict[str, Any] | None:
     """Poll the row until its history is filled or ``timeout`` seconds pass (then None)."""
     deadline = time.monotonic() + timeout
@@ -446,7 +447,7 @@ class LocalStack:
 
     @property
     def _table(self) -> str:
-        return self.extra_env.get("QUICKTEST_TABLE") or os.environ.get("QUICKTEST_TABLE") or "ml_platform_quicktest"
+        return Settings.quicktest_table_from_env({**os.environ, **self.extra_env})
 
 
 def _stop_process_group(process: subprocess.Popen[bytes], grace: float = 10.0) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -48,21 +49,16 @@ class FunctionServer:
         return self.log_path.read_text().splitlines()
 
 
-@pytest.fixture(scope="session")
-def function_server(
-    platform_db: PlatformDb, gcs_emulator: GcsEmulator, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[FunctionServer]:
-    """``functions-framework --target ingest_training_metrics`` on a free port, wired to the
-    session's database and emulator (as the local stack runs it)."""
+@contextlib.contextmanager
+def serve_function(extra_env: dict[str, str], log_path: Path) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
+    """``functions-framework --target ingest_training_metrics`` on a free port: (process, url)."""
     port = closed_port()
-    log_path = tmp_path_factory.mktemp("function") / "server.log"
     env = {
         **os.environ,
         "PYTHONPATH": str(ROOT / "functions"),
-        "DATABASE_URL": platform_db.url,
-        "STORAGE_EMULATOR_HOST": gcs_emulator.url,
         "GOOGLE_CLOUD_PROJECT": "local-test",
         "PYTHONUNBUFFERED": "1",
+        **extra_env,
     }
     executable = Path(sys.executable).parent / "functions-framework"
     command = [
@@ -88,7 +84,7 @@ def function_server(
                 if time.monotonic() > deadline:
                     raise RuntimeError(f"functions-framework did not start: {log_path.read_text()[-2000:]}") from None
                 time.sleep(0.1)
-        yield FunctionServer(url, log_path)
+        yield process, url
     finally:
         process.terminate()
         try:
@@ -96,3 +92,15 @@ def function_server(
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+
+
+@pytest.fixture(scope="session")
+def function_server(
+    platform_db: PlatformDb, gcs_emulator: GcsEmulator, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[FunctionServer]:
+    """``functions-framework --target ingest_training_metrics`` on a free port, wired to the
+    session's database and emulator (as the local stack runs it)."""
+    log_path = tmp_path_factory.mktemp("function") / "server.log"
+    env = {"DATABASE_URL": platform_db.url, "STORAGE_EMULATOR_HOST": gcs_emulator.url}
+    with serve_function(env, log_path) as (_process, url):
+        yield FunctionServer(url, log_path)

@@ -130,6 +130,9 @@ def resource_of(blob: storage.Blob) -> dict[str, Any]:
     }
     if blob.content_encoding:
         resource["contentEncoding"] = blob.content_encoding
+    for key, value in (("md5Hash", blob.md5_hash), ("crc32c", blob.crc32c)):
+        if value:
+            resource[key] = value
     return resource
 
 
