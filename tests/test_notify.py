@@ -4,6 +4,7 @@ transaction, and nothing else does."""
 from __future__ import annotations
 
 import json
+import uuid
 import select
 import time
 from collections.abc import Iterator
@@ -70,7 +71,8 @@ def listen(platform_db: PlatformDb) -> Iterator[Any]:
 
 
 def _ingest(settings: Settings, resource: dict[str, Any], **kwargs: Any) -> IngestResult:
-    return ingest_object(ObjectRef.from_resource(resource), settings=settings, event_id="evt-notify", **kwargs)
+    # A fresh event id per delivery: the same id again is a redelivery, settled by its first record.
+    return ingest_object(ObjectRef.from_resource(resource), settings=settings, event_id=f"evt-{uuid.uuid4().hex}", **kwargs)
 
 
 def test_an_ingestion_notifies_the_row_id_generation_status_epochs_and_outcome(
