@@ -46,11 +46,15 @@ class MetricsSaveError(RuntimeError):
             print("metrics kept at", error.fallback_path)
     """
 
-    def __init__(self, message: str, *, uri: str, fallback_path: str | None, generation: int | None = None) -> None:
+    def __init__(
+        self, message: str, *, uri: str, fallback_path: str | None, generation: int | None = None, copies: list[str] | None = None
+    ) -> None:
         super().__init__(message)
         self.uri = uri
         self.fallback_path = fallback_path
         self.generation = generation
+        # Every copy written: the local fallback, and the one under AIP_CHECKPOINT_DIR when it is set.
+        self.copies = list(copies) if copies is not None else ([fallback_path] if fallback_path else [])
 
 
 class MetricsUploadError(MetricsSaveError):
@@ -150,9 +154,9 @@ class MetricsStore:
         fallback_dir: str | os.PathLike[str] | None = None,
         client: Any = None,
     ) -> None:
-        output_path = os.fspath(output_path)
-        if not output_path:
-            raise ValueError("Invalid value for argument `output_path`. Received: output_path=''. Expected a folder or gs://BUCKET/FOLDER.")
+        from trainer_callbacks._arguments import destination
+
+        output_path = destination(output_path)
         if not filename or "/" in filename:
             raise ValueError(f"Invalid value for argument `filename`. Received: filename={filename!r}. Expected a base name.")
         self.output_path = output_path
@@ -169,12 +173,16 @@ class MetricsStore:
             self.uri = os.path.join(output_path, filename)
 
     # -- GCS -------------------------------------------------------------
-    def _blob(self) -> Any:
+    def client(self) -> Any:
+        """The ``google.cloud.storage.Client``, created at first use (it looks up credentials)."""
         if self._client is None:
             from google.cloud import storage
 
             self._client = storage.Client()
-        return self._client.bucket(self.bucket_name).blob(self.object_name)
+        return self._client
+
+    def _blob(self) -> Any:
+        return self.client().bucket(self.bucket_name).blob(self.object_name)
 
     def read(self) -> tuple[bytes, int | None] | None:
         """The current file and its generation (None locally), or None if there is none."""
@@ -297,23 +305,63 @@ class MetricsStore:
         ``fallback_path`` is None.
         """
         fallback = self.fallback_path
+        durable = self._keep_durably(data)
+        also = f"; a copy that outlives the container: {durable}" if durable else ""
         try:
             atomic_write(fallback, data)
         except OSError as local_error:
             logger.error("could not write the local fallback copy %s: %s", fallback, local_error)
             raise kind(
                 f"{what} ({_describe(error)}), and the local fallback copy {fallback} "
-                f"could not be written either ({local_error})",
+                f"could not be written either ({local_error}){also}",
                 uri=self.uri,
                 fallback_path=None,
                 generation=generation,
+                copies=[durable] if durable else [],
             ) from error
         raise kind(
-            f"{what} ({_describe(error)}); the document was written to {fallback}",
+            f"{what} ({_describe(error)}); the document was written to {fallback}{also}",
             uri=self.uri,
             fallback_path=fallback,
             generation=generation,
+            copies=[fallback] + ([durable] if durable else []),
         ) from error
+
+    def durable_copy_target(self) -> str | None:
+        """Where a failed save's copy goes under Vertex AI's ``AIP_CHECKPOINT_DIR`` (None when unset).
+
+        A ``gs://`` value is written through its Cloud Storage FUSE mount
+        (``/gcs/BUCKET/...``) when the job has one, else uploaded.
+        """
+        root = os.environ.get("AIP_CHECKPOINT_DIR")
+        if not root:
+            return None
+        relative = (f"{self.bucket_name}/{self.object_name}" if self.is_gcs else "local" + os.path.abspath(self.uri))
+        target = f"{root.rstrip('/')}/trainer_callbacks/{relative}"
+        if target.startswith("gs://"):
+            mounted = "/gcs/" + target[len("gs://"):]
+            if os.path.isdir("/gcs/" + target[len("gs://"):].partition("/")[0]):
+                return mounted
+        return target
+
+    def _keep_durably(self, data: bytes) -> str | None:
+        """Write the copy under ``AIP_CHECKPOINT_DIR``; its path or URI, or None (unset, or that failed too: logged)."""
+        target = self.durable_copy_target()
+        if target is None:
+            return None
+        try:
+            if target.startswith("gs://"):
+                bucket, _, name = target[len("gs://"):].partition("/")
+                quick = RetryPolicy(initial=0.5, maximum=2.0, deadline=10.0, timeout=10.0)
+                self.client().bucket(bucket).blob(name).upload_from_string(
+                    data, content_type="application/json", retry=quick.api_core_retry(), timeout=quick.timeout
+                )
+            else:
+                atomic_write(target, data)
+        except Exception as error:  # noqa: BLE001 - the local fallback copy still stands; this one is logged
+            logger.error("could not write the copy under AIP_CHECKPOINT_DIR %s: %s", target, error)
+            return None
+        return target
 
 
 def _describe(error: BaseException) -> str:
@@ -356,12 +404,28 @@ def _created_generation(error: BaseException) -> int | None:
         return None
 
 
+def current_umask() -> int:
+    """The process's umask, read without changing it where Linux tells it (``/proc/self/status``)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)  # elsewhere: read by setting it (briefly), as the os module offers
+    os.umask(mask)
+    return mask
+
+
 def atomic_write(path: str, data: bytes) -> None:
     """Write ``data`` to ``path`` so readers see the old file or the new one, never a part."""
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     fd, temp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=folder)
     try:
+        # mkstemp makes the file 0600; a saved file gets the mode any new file gets (0666 less the umask).
+        os.fchmod(fd, 0o666 & ~current_umask())
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
