@@ -131,8 +131,8 @@ class Writer:
         thread.join(timeout)
         return not thread.is_alive()
 
-    def write_terminated(self, data: bytes, epochs: int, deadline: float) -> str:
-        """The SIGTERM save: the local copy first (GCS targets), then the upload within ``deadline`` seconds.
+    def write_terminated(self, data: bytes, epochs: int, deadline: float, status: str = "failed") -> str:
+        """The SIGTERM (and exit) save: the local copy first (GCS targets), then the upload within ``deadline`` seconds.
 
         Returns where the document is now; raises :class:`MetricsSaveError` if the upload failed
         (the local copy, named in it, stands).
@@ -142,20 +142,20 @@ class Writer:
             local = self.store.fallback_path
             try:
                 atomic_write(local, data)
-                logger.warning("terminated: the metrics are on local disk at %s; uploading to %s within %.0f s", local, self.store.uri, deadline)
+                logger.warning("the metrics are on local disk at %s; uploading to %s within %.0f s", local, self.store.uri, deadline)
             except OSError as error:
-                logger.error("terminated: could not write the local copy %s (%s); uploading", local, error)
+                logger.error("could not write the local copy %s (%s); uploading", local, error)
                 local = None
         started = time.monotonic()
         if not self.lock.acquire(timeout=deadline):  # a flush in flight: wait for it, within the deadline
             raise MetricsSaveError(
-                f"terminated: a periodic flush of {self.store.uri} was still in flight after {deadline:.0f} s; "
+                f"a periodic flush of {self.store.uri} was still in flight after {deadline:.0f} s; "
                 f"the document was written to {local}", uri=self.store.uri, fallback_path=local,
             )
         try:
             left = max(1.0, deadline - (time.monotonic() - started))
             policy = RetryPolicy(initial=0.5, maximum=4.0, deadline=left, timeout=min(10.0, left))
-            self.write(data, "failed", epochs, policy)
+            self.write(data, status, epochs, policy)
         finally:
             self.lock.release()
         return self.store.uri

@@ -125,6 +125,7 @@ class MetricsCollector:
         self._fits_begun = 0
         self._offset = 0
         self._sigterm_for_fit = False
+        self._restart_epoch: int | None = None  # where a restarted run starts: later epochs of the file are dropped
 
     # -- identity -----------------------------------------------------------
     @property
@@ -207,10 +208,9 @@ class MetricsCollector:
             else:
                 resume.start_new(self._doc, why)
         if resume.state == TO_READ:
+            self._restart_epoch = epoch if self.resume is None else None
             try:
-                self._doc, self._writer.generation = resume.continue_file(
-                    self._doc, why, first_epoch=epoch if self.resume is None else None
-                )
+                self._doc, self._writer.generation = resume.continue_file(self._doc, why, first_epoch=self._restart_epoch)
             except Exception as error:  # noqa: BLE001 - annotated and re-raised
                 error.add_note(f"trainer_callbacks: {why}, so {self.store.uri} must be read to be continued")
                 raise
@@ -219,10 +219,11 @@ class MetricsCollector:
 
     def _ensure_loaded(self) -> None:
         """Read the file to continue (resume=True), if it must be read, before anything else touches the document."""
-        if self._resume.state == TO_READ and self.is_chief and self.resume:
+        if self._resume.state == TO_READ and self.is_chief:
             with self._lock:
                 if self._resume.state == TO_READ:
-                    self._doc, self._writer.generation = self._resume.continue_file(self._doc, "resume=True")
+                    why = "resume=True" if self.resume else "continuing the file"
+                    self._doc, self._writer.generation = self._resume.continue_file(self._doc, why, first_epoch=self._restart_epoch)
 
     def _begin_fit(self, epoch: int) -> None:
         """Number a new fit: one from epoch 0 after an earlier fit continues after its last epoch."""
@@ -411,12 +412,16 @@ class MetricsCollector:
         with self._writer.lock:
             read_error = self._settle(status)
             data, epochs, unwritable, changes = self._serialize(status, error)
-            if read_error is not None:
-                self.store.keep_locally(data, read_error, f"could not read {self.store.uri} to continue it, so it was not replaced")
-            if unwritable is not None:
-                self.store.keep_locally(data, unwritable, f"could not turn the document into JSON for {self.store.uri}")
-            self._writer.write(data, status, epochs, retry, self._doc.data)
-            self._saved_changes = changes
+            try:
+                if read_error is not None:
+                    self.store.keep_locally(data, read_error, f"could not read {self.store.uri} to continue it, so it was not replaced")
+                if unwritable is not None:
+                    self.store.keep_locally(data, unwritable, f"could not turn the document into JSON for {self.store.uri}")
+                self._writer.write(data, status, epochs, retry, self._doc.data)
+            finally:
+                # Saved, or kept locally with the error raised to the caller: either way not
+                # "unsaved" (the exit save is for what nobody was told about).
+                self._saved_changes = changes
 
     def _settle(self, status: str) -> Exception | None:
         """Decide, before a save, what it continues; returns the error if the file to continue cannot be read."""
@@ -475,6 +480,7 @@ class MetricsCollector:
                     self.store.keep_locally(data, unwritable, f"could not turn the document into JSON for {self.store.uri}")
                 except MetricsSaveError as error:
                     logger.warning("periodic flush of %s failed, training continues: %s", self.store.uri, error)
+                self._saved_changes = changes
                 self._writer.lock.release()
                 return False
             self._writer.start_flush(data, epochs, None, lambda: setattr(self, "_saved_changes", changes))
@@ -517,31 +523,33 @@ class MetricsCollector:
             _exit_save.untrack(self)
         # Returning None re-raises the original exception.
 
-    def _save_terminated(self, exc: BaseException) -> None:
-        """SIGTERM: the local copy first, then the upload within ``sigterm_deadline``."""
+    def _save_terminated(self, exc: BaseException | None, status: str = "failed", deadline: float | None = None) -> None:
+        """SIGTERM (and interpreter exit): the local copy first, then the upload within a deadline."""
         if not self.is_chief:
             return
-        read_error = self._settle("failed")
-        data, epochs, unwritable, changes = self._serialize("failed", exc)
+        read_error = self._settle(status)
+        data, epochs, unwritable, changes = self._serialize(status, exc)
         try:
             if read_error is not None or unwritable is not None:
                 problem = read_error or unwritable
-                self.store.keep_locally(data, problem, f"terminated, and {self.store.uri} could not be written ({problem})")
-            self._writer.write_terminated(data, epochs, self.sigterm_deadline)
+                self.store.keep_locally(data, problem, f"{self.store.uri} could not be written ({problem})")
+            self._writer.write_terminated(data, epochs, deadline or self.sigterm_deadline, status)
             self._saved_changes = changes
         except (MetricsSaveError, OSError) as error:
-            logger.error("terminated: the upload of %s did not finish: %s", self.store.uri, error)
-            exc.add_note(f"trainer_callbacks: the upload did not finish: {error}")
+            logger.error("the save of %s did not finish: %s", self.store.uri, error)
+            if exc is not None:
+                exc.add_note(f"trainer_callbacks: the upload did not finish: {error}")
 
     def _save_at_exit(self, uncaught: BaseException | None) -> None:
-        """Interpreter exit: save what a collector used without a with block has not saved yet."""
+        """Interpreter exit: save what a collector used without a with block has not saved yet.
+
+        Bounded (the local copy first, then at most 10 s of upload): an exit must not hang on a network.
+        """
         if self._closed or not self.is_chief or self._doc.changes == self._saved_changes:
             return
         received = self._preemption.received
         if received is not None:
             self._save_terminated(uncaught or TrainingTerminated(received))
-        elif uncaught is not None:
-            self.save("failed", uncaught)
         else:
-            self.save("completed")
+            self._save_terminated(uncaught, "failed" if uncaught is not None else "completed", min(10.0, self.sigterm_deadline))
         logger.info("saved %s at interpreter exit", self.store.uri)
