@@ -50,9 +50,12 @@ def check_writable(store: Any) -> None:
         return
     from google.api_core import exceptions
 
+    from trainer_callbacks.storage import RetryPolicy
+
+    policy = RetryPolicy(initial=1.0, maximum=8.0, deadline=30.0, timeout=20.0)  # a check, not a save: bounded
     try:
         bucket = store.client().bucket(store.bucket_name)
-        granted = set(bucket.test_iam_permissions(list(GCS_PERMISSIONS), retry=store.retry.api_core_retry(), timeout=store.retry.timeout))
+        granted = set(bucket.test_iam_permissions(list(GCS_PERMISSIONS), retry=policy.api_core_retry(), timeout=policy.timeout))
     except exceptions.NotFound:
         raise DestinationError(f"the metrics destination {store.uri} cannot be written: bucket {store.bucket_name!r} does not exist") from None
     except Exception as error:  # noqa: BLE001 - credentials, network, 403: all mean the run could not save; named and raised

@@ -131,21 +131,26 @@ class Writer:
         thread.join(timeout)
         return not thread.is_alive()
 
+    def write_local_copy(self, data: bytes) -> str | None:
+        """For a GCS target, write ``data`` to the local fallback path at once (the SIGTERM save's first step)."""
+        if not self.store.is_gcs:
+            return None
+        local = self.store.fallback_path
+        try:
+            atomic_write(local, data)
+        except OSError as error:
+            logger.error("could not write the local copy %s (%s)", local, error)
+            return None
+        logger.warning("the metrics are on local disk at %s; now uploading to %s", local, self.store.uri)
+        return local
+
     def write_terminated(self, data: bytes, epochs: int, deadline: float, status: str = "failed") -> str:
         """The SIGTERM (and exit) save: the local copy first (GCS targets), then the upload within ``deadline`` seconds.
 
         Returns where the document is now; raises :class:`MetricsSaveError` if the upload failed
         (the local copy, named in it, stands).
         """
-        local = None
-        if self.store.is_gcs:
-            local = self.store.fallback_path
-            try:
-                atomic_write(local, data)
-                logger.warning("the metrics are on local disk at %s; uploading to %s within %.0f s", local, self.store.uri, deadline)
-            except OSError as error:
-                logger.error("could not write the local copy %s (%s); uploading", local, error)
-                local = None
+        local = self.write_local_copy(data)
         started = time.monotonic()
         if not self.lock.acquire(timeout=deadline):  # a flush in flight: wait for it, within the deadline
             raise MetricsSaveError(

@@ -527,6 +527,8 @@ class MetricsCollector:
         """SIGTERM (and interpreter exit): the local copy first, then the upload within a deadline."""
         if not self.is_chief:
             return
+        if self._resume.state != READY:  # the read that settles it may take long: what we have is on disk first
+            self._writer.write_local_copy(self._serialize(status, exc)[0])
         read_error = self._settle(status)
         data, epochs, unwritable, changes = self._serialize(status, exc)
         try:
