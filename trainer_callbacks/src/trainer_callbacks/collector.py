@@ -2,7 +2,8 @@
 
 The rules live in private modules, one job each: ``_aligned_document`` (the
 document, aligned by construction), ``_arguments`` (what the constructor accepts),
-``_resume`` (when a file is continued and what of it is kept), ``_flusher`` (writes,
+``_resume`` (when a file is continued and what of it is kept), ``_fits`` (one fit()
+after another), ``_saving`` (what a save writes, and when), ``_flusher`` (writes,
 flushes, the SIGTERM save), ``_preemption`` (the SIGTERM handler), ``_cluster``
 (which worker writes), ``_backup_sync`` (saves in step with BackupAndRestore, the
 fit's end), ``_destination`` (the writability check), ``_exit_save`` (saving at exit).
@@ -14,20 +15,19 @@ import copy
 import logging
 import os
 import threading
-import time
-import traceback
 from collections.abc import Mapping
 from types import TracebackType
 from typing import Any
 
-from trainer_callbacks import _arguments, _exit_save, _values, document, limits
+from trainer_callbacks import _arguments, _exit_save, _values, limits
 from trainer_callbacks._aligned_document import AlignedDocument
-from trainer_callbacks._backup_sync import FitHooks
 from trainer_callbacks._cluster import role_from_env
 from trainer_callbacks._destination import DestinationError, check_writable
+from trainer_callbacks._fits import Fits
 from trainer_callbacks._flusher import Writer
 from trainer_callbacks._preemption import Preemption, TrainingTerminated
-from trainer_callbacks._resume import READY, TO_READ, UNDECIDED, Resume
+from trainer_callbacks._resume import TO_READ, UNDECIDED, Resume
+from trainer_callbacks._saving import Saving
 from trainer_callbacks.storage import DEFAULT_FILENAME, MetricsSaveError, MetricsStore, RetryPolicy
 
 logger = logging.getLogger("trainer_callbacks")
@@ -38,11 +38,9 @@ FINAL_PREFIXES = ("final_", "test_")
 # Periodic flushes run in the background; a final save waits for one in flight,
 # so their backoff is short: a flush that gives up is replaced by the next one.
 DEFAULT_FLUSH_RETRY = RetryPolicy(initial=1.0, maximum=8.0, deadline=30.0, timeout=20.0)
-# An error message is one line of context, not a log: the exception's own text, clipped.
-_ERROR_CHARS = min(4000, limits.MAX_ERROR_LENGTH or 4000)
 
 
-class MetricsCollector:
+class MetricsCollector(Saving):
     """Collects a run's metrics in memory and saves them as one training_metrics.json.
 
     Nothing touches the network until a save, except the one writability check when
@@ -117,14 +115,7 @@ class MetricsCollector:
         # Work shared between callbacks of this collector (WeightNormCallback reads the
         # sums of squares WeightStatsCallback computes anyway).
         self.shared: dict[Any, Any] = {}
-        # One fit() at a time: its hooks, whether its first epoch was seen, its numbering.
-        self._fit_hooks: FitHooks | None = None
-        self._fit_callbacks: set[int] = set()
-        self._fit_pending = False
-        self._fit_epochs: int | None = None
-        self._fits_begun = 0
-        self._offset = 0
-        self._sigterm_for_fit = False
+        self._fits = Fits()  # one fit() at a time: its callbacks, its hooks, its numbering
         self._restart_epoch: int | None = None  # where a restarted run starts: later epochs of the file are dropped
 
     # -- identity -----------------------------------------------------------
@@ -157,7 +148,7 @@ class MetricsCollector:
             self._ensure_loaded()
             getattr(self._doc, operation)(*args)
             self._resume.record(operation, args)
-            if self._fits_begun:
+            if self._fits.begun:
                 self._note_fit_epoch()
         _exit_save.track(self)
         self._preemption.raise_if_pending()
@@ -169,7 +160,7 @@ class MetricsCollector:
 
     def _step(self, step: Any) -> int:
         if step is not None:
-            return _values.check_step(step) + self._offset
+            return _values.check_step(step) + self._fits.offset
         self._ensure_loaded()
         if not self._doc.epochs:
             raise ValueError("Invalid value for argument `step`. Received: step=None. Expected an epoch index (no epoch is logged yet).")
@@ -191,9 +182,8 @@ class MetricsCollector:
             if not self._resume.start_seen:
                 self._decide(epoch)
                 self._resume.start_seen = True
-            if self._fit_pending:
-                self._fit_pending = False
-                self._begin_fit(epoch)
+            if self._fits.pending:
+                self._fits.number(self._doc, epoch)
         self._preemption.raise_if_pending()
 
     def _decide(self, epoch: int) -> None:
@@ -225,66 +215,31 @@ class MetricsCollector:
                     why = "resume=True" if self.resume else "continuing the file"
                     self._doc, self._writer.generation = self._resume.continue_file(self._doc, why, first_epoch=self._restart_epoch)
 
-    def _begin_fit(self, epoch: int) -> None:
-        """Number a new fit: one from epoch 0 after an earlier fit continues after its last epoch."""
-        last = self._doc.last_epoch()
-        self._offset = last + 1 if self._fits_begun and epoch == 0 and last is not None else 0
-        self._fits_begun += 1
-        self._doc.begin_fit(self._offset + epoch, epoch)
-        if self._offset:
-            logger.info("a new fit() from epoch 0 on this collector: its epochs are numbered from %d", self._offset)
-            if self._fit_epochs is not None:
-                self._doc.put_param("epochs", self._offset + self._fit_epochs)
-
-    # -- the fit's lifecycle (called by the callbacks; see keras_compat) ----------------
     def _fit_begin(self, callback: Any, callback_list: Any, keras_params: Mapping[str, Any]) -> None:
         """A collector callback's ``on_train_begin``; the first of a fit sets the fit up."""
-        if callback_list is not None and self._fit_hooks is not None and self._fit_hooks.callback_list is callback_list:
-            return
-        if callback_list is None and self._fit_callbacks:
-            self._fit_callbacks.add(id(callback))
+        if self._fits.joins_open_fit(callback, callback_list):
             return
         if self._closed:
             raise RuntimeError(f"this MetricsCollector's with block has ended and {self.store.uri} was saved; use a new collector for this fit")
         if self.check_destination and self.is_chief and not self._checked:
             check_writable(self.store)  # before the first epoch: a wrong bucket fails now, not hours later
             self._checked = True
-        self._fit_pending = True
-        epochs = keras_params.get("epochs")
-        self._fit_epochs = epochs if isinstance(epochs, int) else None
-        if callback_list is not None:
-            self._fit_hooks = FitHooks.attach(callback_list, self._save_for_backup, self._fit_end)
-        else:
-            self._fit_callbacks = {id(callback)}
+        self._fits.open(callback, callback_list, keras_params, self._save_for_backup, self._fit_end)
         if not self._in_with and self.save_on_sigterm:
-            self._sigterm_for_fit = self._preemption.install()
+            self._fits.sigterm_installed = self._preemption.install()
 
     def _callback_train_end(self, callback: Any) -> None:
         """A collector callback's ``on_train_end`` where no callback list was found: the last one ends the fit."""
-        if self._fit_hooks is None and id(callback) in self._fit_callbacks:
-            self._fit_callbacks.discard(id(callback))
-            if not self._fit_callbacks:
-                self._fit_end()
+        if self._fits.callback_ended(callback):
+            self._fit_end()
 
     def _fit_end(self) -> None:
-        self._fit_hooks = None
-        self._fit_pending = False
-        if self._sigterm_for_fit:
+        self._fits.close()
+        if self._fits.sigterm_installed:
             self._preemption.uninstall()
-            self._sigterm_for_fit = False
+            self._fits.sigterm_installed = False
         if not self._in_with and not self._closed:
             self.save("completed")  # used without a with block: the run is saved when training ends
-
-    def _save_for_backup(self) -> bool:
-        """Save before a BackupAndRestore backup; False if that failed (the backup is then skipped)."""
-        if not self.is_chief or self._doc.changes == self._saved_changes:
-            return True
-        try:
-            self._save("running", None, self.flush_retry)
-        except MetricsSaveError as error:
-            logger.warning("the save that goes with a backup failed; training continues: %s", error)
-            return False
-        return True
 
     def _strategy_says(self, should_write: bool, strategy: str) -> None:
         """The distribution strategy's own view of whether this worker writes (it has the last word)."""
@@ -314,7 +269,7 @@ class MetricsCollector:
         final = step is None or name.startswith(FINAL_PREFIXES)
         section = "final_metrics" if final else "loss" if "loss" in name else "metrics"
         limits.check_name(name, argument="name", section=section)
-        checked = None if step is None else _values.check_step(step) + self._offset
+        checked = None if step is None else _values.check_step(step) + self._fits.offset
         number = _values.number(value, "value", f" of metric {name!r}")
         if final:
             self._apply("put_final", name, number, checked)
@@ -358,7 +313,7 @@ class MetricsCollector:
     def record_callback_error(self, callback: str, epoch: int | None, error: str) -> None:
         """Record in ``callback_errors`` that ``callback`` failed at ``epoch`` (None: outside an epoch) and why."""
         limits.check_name(callback, argument="callback", section="params")
-        at = None if epoch is None else _values.check_step(epoch, "epoch") + self._offset
+        at = None if epoch is None else _values.check_step(epoch, "epoch") + self._fits.offset
         self._apply("put_callback_error", callback, at, str(error))
 
     def log_weight_stats(self, tower: str, stats: Mapping[str, Any], histogram: Mapping[str, Any] | None = None, step: int | None = None) -> None:
@@ -391,108 +346,6 @@ class MetricsCollector:
             self._ensure_loaded()
             return copy.deepcopy(self._doc.data)
 
-    def save(self, status: str = "completed", error: str | BaseException | None = None) -> str:
-        """Write the document (one upload for ``gs://``, an atomic replace locally); returns where.
-
-        Waits first for a periodic flush still in flight, so the last write wins. A
-        worker that is not the chief writes nothing and returns the same URI.
-
-        Raises:
-            MetricsSaveError: the save failed; ``fallback_path`` (and ``copies``) name what was kept
-                (:class:`MetricsUploadError` when the upload failed).
-        """
-        if status not in document.STATUSES:
-            raise ValueError(f"Invalid value for argument `status`. Received: status={status!r}. Expected one of {document.STATUSES}.")
-        self._save(status, error, self.store.retry)
-        return self.store.uri
-
-    def _save(self, status: str, error: str | BaseException | None, retry: RetryPolicy) -> None:
-        if not self.is_chief:
-            return
-        with self._writer.lock:
-            read_error = self._settle(status)
-            data, epochs, unwritable, changes = self._serialize(status, error)
-            try:
-                if read_error is not None:
-                    self.store.keep_locally(data, read_error, f"could not read {self.store.uri} to continue it, so it was not replaced")
-                if unwritable is not None:
-                    self.store.keep_locally(data, unwritable, f"could not turn the document into JSON for {self.store.uri}")
-                self._writer.write(data, status, epochs, retry, self._doc.data)
-            finally:
-                # Saved, or kept locally with the error raised to the caller: either way not
-                # "unsaved" (the exit save is for what nobody was told about).
-                self._saved_changes = changes
-
-    def _settle(self, status: str) -> Exception | None:
-        """Decide, before a save, what it continues; returns the error if the file to continue cannot be read."""
-        with self._lock:
-            if self._resume.state == UNDECIDED:
-                if status == "failed":
-                    # The run failed before training started (loading data, say): a
-                    # restarted job must not replace its earlier attempt's epochs with nothing.
-                    self._resume.state = TO_READ
-                else:
-                    self._resume.start_new(self._doc, "saved before any training started")
-            if self._resume.state != TO_READ:
-                return None
-            try:
-                self._doc, self._writer.generation = self._resume.continue_file(self._doc, "saving a run that continues the file")
-            except Exception as error:  # noqa: BLE001 - any failure to read: the save keeps a local copy and raises it
-                return error
-            return None
-
-    def _serialize(self, status: str, error: str | BaseException | None) -> tuple[bytes, int, Exception | None, int]:
-        """The bytes with this status, the epochs, the error if strict JSON failed (then what could be kept), the change count."""
-        with self._lock:
-            data = self._doc.data
-            data["status"] = status
-            data["saved_at"] = document.utc_now()
-            if error is not None:
-                text = error if isinstance(error, str) else "".join(traceback.format_exception_only(type(error), error)).strip()
-                data["error"] = limits.printable_text(text, _ERROR_CHARS)
-            elif status != "failed":
-                data.pop("error", None)
-            try:
-                return document.dumps(data), len(data["epochs"]), None, self._doc.changes
-            except Exception as problem:  # noqa: BLE001 - whatever it is, the data is kept locally and the error raised
-                return document.salvage(data), len(data["epochs"]), problem, self._doc.changes
-
-    def maybe_flush(self) -> bool:
-        """Start a background save with status ``running`` if ``flush_every`` seconds have passed; True if started.
-
-        While the previous flush is in flight this one is skipped; a failed flush is
-        logged (the fallback copy is written) and training goes on.
-        """
-        if not self.is_chief or self.flush_every is None or time.monotonic() - self._writer.last_write < self.flush_every:
-            return False
-        with self._lock:
-            if self._resume.state == UNDECIDED:  # no Keras training told us where it starts: logged by hand
-                self._resume.start_new(self._doc, "a periodic flush before any training started")
-            self._ensure_loaded()
-        if not self._writer.lock.acquire(blocking=False):
-            logger.info("a flush of %s is still in flight; skipping this one", self.store.uri)
-            return False
-        try:
-            data, epochs, unwritable, changes = self._serialize("running", None)
-            self._writer.last_write = time.monotonic()
-            if unwritable is not None:
-                try:
-                    self.store.keep_locally(data, unwritable, f"could not turn the document into JSON for {self.store.uri}")
-                except MetricsSaveError as error:
-                    logger.warning("periodic flush of %s failed, training continues: %s", self.store.uri, error)
-                self._saved_changes = changes
-                self._writer.lock.release()
-                return False
-            self._writer.start_flush(data, epochs, None, lambda: setattr(self, "_saved_changes", changes))
-        except BaseException:
-            self._writer.lock.release()
-            raise
-        return True
-
-    def wait_for_flush(self, timeout: float | None = None) -> bool:
-        """Wait for the periodic flush in flight, if any; False if ``timeout`` seconds passed first."""
-        return self._writer.wait(timeout)
-
     # -- the with block, SIGTERM, exit ----------------------------------------------------------
     def __enter__(self) -> MetricsCollector:
         # With resume=True, read the existing file now: a file that cannot be continued
@@ -523,35 +376,3 @@ class MetricsCollector:
             _exit_save.untrack(self)
         # Returning None re-raises the original exception.
 
-    def _save_terminated(self, exc: BaseException | None, status: str = "failed", deadline: float | None = None) -> None:
-        """SIGTERM (and interpreter exit): the local copy first, then the upload within a deadline."""
-        if not self.is_chief:
-            return
-        if self._resume.state != READY:  # the read that settles it may take long: what we have is on disk first
-            self._writer.write_local_copy(self._serialize(status, exc)[0])
-        read_error = self._settle(status)
-        data, epochs, unwritable, changes = self._serialize(status, exc)
-        try:
-            if read_error is not None or unwritable is not None:
-                problem = read_error or unwritable
-                self.store.keep_locally(data, problem, f"{self.store.uri} could not be written ({problem})")
-            self._writer.write_terminated(data, epochs, deadline or self.sigterm_deadline, status)
-            self._saved_changes = changes
-        except (MetricsSaveError, OSError) as error:
-            logger.error("the save of %s did not finish: %s", self.store.uri, error)
-            if exc is not None:
-                exc.add_note(f"trainer_callbacks: the upload did not finish: {error}")
-
-    def _save_at_exit(self, uncaught: BaseException | None) -> None:
-        """Interpreter exit: save what a collector used without a with block has not saved yet.
-
-        Bounded (the local copy first, then at most 10 s of upload): an exit must not hang on a network.
-        """
-        if self._closed or not self.is_chief or self._doc.changes == self._saved_changes:
-            return
-        received = self._preemption.received
-        if received is not None:
-            self._save_terminated(uncaught or TrainingTerminated(received))
-        else:
-            self._save_terminated(uncaught, "failed" if uncaught is not None else "completed", min(10.0, self.sigterm_deadline))
-        logger.info("saved %s at interpreter exit", self.store.uri)
