@@ -20,6 +20,8 @@ import os
 import tempfile
 from typing import Any, NoReturn
 
+from trainer_callbacks._checkpoint_copy import keep_durably
+
 logger = logging.getLogger("trainer_callbacks")
 
 DEFAULT_FILENAME = "training_metrics.json"
@@ -305,7 +307,7 @@ class MetricsStore:
         ``fallback_path`` is None.
         """
         fallback = self.fallback_path
-        durable = self._keep_durably(data)
+        durable = keep_durably(self, data)
         also = f"; a copy that outlives the container: {durable}" if durable else ""
         try:
             atomic_write(fallback, data)
@@ -326,43 +328,6 @@ class MetricsStore:
             generation=generation,
             copies=[fallback] + ([durable] if durable else []),
         ) from error
-
-    def durable_copy_target(self) -> str | None:
-        """Where a failed save's copy goes under Vertex AI's ``AIP_CHECKPOINT_DIR`` (None when unset).
-
-        A ``gs://`` value is written through its Cloud Storage FUSE mount
-        (``/gcs/BUCKET/...``) when the job has one, else uploaded.
-        """
-        root = os.environ.get("AIP_CHECKPOINT_DIR")
-        if not root:
-            return None
-        relative = (f"{self.bucket_name}/{self.object_name}" if self.is_gcs else "local" + os.path.abspath(self.uri))
-        target = f"{root.rstrip('/')}/trainer_callbacks/{relative}"
-        if target.startswith("gs://"):
-            mounted = "/gcs/" + target[len("gs://"):]
-            if os.path.isdir("/gcs/" + target[len("gs://"):].partition("/")[0]):
-                return mounted
-        return target
-
-    def _keep_durably(self, data: bytes) -> str | None:
-        """Write the copy under ``AIP_CHECKPOINT_DIR``; its path or URI, or None (unset, or that failed too: logged)."""
-        target = self.durable_copy_target()
-        if target is None:
-            return None
-        try:
-            if target.startswith("gs://"):
-                bucket, _, name = target[len("gs://"):].partition("/")
-                quick = RetryPolicy(initial=0.5, maximum=2.0, deadline=10.0, timeout=10.0)
-                self.client().bucket(bucket).blob(name).upload_from_string(
-                    data, content_type="application/json", retry=quick.api_core_retry(), timeout=quick.timeout
-                )
-            else:
-                atomic_write(target, data)
-        except Exception as error:  # noqa: BLE001 - the local fallback copy still stands; this one is logged
-            logger.error("could not write the copy under AIP_CHECKPOINT_DIR %s: %s", target, error)
-            return None
-        return target
-
 
 def _describe(error: BaseException) -> str:
     if type(error).__name__ == "PreconditionFailed":
