@@ -60,6 +60,7 @@ class Preemption:
         self._saved: Any = None
         self.pending: int | None = None  # a signal received inside a critical operation
         self.received: int | None = None  # the signal that terminated the run, once raised or pending
+        self.quiet = False  # the final save is under way: a SIGTERM now is noted, not raised
 
     @property
     def installed(self) -> bool:
@@ -83,13 +84,13 @@ class Preemption:
         if self.received is not None:
             return  # already terminating: the save is under way
         self.received = signum
-        if _in_critical_code(frame):
+        if self.quiet or _in_critical_code(frame):
             self.pending = signum
             return
         raise TrainingTerminated(signum)
 
     def raise_if_pending(self) -> None:
         """Raise the deferred :class:`TrainingTerminated`, at a point where the document is whole."""
-        if self.pending is not None and threading.current_thread() is threading.main_thread():
+        if self.pending is not None and not self.quiet and threading.current_thread() is threading.main_thread():
             signum, self.pending = self.pending, None
             raise TrainingTerminated(signum)

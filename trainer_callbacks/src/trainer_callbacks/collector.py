@@ -111,7 +111,7 @@ class MetricsCollector(Saving):
         self._lock = threading.RLock()  # guards the document
         self._doc = AlignedDocument()
         self._saved_changes = 0
-        self._in_with = self._closed = self._checked = False
+        self._in_with = self._closed = self._checked = self._tracked = False
         # Work shared between callbacks of this collector (WeightNormCallback reads the
         # sums of squares WeightStatsCallback computes anyway).
         self.shared: dict[Any, Any] = {}
@@ -150,7 +150,9 @@ class MetricsCollector(Saving):
             self._resume.record(operation, args)
             if self._fits.begun:
                 self._note_fit_epoch()
-        _exit_save.track(self)
+        if not self._tracked:  # saved at interpreter exit if it is never saved otherwise
+            self._tracked = True
+            _exit_save.track(self)
         self._preemption.raise_if_pending()
 
     def _note_fit_epoch(self) -> None:
@@ -357,7 +359,9 @@ class MetricsCollector(Saving):
         return self
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
-        self._preemption.uninstall()
+        # During the final save a SIGTERM is noted, not raised: the save finishes (Vertex AI's
+        # SIGKILL comes after its grace period), and the handler goes back only then.
+        self._preemption.quiet = True
         self._in_with = False
         try:
             if exc is None:
@@ -373,6 +377,8 @@ class MetricsCollector(Saving):
                     exc.add_note(f"trainer_callbacks: saving the metrics also failed: {save_error}")
         finally:
             self._closed = True
+            self._preemption.uninstall()
+            self._preemption.quiet = False
             _exit_save.untrack(self)
         # Returning None re-raises the original exception.
 
