@@ -22,7 +22,7 @@ logger = logging.getLogger("trainer_callbacks")
 
 def durable_copy_target(store: Any) -> str | None:
     """Where ``store``'s failed-save copy goes under ``AIP_CHECKPOINT_DIR`` (None when unset)."""
-    root = os.environ.get("AIP_CHECKPOINT_DIR")
+    root = store.durable_dir
     if not root:
         return None
     relative = f"{store.bucket_name}/{store.object_name}" if store.is_gcs else "local" + os.path.abspath(store.uri)

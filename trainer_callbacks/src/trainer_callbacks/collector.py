@@ -102,10 +102,13 @@ class MetricsCollector(Saving):
         self.sigterm_deadline = _arguments.positive_seconds("sigterm_deadline", sigterm_deadline, optional=False)
         self.save_on_sigterm = _arguments.flag("save_on_sigterm", save_on_sigterm)
         self.check_destination = _arguments.flag("check_destination", check_destination)
-        self.store = MetricsStore(output_path, filename=filename, retry=retry, fallback_dir=fallback_dir, client=client)
+        # What Vertex AI and TensorFlow tell a job through the environment, read here, once.
+        env = os.environ
+        self.store = MetricsStore(output_path, filename=filename, retry=retry, fallback_dir=fallback_dir, client=client,
+                                  durable_dir=env.get("AIP_CHECKPOINT_DIR") or None)
         self.flush_retry = flush_retry or DEFAULT_FLUSH_RETRY
-        self.role = role_from_env(os.environ)
-        self._resume = Resume(self.store, mode=self.resume, run_id=_arguments.run_id(run_id), job_id=os.environ.get("CLOUD_ML_JOB_ID"))
+        self.role = role_from_env(env)  # TF_CONFIG, CLUSTER_SPEC
+        self._resume = Resume(self.store, mode=self.resume, run_id=_arguments.run_id(run_id), job_id=env.get("CLOUD_ML_JOB_ID") or None)
         self._writer = Writer(self.store, self.flush_retry)
         self._preemption = Preemption()
         self._lock = threading.RLock()  # guards the document

@@ -137,6 +137,8 @@ class MetricsStore:
         retry: upload backoff (default :class:`RetryPolicy()`).
         fallback_dir: where a document that could not be uploaded is written
             (default ``$TMPDIR/trainer_callbacks``).
+        durable_dir: where a second copy goes then (``gs://`` or a path; Vertex AI's
+            ``AIP_CHECKPOINT_DIR``); None: none.
         client: a ``google.cloud.storage.Client``; by default one is created at
             the first GCS access (never earlier: creating it looks up credentials,
             which can be a network call).
@@ -155,6 +157,7 @@ class MetricsStore:
         retry: RetryPolicy | None = None,
         fallback_dir: str | os.PathLike[str] | None = None,
         client: Any = None,
+        durable_dir: str | None = None,
     ) -> None:
         from trainer_callbacks._arguments import destination
 
@@ -166,6 +169,7 @@ class MetricsStore:
         self.retry = retry or RetryPolicy()
         self.fallback_dir = os.fspath(fallback_dir) if fallback_dir is not None else os.path.join(tempfile.gettempdir(), "trainer_callbacks")
         self._client = client
+        self.durable_dir = durable_dir  # Vertex AI's AIP_CHECKPOINT_DIR: a failed save's copy there outlives the container
         self.is_gcs = output_path.startswith("gs://")
         if self.is_gcs:
             self.bucket_name, folder = split_gcs_uri(output_path)
