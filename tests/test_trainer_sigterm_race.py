@@ -96,3 +96,22 @@ def test_sigterm_with_gcs_unreachable_leaves_a_local_copy_within_5_seconds(tmp_p
     finally:
         child.kill()
         child.wait(timeout=30)
+
+
+def test_sigterm_during_a_fit_without_a_with_block_saves_failed(tmp_path: Path) -> None:
+    """No with block: SIGTERM during fit() unwinds it, the exit save writes failed with the reason, the status is 143."""
+    code = textwrap.dedent(f"""
+        import os, signal
+        import tensorflow as tf
+        from tests.support import trainer_models as tm
+        from trainer_callbacks import MetricsCallback, MetricsCollector
+        collector = MetricsCollector({str(tmp_path / "run")!r})
+        stop = tf.keras.callbacks.LambdaCallback(on_epoch_end=lambda e, logs: e == 1 and os.kill(os.getpid(), signal.SIGTERM))
+        tm.two_tower_keras().fit(tm.keras_dataset(32), epochs=5, verbose=0, callbacks=[MetricsCallback(collector), stop])
+    """)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "trainer_callbacks" / "src"), str(REPO)]), "TF_CPP_MIN_LOG_LEVEL": "3"}
+    done = subprocess.run([sys.executable, "-c", code], env=env, cwd=REPO, capture_output=True, text=True, timeout=240)
+    assert done.returncode == 143, done.stderr[-3000:]
+    doc = json.loads((tmp_path / "run" / FILE).read_bytes())
+    assert doc["status"] == "failed" and doc["epochs"] == [0, 1] and "terminated by SIGTERM" in doc["error"]
+    check_document(doc)
