@@ -23,7 +23,6 @@ Example::
 from __future__ import annotations
 
 import logging
-import sys
 from collections.abc import Callable
 from types import FrameType
 from typing import Any
@@ -136,7 +135,3 @@ class FitHooks:
         self._wrapped = []
         for name in ("on_epoch_end", "on_train_end"):
             self.callback_list.__dict__.pop(name, None)
-
-
-def caller_frame(depth: int) -> FrameType | None:
-    return sys._getframe(depth + 1)

@@ -22,7 +22,6 @@ Example::
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 from typing import Any
 
 from trainer_callbacks import document
@@ -129,6 +128,3 @@ class Resume:
             "or use flush_every=SECONDS, to keep epochs through a preemption.",
             why, self.store.uri, lacking, ", ".join(map(str, missing)), "..." if lacking > len(missing) else "",
         )
-
-
-Operation = Callable[..., None]
