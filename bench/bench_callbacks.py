@@ -102,7 +102,7 @@ def serialization(reps: int) -> tuple[int, float]:
             collector.log_gradient_stats(tower, {**stats, "norm": 1.0}, histogram, step=epoch)
     document = collector.to_dict()
     size = len(dumps(document))
-    return size, median_seconds(lambda: dumps(collector._doc), reps * 4)
+    return size, median_seconds(lambda: dumps(collector._doc.data), reps * 4)
 
 
 def main() -> None:

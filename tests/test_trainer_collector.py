@@ -67,7 +67,7 @@ def test_names_are_sorted_into_sections(tmp_path: Path) -> None:
     assert doc["loss"] == {"regularization_loss": [0.1]}
     assert doc["metrics"] == {"factorized_top_k/top_100_categorical_accuracy": [0.2]}
     assert doc["final_metrics"] == {"test_recall_at_100": 0.075, "final_loss": 0.3, "best_epoch": 0}
-    assert doc["params"] == {"optimizer": "adagrad", "epochs": 50, "lr": 0.1, "shuffle": True, "towers": "['q', 'c']"}
+    assert doc["params"] == {"optimizer": "adagrad", "epochs": 50, "lr": 0.1, "shuffle": True, "towers": '["q", "c"]'}  # JSON text, not a repr
 
 
 def test_non_finite_and_foreign_scalars_become_strict_json(tmp_path: Path) -> None:
@@ -181,12 +181,12 @@ def test_resume_without_a_file_starts_a_new_one(tmp_path: Path) -> None:
 
 def test_resume_refuses_a_misaligned_file(tmp_path: Path) -> None:
     """Appending to a corrupt file would make it worse: entering the block raises ValueError, and so does any later use."""
-    original = json.dumps({"epochs": [0, 1], "loss": {"loss": [1.0]}})
+    original = json.dumps({"epochs": [0, 1, 2], "loss": {"loss": [1.0]}})  # not a ragged last row: refused
     (tmp_path / FILE).write_text(original)
     c = MetricsCollector(tmp_path, resume=True)
-    with pytest.raises(ValueError, match="'loss.loss' has 1 entries for 2 epochs"), c:
+    with pytest.raises(ValueError, match="'loss.loss' has 1 entries for 3 epochs"), c:
         pass  # never reached: the file is read (and refused) on entering
-    with pytest.raises(ValueError, match="'loss.loss' has 1 entries for 2 epochs"):
+    with pytest.raises(ValueError, match="'loss.loss' has 1 entries for 3 epochs"):
         c.log_metric("loss", 0.5, step=2)
     assert (tmp_path / FILE).read_text() == original
 
@@ -334,11 +334,11 @@ def test_a_failure_before_training_keeps_the_earlier_attempts_epochs(tmp_path: P
 
 def test_a_file_that_cannot_be_continued_stops_training_and_is_kept(tmp_path: Path) -> None:
     """Past epoch 0 with a file that cannot be continued: training_started raises; the save leaves the file as it was and this run's data in the fallback copy."""
-    original = '{"epochs": [0, 1], "loss": {"loss": [1.0]}}'
+    original = '{"epochs": [0, 1, 2], "loss": {"loss": [1.0]}}'
     (tmp_path / FILE).write_text(original)
     c = MetricsCollector(tmp_path, fallback_dir=tmp_path / "fallback")
     c.log_param("batch_size", 32)
-    with pytest.raises(ValueError, match="'loss.loss' has 1 entries for 2 epochs") as caught:
+    with pytest.raises(ValueError, match="'loss.loss' has 1 entries for 3 epochs") as caught:
         c.training_started(2)
     assert any("must be read to be continued" in note for note in caught.value.__notes__)
     with pytest.raises(MetricsSaveError, match="could not read .* to continue it") as saved:
@@ -364,11 +364,11 @@ def test_epochs_an_earlier_attempt_never_saved_are_reported(tmp_path: Path, capl
 
 def test_a_failed_read_keeps_what_was_logged_for_the_next_try(tmp_path: Path) -> None:
     """When reading the file to continue fails and a later try succeeds, what was logged before training is still applied on top."""
-    (tmp_path / FILE).write_text('{"epochs": [0, 1], "loss": {"loss": [1.0]}}')
+    (tmp_path / FILE).write_text('{"epochs": [0, 1, 2], "loss": {"loss": [1.0]}}')
     c = MetricsCollector(tmp_path)
     c.log_param("batch_size", 32)
-    with pytest.raises(ValueError, match="entries for 2 epochs"):
+    with pytest.raises(ValueError, match="entries for 3 epochs"):
         c.training_started(2)
-    (tmp_path / FILE).write_text('{"epochs": [0, 1], "loss": {"loss": [1.0, 0.9]}}')  # repaired
+    (tmp_path / FILE).write_text('{"epochs": [0, 1, 2], "loss": {"loss": [1.0, 0.9, 0.8]}}')  # repaired
     c.training_started(2)
     assert c.to_dict()["params"] == {"batch_size": 32} and c.epochs == [0, 1]

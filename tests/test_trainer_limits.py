@@ -21,10 +21,23 @@ LONGEST = limits.MAX_NAME_LENGTH
 
 
 def test_the_shipped_schema_is_the_functions_schema() -> None:
-    """The schema inside the trainer package is the function's own file (a link), not a second copy that could drift."""
-    assert SHIPPED.resolve() == SCHEMA_PATH.resolve(), (
-        f"{SHIPPED.relative_to(ROOT)} must be a link to {SCHEMA_PATH.relative_to(ROOT)}, the format's one definition"
+    """The schema inside the trainer package is a real file (the folder builds alone) byte-identical to the function's, the format's one definition."""
+    assert not SHIPPED.is_symlink(), f"{SHIPPED.relative_to(ROOT)} must be a real file: a link breaks `pip wheel` of a copied folder"
+    assert SHIPPED.read_bytes() == SCHEMA_PATH.read_bytes(), (
+        f"{SHIPPED.relative_to(ROOT)} differs from {SCHEMA_PATH.relative_to(ROOT)}: copy the canonical file over it"
     )
+
+
+def test_the_byte_cap_mirrors_the_functions_default() -> None:
+    """limits.FUNCTION_DEFAULT_MAX_BYTES is the function's default MAX_METRICS_BYTES, and MAX_VALUES and MAX_PARAM_LENGTH are the schema's."""
+    from ingest.config import Settings
+
+    from trainer_callbacks import limits
+
+    assert limits.FUNCTION_DEFAULT_MAX_BYTES == Settings.__dataclass_fields__["max_metrics_bytes"].default
+    schema = json.loads(SCHEMA_PATH.read_text())
+    assert limits.MAX_VALUES == schema["x-maxValues"]
+    assert limits.MAX_PARAM_LENGTH == schema["properties"]["params"]["additionalProperties"]["maxLength"]
 
 
 def test_the_limits_are_the_schemas() -> None:

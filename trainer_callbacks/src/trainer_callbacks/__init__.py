@@ -18,12 +18,21 @@ Example::
 from __future__ import annotations
 
 import importlib
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from trainer_callbacks.collector import MetricsCollector, TrainingTerminated
+from trainer_callbacks._destination import DestinationError
+from trainer_callbacks._preemption import TrainingTerminated
+from trainer_callbacks.collector import MetricsCollector
 from trainer_callbacks.storage import MetricsSaveError, MetricsUploadError, RetryPolicy
 
+if TYPE_CHECKING:  # static analysis sees the callbacks; at run time they load lazily (TensorFlow)
+    from trainer_callbacks.gradient_stats import GradientStatsCallback
+    from trainer_callbacks.metrics_callback import MetricsCallback
+    from trainer_callbacks.weight_norm import WeightNormCallback
+    from trainer_callbacks.weight_stats import WeightStatsCallback
+
 __all__ = [
+    "DestinationError",
     "GradientStatsCallback",
     "MetricsCallback",
     "MetricsCollector",
@@ -41,6 +50,10 @@ _CALLBACKS = {
     "WeightStatsCallback": "trainer_callbacks.weight_stats",
     "GradientStatsCallback": "trainer_callbacks.gradient_stats",
 }
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
 
 
 def __getattr__(name: str) -> Any:

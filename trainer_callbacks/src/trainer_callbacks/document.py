@@ -21,12 +21,16 @@ from trainer_callbacks.limits import fits_a_json_number
 
 SCHEMA_VERSION = 1
 STATUSES = ("running", "completed", "failed")
-TOP_LEVEL_SERIES = ("loss", "metrics", "gradient")
+TOP_LEVEL_SERIES = ("loss", "metrics", "gradient", "timing")
 STATS_SECTIONS = ("weight_stats", "gradient_stats")
 
 
 class NotAScalar(TypeError):
     """A logged value that is not one number (an array, a string...)."""
+
+
+class NewerSchemaVersion(ValueError):
+    """A file written by a newer format version: never continued, never rewritten as this one."""
 
 
 class NotAJsonNumber(ValueError):
@@ -90,11 +94,14 @@ def _size(number: Any) -> str:
 
 
 def to_param(value: Any) -> str | float | int | bool | None:
-    """Convert a hyperparameter: numbers as numbers, bools as bools, anything else as its string."""
+    """Convert a hyperparameter: numbers as numbers, bools as bools, dicts and lists as JSON text, anything else as its string."""
     if value is None or isinstance(value, bool | str):
         return value
     if isinstance(value, np.bool_):
         return bool(value)
+    if isinstance(value, Mapping | list | tuple):
+        # JSON text, which MLflow's params and any reader parse back (a repr would not be).
+        return json.dumps(value, default=str, ensure_ascii=False, allow_nan=True)
     try:
         return to_number(value)
     except NotAScalar:
@@ -199,6 +206,7 @@ def empty_document() -> dict[str, Any]:
         "loss": {},
         "metrics": {},
         "gradient": {},
+        "timing": {},
         "weight_stats": {},
         "gradient_stats": {},
         "final_metrics": {},
@@ -213,6 +221,13 @@ def normalize(document: Mapping[str, Any]) -> dict[str, Any]:
         ValueError: the epochs are not strictly increasing integers or a series is
             not aligned to them (appending to such a file would corrupt it further).
     """
+    version = document.get("schema_version", SCHEMA_VERSION)
+    if not isinstance(version, int) or isinstance(version, bool) or version > SCHEMA_VERSION:
+        raise NewerSchemaVersion(
+            f"the file has schema_version {version!r}, newer than the {SCHEMA_VERSION} this trainer_callbacks writes: "
+            "continuing it would rewrite it as an older version and lose what the newer writer stored "
+            "(upgrade trainer_callbacks, or write to another folder)"
+        )
     result = empty_document()
     for key, value in document.items():
         result[key] = value

@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import functools
 import logging
+import sys
 from collections.abc import Callable
 from typing import Any, TypeVar
 
 import tensorflow as tf
+
+from trainer_callbacks._backup_sync import find_callback_list
 
 logger = logging.getLogger("trainer_callbacks")
 
@@ -21,14 +24,32 @@ Callback = tf.keras.callbacks.Callback
 F = TypeVar("F", bound=Callable[..., Any])
 
 
-class CollectorCallback(Callback):
-    """A callback that writes into a MetricsCollector and tells it where training starts.
+def _unsupported_strategy(strategy: Any) -> str | None:
+    """Why the collector refuses ``strategy``, or None. Parameter servers run callbacks on the
+    coordinator while variables live elsewhere, and TPUs were never tried: both refused, plainly."""
+    refused = [tf.distribute.TPUStrategy, tf.distribute.experimental.ParameterServerStrategy]
+    refused += [getattr(tf.distribute, "ParameterServerStrategy", refused[-1]), tf.distribute.experimental.TPUStrategy]
+    if isinstance(strategy, tuple(refused)):
+        return (
+            f"trainer_callbacks does not support {type(strategy).__name__}: it supports no strategy, "
+            "MirroredStrategy and MultiWorkerMirroredStrategy. Train without the trainer_callbacks callbacks "
+            "under this strategy, or log values yourself with collector.log_metric on the chief."
+        )
+    return None
 
-    At each epoch begin it calls ``collector.training_started(epoch)`` (only the
-    first call of a run does anything): training restored past epoch 0 by
-    ``BackupAndRestore`` continues the existing file. This hook is deliberately
-    not :func:`guarded`: if the file to continue cannot be read, training stops
-    rather than go on towards a save that would replace epochs it never read.
+
+class CollectorCallback(Callback):
+    """A callback that writes into a MetricsCollector and keeps it informed of the fit.
+
+    Whatever a subclass overrides, these run around its hooks (``__init_subclass__``):
+    before ``on_train_begin``, the fit is set up on the collector (the distribution
+    strategy checked and asked which worker writes, the destination checked once,
+    BackupAndRestore hooked so the file is saved with each backup); before each
+    ``on_epoch_begin``, ``collector.training_started(epoch)`` (a run restored past
+    epoch 0 continues the file). These are deliberately not :func:`guarded`: a
+    destination that cannot be written, or a file to continue that cannot be read,
+    stops training rather than go on towards a save that would fail or replace
+    epochs it never read.
 
     Args:
         collector: the MetricsCollector to write into.
@@ -44,8 +65,68 @@ class CollectorCallback(Callback):
             )
         self.collector = collector
 
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        for name, hook in (("on_train_begin", _before_train_begin), ("on_epoch_begin", _before_epoch_begin),
+                           ("on_train_end", _after_train_end)):
+            own = cls.__dict__.get(name)
+            if own is not None and not getattr(own, "_collector_hook", False):
+                setattr(cls, name, hook(own))
+
+    def on_train_begin(self, logs: Any = None) -> None:
+        _fit_begin(self, sys._getframe(1))
+
     def on_epoch_begin(self, epoch: int, logs: Any = None) -> None:
         self.collector.training_started(epoch)
+
+    def on_train_end(self, logs: Any = None) -> None:
+        self.collector._callback_train_end(self)
+
+
+def _fit_begin(callback: CollectorCallback, frame: Any) -> None:
+    model = getattr(callback, "model", None)
+    strategy = getattr(model, "distribute_strategy", None) if model is not None else None
+    if strategy is None and tf.distribute.has_strategy():
+        strategy = tf.distribute.get_strategy()
+    if strategy is not None:
+        refusal = _unsupported_strategy(strategy)
+        if refusal:
+            raise ValueError(refusal)
+        if type(strategy).__name__ != "_DefaultDistributionStrategy":
+            callback.collector._strategy_says(bool(strategy.extended.should_checkpoint), type(strategy).__name__)
+    callback.collector._fit_begin(callback, find_callback_list(frame), dict(getattr(callback, "params", None) or {}))
+
+
+def _before_train_begin(hook: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(hook)
+    def wrapper(self: Any, logs: Any = None) -> Any:
+        _fit_begin(self, sys._getframe(1))
+        return hook(self, logs)
+
+    wrapper._collector_hook = True  # type: ignore[attr-defined]
+    return wrapper
+
+
+def _before_epoch_begin(hook: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(hook)
+    def wrapper(self: Any, epoch: int, logs: Any = None) -> Any:
+        self.collector.training_started(epoch)
+        return hook(self, epoch, logs)
+
+    wrapper._collector_hook = True  # type: ignore[attr-defined]
+    return wrapper
+
+
+def _after_train_end(hook: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(hook)
+    def wrapper(self: Any, logs: Any = None) -> Any:
+        try:
+            return hook(self, logs)
+        finally:
+            self.collector._callback_train_end(self)
+
+    wrapper._collector_hook = True  # type: ignore[attr-defined]
+    return wrapper
 
 
 def guarded(hook: F) -> F:

@@ -3,8 +3,8 @@
 The one definition of training_metrics.json is the JSON Schema
 ``functions/ingest/schema/training_metrics.v1.schema.json``. The trainer package
 must not import the function's code, so its package data holds that very file
-(``trainer_callbacks/schema/`` is a symbolic link to it in the repository; a built
-wheel carries its content) and reads its limits from it here: name lengths (and a ``pattern``, should the
+(``trainer_callbacks/schema/`` holds a copy, which a test keeps byte-identical to the
+canonical file, so the folder builds a complete wheel on its own) and reads its limits from it here: name lengths (and a ``pattern``, should the
 schema gain one), the epoch range, the histogram's shape, the statistics a tower
 may have, the longest ``error``. Nothing here repeats a number the schema holds.
 
@@ -101,6 +101,13 @@ MIN_COUNT: int | None = count_schema().get("minimum")
 MIN_BIN_EDGES: int = resolve(histogram_schema()["properties"]["bin_edges"]).get("minItems", 2)
 STAT_NAMES: tuple[str, ...] = tuple(name for name in tower_schema()["properties"] if name != "histogram")
 MAX_ERROR_LENGTH: int | None = section_schema("error").get("maxLength")
+MAX_PARAM_LENGTH: int | None = resolve(section_schema("params").get("additionalProperties", {})).get("maxLength")
+# The most values (numbers, strings, names...) the ingestion function takes in one file.
+MAX_VALUES: int | None = schema().get("x-maxValues")
+# The ingestion function's default byte cap (MAX_METRICS_BYTES in functions/ingest/config.py).
+# A deployment setting rather than part of the format, so not in the schema: this constant
+# mirrors the function's default, and a test fails if the two ever differ.
+FUNCTION_DEFAULT_MAX_BYTES = 16 * 1024 * 1024
 
 
 @dataclasses.dataclass(frozen=True)
@@ -177,11 +184,15 @@ def check_name(name: Any, *, argument: str, section: str) -> str:
     return name
 
 
-def check_text(text: str, *, argument: str) -> str:
-    """``text`` (a string value, such as a parameter) if the file and the database can carry it."""
+def check_text(text: str, *, argument: str, max_length: int | None = None) -> str:
+    """``text`` (a string value, such as a parameter) if the file and the database can carry it
+    (and, with ``max_length``, if it is at most that long)."""
+    expected = "a string encodable as UTF-8 and without NUL" + (f", at most {max_length} characters" if max_length is not None else "")
+    if max_length is not None and len(text) > max_length:
+        raise invalid(argument, text, expected, f"{len(text)} characters")
     problem = text_problem(text)
     if problem:
-        raise invalid(argument, text, "a string encodable as UTF-8 and without NUL", problem)
+        raise invalid(argument, text, expected, problem)
     return text
 
 

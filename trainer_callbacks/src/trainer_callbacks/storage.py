@@ -20,6 +20,11 @@ import os
 import tempfile
 from typing import Any, NoReturn
 
+from trainer_callbacks._checkpoint_copy import keep_durably
+from trainer_callbacks._local_files import atomic_write
+
+__all__ = ["DEFAULT_FILENAME", "MetricsSaveError", "MetricsStore", "MetricsUploadError", "RetryPolicy", "atomic_write"]
+
 logger = logging.getLogger("trainer_callbacks")
 
 DEFAULT_FILENAME = "training_metrics.json"
@@ -46,11 +51,15 @@ class MetricsSaveError(RuntimeError):
             print("metrics kept at", error.fallback_path)
     """
 
-    def __init__(self, message: str, *, uri: str, fallback_path: str | None, generation: int | None = None) -> None:
+    def __init__(
+        self, message: str, *, uri: str, fallback_path: str | None, generation: int | None = None, copies: list[str] | None = None
+    ) -> None:
         super().__init__(message)
         self.uri = uri
         self.fallback_path = fallback_path
         self.generation = generation
+        # Every copy written: the local fallback, and the one under AIP_CHECKPOINT_DIR when it is set.
+        self.copies = list(copies) if copies is not None else ([fallback_path] if fallback_path else [])
 
 
 class MetricsUploadError(MetricsSaveError):
@@ -131,6 +140,8 @@ class MetricsStore:
         retry: upload backoff (default :class:`RetryPolicy()`).
         fallback_dir: where a document that could not be uploaded is written
             (default ``$TMPDIR/trainer_callbacks``).
+        durable_dir: where a second copy goes then (``gs://`` or a path; Vertex AI's
+            ``AIP_CHECKPOINT_DIR``); None: none.
         client: a ``google.cloud.storage.Client``; by default one is created at
             the first GCS access (never earlier: creating it looks up credentials,
             which can be a network call).
@@ -149,10 +160,11 @@ class MetricsStore:
         retry: RetryPolicy | None = None,
         fallback_dir: str | os.PathLike[str] | None = None,
         client: Any = None,
+        durable_dir: str | None = None,
     ) -> None:
-        output_path = os.fspath(output_path)
-        if not output_path:
-            raise ValueError("Invalid value for argument `output_path`. Received: output_path=''. Expected a folder or gs://BUCKET/FOLDER.")
+        from trainer_callbacks._arguments import destination
+
+        output_path = destination(output_path)
         if not filename or "/" in filename:
             raise ValueError(f"Invalid value for argument `filename`. Received: filename={filename!r}. Expected a base name.")
         self.output_path = output_path
@@ -160,6 +172,7 @@ class MetricsStore:
         self.retry = retry or RetryPolicy()
         self.fallback_dir = os.fspath(fallback_dir) if fallback_dir is not None else os.path.join(tempfile.gettempdir(), "trainer_callbacks")
         self._client = client
+        self.durable_dir = durable_dir  # Vertex AI's AIP_CHECKPOINT_DIR: a failed save's copy there outlives the container
         self.is_gcs = output_path.startswith("gs://")
         if self.is_gcs:
             self.bucket_name, folder = split_gcs_uri(output_path)
@@ -169,12 +182,16 @@ class MetricsStore:
             self.uri = os.path.join(output_path, filename)
 
     # -- GCS -------------------------------------------------------------
-    def _blob(self) -> Any:
+    def client(self) -> Any:
+        """The ``google.cloud.storage.Client``, created at first use (it looks up credentials)."""
         if self._client is None:
             from google.cloud import storage
 
             self._client = storage.Client()
-        return self._client.bucket(self.bucket_name).blob(self.object_name)
+        return self._client
+
+    def _blob(self) -> Any:
+        return self.client().bucket(self.bucket_name).blob(self.object_name)
 
     def read(self) -> tuple[bytes, int | None] | None:
         """The current file and its generation (None locally), or None if there is none."""
@@ -297,24 +314,27 @@ class MetricsStore:
         ``fallback_path`` is None.
         """
         fallback = self.fallback_path
+        durable = keep_durably(self, data)
+        also = f"; a copy that outlives the container: {durable}" if durable else ""
         try:
             atomic_write(fallback, data)
         except OSError as local_error:
             logger.error("could not write the local fallback copy %s: %s", fallback, local_error)
             raise kind(
                 f"{what} ({_describe(error)}), and the local fallback copy {fallback} "
-                f"could not be written either ({local_error})",
+                f"could not be written either ({local_error}){also}",
                 uri=self.uri,
                 fallback_path=None,
                 generation=generation,
+                copies=[durable] if durable else [],
             ) from error
         raise kind(
-            f"{what} ({_describe(error)}); the document was written to {fallback}",
+            f"{what} ({_describe(error)}); the document was written to {fallback}{also}",
             uri=self.uri,
             fallback_path=fallback,
             generation=generation,
+            copies=[fallback] + ([durable] if durable else []),
         ) from error
-
 
 def _describe(error: BaseException) -> str:
     if type(error).__name__ == "PreconditionFailed":
@@ -354,22 +374,3 @@ def _created_generation(error: BaseException) -> int | None:
         return int(response.json()["generation"])
     except (ValueError, KeyError, TypeError):
         return None
-
-
-def atomic_write(path: str, data: bytes) -> None:
-    """Write ``data`` to ``path`` so readers see the old file or the new one, never a part."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, temp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(temp, path)
-    except BaseException:
-        try:
-            os.unlink(temp)
-        except FileNotFoundError:
-            pass
-        raise
