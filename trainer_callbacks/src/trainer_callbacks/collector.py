@@ -733,6 +733,38 @@ class MetricsCollector:
                 exc.add_note(f"trainer_callbacks: saving the metrics also failed: {save_error}")
         # Returning None re-raises the original exception.
 
+    # -- timing and callback errors (minimal; the collector split owns the full version) --
+    def log_timing(self, values: Mapping[str, float | int | None], step: int | None = None) -> None:
+        """Record what an epoch cost in ``timing`` (``epoch_seconds``, ``steps_per_second``, ...), aligned to ``epochs``."""
+        checked = {
+            limits.check_name(name, argument="values", section="timing"): self._number(value, f"values[{name!r}]")
+            for name, value in values.items()
+        }
+        with self._lock:
+            self._ensure_loaded()
+            self._record(self._put_timing, checked, self._current_step(step))
+
+    def _put_timing(self, values: dict[str, float | int | None], step: int) -> None:
+        index = self._row(step)
+        timing = self._doc.setdefault("timing", {})
+        n = len(self._doc["epochs"])
+        for series in timing.values():  # _row does not know this section: pad to the epochs
+            series.extend([None] * (n - len(series)))
+        for name, number in values.items():
+            self._series(timing, name)[index] = number
+
+    def record_callback_error(self, callback: str, epoch: int | None, error: str) -> None:
+        """Record in ``callback_errors`` that ``callback`` failed at ``epoch`` (None: outside an epoch) and why."""
+        entry = {"callback": str(callback)[:256] or "?", "epoch": epoch, "error": limits.printable_text(str(error), 4096)}
+        with self._lock:
+            self._ensure_loaded()
+            self._record(self._put_callback_error, entry)
+
+    def _put_callback_error(self, entry: dict[str, Any]) -> None:
+        errors = self._doc.setdefault("callback_errors", [])
+        if len(errors) < 1000:  # the schema's bound
+            errors.append(dict(entry))
+
 
 def _plain(values: Any) -> Any:
     """A NumPy array of integers or float64 as Python numbers in one call, not one conversion per bin

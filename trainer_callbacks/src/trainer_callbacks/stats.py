@@ -39,6 +39,34 @@ _CHUNK_ELEMENTS = 1 << 21
 _MAX_CHUNKS = 16
 
 
+# Strategies whose variables the statistics cannot read where they live from a callback.
+_UNSUPPORTED_STRATEGIES = {
+    "ParameterServerStrategy": "its variables are sharded over parameter servers and callbacks run on the coordinator",
+    "ParameterServerStrategyV2": "its variables are sharded over parameter servers and callbacks run on the coordinator",
+    "CentralStorageStrategy": "its variables live on the parameter device and callbacks run on the coordinator",
+    "TPUStrategy": "its variables live on TPU cores the statistics functions do not run on",
+    "TPUStrategyV2": "its variables live on TPU cores the statistics functions do not run on",
+}
+
+
+def check_strategy(model: Any, callback: str) -> None:
+    """ValueError when ``model`` trains under a strategy the statistics callbacks do not support.
+
+    Supported: no strategy, ``MirroredStrategy`` and ``MultiWorkerMirroredStrategy``
+    (each logical variable is summarised once, from its local copy).
+    """
+    strategy = getattr(model, "distribute_strategy", None)
+    if strategy is None and tf.distribute.has_strategy():
+        strategy = tf.distribute.get_strategy()
+    name = type(strategy).__name__ if strategy is not None else ""
+    if name in _UNSUPPORTED_STRATEGIES:
+        raise ValueError(
+            f"{callback} does not support {name}: {_UNSUPPORTED_STRATEGIES[name]}. Supported: no strategy, "
+            "MirroredStrategy and MultiWorkerMirroredStrategy. Leave the statistics callbacks out of this run "
+            "(MetricsCallback works under any strategy)."
+        )
+
+
 def dense_gradient(gradient: Any) -> tf.Tensor | None:
     """The gradient entries a probe batch produced, as one dense tensor.
 
