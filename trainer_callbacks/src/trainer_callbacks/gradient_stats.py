@@ -15,7 +15,7 @@ from trainer_callbacks.keras_compat import CollectorCallback, guarded
 from trainer_callbacks.stats import TowerStatsProgram, check_strategy, dense_gradient
 from trainer_callbacks.towers import TowerSpec, resolve_towers
 from trainer_callbacks.weight_stats import validate_histogram_args
-from trainer_callbacks.weight_summary import fixed_ranges
+from trainer_callbacks.weight_summary import fixed_ranges, variables_key
 
 # Non-trainable variables up to this size are restored after the probe's
 # training-mode forward pass (BatchNorm moving statistics, dropout seeds), so the
@@ -200,7 +200,7 @@ class GradientStatsCallback(CollectorCallback):
         self.margin = margin
         self.loss_fn = loss_fn
         self._program: TowerStatsProgram | None = None
-        self._program_model: Any = None
+        self._program_key: Any = None
         self._loss_fn: Callable[[Any], Any] | None = None
         self._probe: Any = None
 
@@ -210,8 +210,8 @@ class GradientStatsCallback(CollectorCallback):
         # warning at the first epoch end and an empty section.
         check_strategy(self.model, type(self).__name__)
         self._loss_fn = self.loss_fn or default_loss_fn(self.model)
-        if self._program is not None and self._program_model is self.model:
-            return  # the same model in a second fit: keep the compiled program (no new trace)
+        if self._program is not None and self._program_key == (id(self.model), variables_key(self.model, self.towers)):
+            return  # the same model and variables in another fit: keep the compiled program (no new trace)
         self._program = None
 
     def _build(self) -> None:
@@ -239,7 +239,7 @@ class GradientStatsCallback(CollectorCallback):
             return result
 
         self._program = TowerStatsProgram(produce, names, bins=bins, margin=self.margin, with_norm=True, ranges=ranges)
-        self._program_model = model
+        self._program_key = (id(model), variables_key(model, self.towers))
         self._probe = tf.nest.map_structure(tf.convert_to_tensor, self.probe_batch)
 
     @guarded
