@@ -37,7 +37,8 @@ _INT32_MAX = 2**31 - 1
 
 def on_cpu(variables: Sequence[object]) -> bool:
     """True when every variable lives on a CPU (where this formulation is the faster one)."""
-    devices = [str(getattr(v, "device", "") or "") for v in variables]
+    # A Keras 3 variable keeps its device on the TensorFlow variable it wraps (``.value``).
+    devices = [str(getattr(v, "device", None) or getattr(getattr(v, "value", None), "device", "") or "") for v in variables]
     return bool(devices) and all("CPU" in d.upper() for d in devices)
 
 
