@@ -2,7 +2,8 @@
 
 Same output (``[5 + bins]`` float64: count, sum, sum of squares, min, max, the
 histogram counts) and the same exact counts as ``tf.histogram_fixed_width``, at
-about half the cost on a CPU (bench/bench_callbacks.py prints both):
+about 0.8x the cost of the TensorFlow-ops formulation on a CPU
+(bench/bench_callbacks.py prints both):
 
 * XLA reads a variable in place. Outside XLA, a table updated sparsely (an
   embedding) is in TensorFlow's copy-on-read mode and every read copies it whole.

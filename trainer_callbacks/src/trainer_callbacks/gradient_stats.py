@@ -168,7 +168,16 @@ class GradientStatsCallback(CollectorCallback):
         margin: histogram range as a multiple of the first epoch's largest
             magnitude (float >= 1, default 2.0).
         loss_fn: ``loss_fn(batch) -> scalar loss`` to use instead of the model's
-            own (default None: see :func:`default_loss_fn`).
+            own (default None: the model's ``compute_loss`` override, Keras 3's or
+            TensorFlow Recommenders' signature, else its compiled loss; a model
+            with neither, such as a custom ``train_step`` computing its loss
+            inline, raises ValueError at train begin showing how to pass one).
+
+    Under ``MirroredStrategy`` and ``MultiWorkerMirroredStrategy`` the probe runs
+    outside the strategy's scope on each worker, on the local copy of the
+    mirrored weights: the whole probe batch, no collective op (so no worker can
+    wait on another), and the statistics equal a single-device run's. Other
+    strategies (parameter servers, TPUs) raise ValueError at train begin.
 
     Example:
 
