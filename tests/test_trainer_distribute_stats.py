@@ -48,6 +48,7 @@ def assert_equals_single_device(out: Path, replicas: int) -> None:
     assert check["replicas"] == replicas and check["missing"] == [] and check["callback_errors"] == []
     assert len(check["names"]) == 21  # 3 norms + 2 towers x (4 weight + 5 gradient statistics)
     assert check["max_relative"] <= 1e-5, check["worst"]
+    assert check["compiled_loss_relative"] <= 1e-5  # a compiled loss + BatchNorm model too (mirrored runs)
     assert all(diff == 0 for diff in check["count_diff"].values()), check["count_diff"]
     assert check["timing"] == ["device_peak_bytes", "epoch_seconds", "examples_per_second", "host_peak_bytes", "steps_per_second"]
     doc = check_strict_json((out / "run" / "training_metrics.json").read_bytes())
@@ -57,7 +58,7 @@ def assert_equals_single_device(out: Path, replicas: int) -> None:
 
 @pytest.mark.parametrize("legacy", [False, True], ids=["keras3", "tf-keras-tfrs"])
 def test_mirrored_strategy_statistics_equal_a_single_device_run(tmp_path: Path, legacy: bool) -> None:
-    """MirroredStrategy over two logical CPUs: all four callbacks record, each variable once, as on one device."""
+    """MirroredStrategy over two logical CPUs: all four callbacks record, each variable once, as on one device; a compiled loss too."""
     result = subprocess.run(command("mirrored", tmp_path), cwd=ROOT, env=child_env(legacy),
                             capture_output=True, text=True, timeout=WATCHDOG_SECONDS)
     assert result.returncode == 0, result.stderr[-4000:]

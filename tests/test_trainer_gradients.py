@@ -85,3 +85,14 @@ def test_metrics_callback_refuses_params_that_are_not_a_mapping() -> None:
     """MetricsCallback(c, params="x") raises Keras's kind of ValueError at construction."""
     with pytest.raises(ValueError, match=r"Invalid value for argument `params`\. Received: params='x'\. Expected a mapping"):
         MetricsCallback(MetricsCollector("unused-folder"), params="x")
+
+
+def test_parameter_server_and_tpu_strategies_are_refused_with_the_reason() -> None:
+    """A model under ParameterServerStrategy or TPUStrategy: the statistics callbacks refuse it, naming what is supported."""
+    from trainer_callbacks.stats import check_strategy
+
+    for name in ("ParameterServerStrategyV2", "TPUStrategy"):
+        model = type("Model", (), {"distribute_strategy": type(name, (), {})()})()
+        with pytest.raises(ValueError, match=rf"WeightStatsCallback does not support {name}: .* Supported: no strategy, MirroredStrategy"):
+            check_strategy(model, "WeightStatsCallback")
+    check_strategy(type("Model", (), {"distribute_strategy": tf.distribute.get_strategy()})(), "WeightStatsCallback")

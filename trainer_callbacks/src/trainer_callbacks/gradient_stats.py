@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import numpy as np
@@ -113,6 +114,34 @@ def default_loss_fn(model: Any) -> Callable[[Any], tf.Tensor]:
         return model.compute_loss(**kwargs)
 
     return keras_loss
+
+
+@contextlib.contextmanager
+def _metrics_muted(model: Any) -> Iterator[None]:
+    """The model's metrics (its loss tracker included) ignore updates while the probe is traced and run.
+
+    The probe must leave no trace in the model: Keras's ``compute_loss`` updates
+    the loss tracker, which would add the probe batch to the epoch's reported
+    loss and, under a strategy, fails outright (a SyncOnRead variable refuses
+    ``assign_add`` outside a replica). The compiled probe never contains the
+    update, since it is traced while muted.
+    """
+    metrics = [m for m in getattr(model, "metrics", []) if hasattr(m, "update_state")]
+    saved = [(m, m.__dict__.get("update_state")) for m in metrics]
+    for metric in metrics:
+        metric.update_state = _ignore_update
+    try:
+        yield
+    finally:
+        for metric, own in saved:
+            if own is None:
+                del metric.update_state  # back to the class's method
+            else:
+                metric.update_state = own
+
+
+def _ignore_update(*args: Any, **kwargs: Any) -> None:
+    return None
 
 
 def _in_plain_context(fn: Callable[[], Any]) -> Any:
@@ -253,7 +282,8 @@ class GradientStatsCallback(CollectorCallback):
 
     @guarded
     def on_epoch_end(self, epoch: int, logs: Mapping[str, Any] | None = None) -> None:
-        results = _in_plain_context(self._summarise)
+        with _metrics_muted(self.model):
+            results = _in_plain_context(self._summarise)
         for tower, (stats, histogram) in results.items():
             self.collector.log_gradient_stats(tower, stats, histogram, step=epoch)
 
