@@ -99,3 +99,51 @@ def tfrs_retrieval_model(dim: int = DIM, learning_rate: float = 0.1) -> Any:
     model = Retrieval()
     model.compile(optimizer=keras.optimizers.Adagrad(learning_rate))
     return model
+
+
+def in_batch_softmax_loss(query: tf.Tensor, candidate: tf.Tensor) -> tf.Tensor:
+    """Mean softmax cross-entropy of each query against every candidate of the batch (the diagonal is the positive)."""
+    scores = tf.matmul(query, candidate, transpose_b=True)
+    return tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(tf.range(tf.shape(scores)[0]), scores))
+
+
+def two_tower_custom_step(override_compute_loss: bool = False, learning_rate: float = 0.05) -> Any:
+    """The usual Keras 3 two-tower model: a custom ``train_step`` with an in-batch softmax, ``compile(optimizer=...)``, no loss.
+
+    With ``override_compute_loss`` the loss lives in ``compute_loss(x, y, y_pred, sample_weight, training)``
+    (Keras 3's signature), which ``train_step`` calls; otherwise it is computed inside ``train_step``.
+    """
+    keras = tf.keras
+
+    class TwoTower(keras.Model):
+        def __init__(self) -> None:
+            super().__init__()
+            self.query_model = _tower(keras, N_USERS, DIM, "query")
+            self.candidate_model = _tower(keras, N_ITEMS, DIM, "candidate")
+
+        def call(self, features: dict[str, tf.Tensor], training: bool = False) -> tuple[tf.Tensor, tf.Tensor]:
+            return (self.query_model(features["user_id"], training=training),
+                    self.candidate_model(features["item_id"], training=training))
+
+        def train_step(self, data: Any) -> dict[str, tf.Tensor]:
+            features = data[0] if isinstance(data, tuple) else data
+            with tf.GradientTape() as tape:
+                towers = self(features, training=True)
+                if override_compute_loss:
+                    loss = self.compute_loss(x=features, y=None, y_pred=towers, sample_weight=None, training=True)
+                else:
+                    loss = in_batch_softmax_loss(*towers)
+            gradients = tape.gradient(loss, self.trainable_variables)
+            self.optimizer.apply_gradients(zip(gradients, self.trainable_variables))
+            return {"loss": loss}
+
+    if override_compute_loss:
+        def compute_loss(self: Any, x: Any = None, y: Any = None, y_pred: Any = None, sample_weight: Any = None,
+                         training: bool = True) -> tf.Tensor:
+            return in_batch_softmax_loss(*y_pred)
+
+        TwoTower.compute_loss = compute_loss
+    model = TwoTower()
+    model.compile(optimizer=keras.optimizers.Adagrad(learning_rate))
+    model({"user_id": tf.zeros([1], tf.int32), "item_id": tf.zeros([1], tf.int32)})  # build
+    return model

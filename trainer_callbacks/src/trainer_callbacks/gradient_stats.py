@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import inspect
-import sys
-from collections.abc import Callable, Mapping
+import threading
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import numpy as np
@@ -12,10 +13,10 @@ import tensorflow as tf
 
 from trainer_callbacks.collector import MetricsCollector
 from trainer_callbacks.keras_compat import CollectorCallback, guarded
-from trainer_callbacks.stats import TowerStatsProgram, dense_gradient
+from trainer_callbacks.stats import TowerStatsProgram, check_strategy, dense_gradient
 from trainer_callbacks.towers import TowerSpec, resolve_towers
 from trainer_callbacks.weight_stats import validate_histogram_args
-from trainer_callbacks.weight_summary import fixed_ranges
+from trainer_callbacks.weight_summary import fixed_ranges, variables_key
 
 # Non-trainable variables up to this size are restored after the probe's
 # training-mode forward pass (BatchNorm moving statistics, dropout seeds), so the
@@ -42,18 +43,67 @@ def unpack_batch(batch: Any) -> tuple[Any, Any, Any]:
     return batch, None, None
 
 
-def default_loss_fn(model: Any) -> Callable[[Any], tf.Tensor]:
-    """The model's own training loss on a batch.
+_LOSS_FN_EXAMPLE = """\
+GradientStatsCallback needs the loss the model trains on, and this model exposes none: it was \
+compiled without `loss=` and does not override `compute_loss` (a custom `train_step` computes \
+its loss where Keras cannot reach it). Pass it as `loss_fn=`, a function of one probe batch \
+that returns the scalar loss, e.g. for a two-tower model with an in-batch softmax:
 
-    A TensorFlow Recommenders model: ``model.compute_loss(batch, training=True)``.
-    A Keras model: ``model.compute_loss(x, y, y_pred, sample_weight)`` (the compiled
-    loss plus regularization losses), with ``training=True`` where the Keras
-    version accepts it.
+    def probe_loss(batch):
+        features = batch[0] if isinstance(batch, tuple) else batch
+        scores = tf.matmul(model.query_model(features["user_id"], training=True),
+                           model.candidate_model(features["item_id"], training=True), transpose_b=True)
+        labels = tf.range(tf.shape(scores)[0])
+        return tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(labels, scores))
+
+    GradientStatsCallback(collector, probe_batch, loss_fn=probe_loss)
+
+(or move the loss into an override of `compute_loss(self, x, y, y_pred, sample_weight, training=True)` \
+that `train_step` calls, or compile the model with `loss=...`)."""
+
+# Modules whose compute_loss is Keras's (or TFRS's) own, not the user's.
+_LIBRARY_MODULES = ("keras.", "tf_keras.", "tensorflow_recommenders.", "tensorflow.")
+
+
+def _compute_loss_owner(model: Any) -> type | None:
+    """The class whose ``compute_loss`` the model uses when it is the user's own override, else None."""
+    owner = next((c for c in type(model).__mro__ if "compute_loss" in c.__dict__), None)
+    if owner is None or owner.__module__.startswith(_LIBRARY_MODULES):
+        return None
+    return owner
+
+
+def _has_compiled_loss(model: Any) -> bool:
+    if hasattr(model, "_compile_loss"):  # Keras 3
+        return model._compile_loss is not None
+    container = getattr(model, "compiled_loss", None)  # tf-keras: a container exists even for loss=None
+    return container is not None and getattr(container, "_user_losses", None) is not None
+
+
+def default_loss_fn(model: Any) -> Callable[[Any], tf.Tensor]:
+    """The model's own training loss on a batch, or ValueError when the model exposes none.
+
+    An overridden ``compute_loss``: called as Keras 3 and tf-keras call it
+    (``x, y, y_pred, sample_weight`` and ``training=True`` where accepted) when
+    it takes ``y_pred``, else as TensorFlow Recommenders does
+    (``compute_loss(batch, training=True)``). Otherwise the compiled loss
+    (``compile(loss=...)``, plus regularization losses) through Keras's own
+    ``compute_loss``.
+
+    Raises:
+        ValueError: neither an override nor a compiled loss; the message shows
+            how to pass ``loss_fn=``.
     """
-    tfrs = sys.modules.get("tensorflow_recommenders")
-    if tfrs is not None and isinstance(model, tfrs.models.Model):
-        return lambda batch: model.compute_loss(batch, training=True)
-    accepts_training = "training" in inspect.signature(model.compute_loss).parameters
+    owner = _compute_loss_owner(model)
+    if owner is None and not _has_compiled_loss(model):
+        raise ValueError(_LOSS_FN_EXAMPLE)
+    parameters = inspect.signature(model.compute_loss).parameters
+    accepts_training = "training" in parameters or any(p.kind is p.VAR_KEYWORD for p in parameters.values())
+    if owner is not None and "y_pred" not in parameters:
+        # TensorFlow Recommenders' signature: compute_loss(features, training=False).
+        if accepts_training:
+            return lambda batch: model.compute_loss(batch, training=True)
+        return lambda batch: model.compute_loss(batch)
 
     def keras_loss(batch: Any) -> tf.Tensor:
         x, y, sample_weight = unpack_batch(batch)
@@ -64,6 +114,64 @@ def default_loss_fn(model: Any) -> Callable[[Any], tf.Tensor]:
         return model.compute_loss(**kwargs)
 
     return keras_loss
+
+
+@contextlib.contextmanager
+def _metrics_muted(model: Any) -> Iterator[None]:
+    """The model's metrics (its loss tracker included) ignore updates while the probe is traced and run.
+
+    The probe must leave no trace in the model: Keras's ``compute_loss`` updates
+    the loss tracker, which would add the probe batch to the epoch's reported
+    loss and, under a strategy, fails outright (a SyncOnRead variable refuses
+    ``assign_add`` outside a replica). The compiled probe never contains the
+    update, since it is traced while muted.
+    """
+    metrics = [m for m in getattr(model, "metrics", []) if hasattr(m, "update_state")]
+    saved = [(m, m.__dict__.get("update_state")) for m in metrics]
+    for metric in metrics:
+        metric.update_state = _ignore_update
+    try:
+        yield
+    finally:
+        for metric, own in saved:
+            if own is None:
+                del metric.update_state  # back to the class's method
+            else:
+                metric.update_state = own
+
+
+def _ignore_update(*args: Any, **kwargs: Any) -> None:
+    return None
+
+
+def _in_plain_context(fn: Callable[[], Any]) -> Any:
+    """``fn()`` outside the distribution strategy whose scope is active here (tf-keras runs callbacks in it).
+
+    In a strategy's cross-replica context the model's own loss cannot run: a
+    tape cannot watch a MirroredVariable there, and the loss tracker (a
+    SyncOnRead variable) refuses ``assign_add``. A strategy scope is
+    thread-local, so a helper thread sees the plain default strategy: the
+    mirrored variables read as their local copy (the same values on every
+    replica and worker), the loss is the single-device loss of the whole probe
+    batch (no per-replica scaling), and no collective op runs, so no worker can
+    wait on another. The statistics therefore equal a single-device run's.
+    """
+    if not tf.distribute.has_strategy() or not tf.distribute.in_cross_replica_context():
+        return fn()
+    result: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            result["value"] = fn()
+        except BaseException as error:  # noqa: BLE001 - handed to the calling thread and raised there
+            result["error"] = error
+
+    thread = threading.Thread(target=run, name="trainer_callbacks-gradient-probe", daemon=True)
+    thread.start()
+    thread.join()
+    if "error" in result:
+        raise result["error"]
+    return result["value"]
 
 
 class GradientStatsCallback(CollectorCallback):
@@ -89,7 +197,16 @@ class GradientStatsCallback(CollectorCallback):
         margin: histogram range as a multiple of the first epoch's largest
             magnitude (float >= 1, default 2.0).
         loss_fn: ``loss_fn(batch) -> scalar loss`` to use instead of the model's
-            own (default None: see :func:`default_loss_fn`).
+            own (default None: the model's ``compute_loss`` override, Keras 3's or
+            TensorFlow Recommenders' signature, else its compiled loss; a model
+            with neither, such as a custom ``train_step`` computing its loss
+            inline, raises ValueError at train begin showing how to pass one).
+
+    Under ``MirroredStrategy`` and ``MultiWorkerMirroredStrategy`` the probe runs
+    outside the strategy's scope on each worker, on the local copy of the
+    mirrored weights: the whole probe batch, no collective op (so no worker can
+    wait on another), and the statistics equal a single-device run's. Other
+    strategies (parameter servers, TPUs) raise ValueError at train begin.
 
     Example:
 
@@ -121,10 +238,18 @@ class GradientStatsCallback(CollectorCallback):
         self.margin = margin
         self.loss_fn = loss_fn
         self._program: TowerStatsProgram | None = None
+        self._program_key: Any = None
+        self._loss_fn: Callable[[Any], Any] | None = None
         self._probe: Any = None
 
-    @guarded
     def on_train_begin(self, logs: Mapping[str, Any] | None = None) -> None:
+        # Not guarded: a model whose loss cannot be reached, or a strategy the
+        # statistics do not support, must stop here with the way out, not cost a
+        # warning at the first epoch end and an empty section.
+        check_strategy(self.model, type(self).__name__)
+        self._loss_fn = self.loss_fn or default_loss_fn(self.model)
+        if self._program is not None and self._program_key == (id(self.model), variables_key(self.model, self.towers)):
+            return  # the same model and variables in another fit: keep the compiled program (no new trace)
         self._program = None
 
     def _build(self) -> None:
@@ -133,7 +258,7 @@ class GradientStatsCallback(CollectorCallback):
         names = list(towers)
         groups = list(towers.values())
         sources = [v for group in groups for v in group]
-        loss_fn = self.loss_fn or default_loss_fn(model)
+        loss_fn = self._loss_fn or self.loss_fn or default_loss_fn(model)
         restore = [v for v in getattr(model, "non_trainable_variables", []) if _restorable(v)]
         ranges, bins = fixed_ranges(self.collector, self.section, names, self.bins)
 
@@ -152,11 +277,17 @@ class GradientStatsCallback(CollectorCallback):
             return result
 
         self._program = TowerStatsProgram(produce, names, bins=bins, margin=self.margin, with_norm=True, ranges=ranges)
+        self._program_key = (id(model), variables_key(model, self.towers))
         self._probe = tf.nest.map_structure(tf.convert_to_tensor, self.probe_batch)
 
     @guarded
     def on_epoch_end(self, epoch: int, logs: Mapping[str, Any] | None = None) -> None:
+        with _metrics_muted(self.model):
+            results = _in_plain_context(self._summarise)
+        for tower, (stats, histogram) in results.items():
+            self.collector.log_gradient_stats(tower, stats, histogram, step=epoch)
+
+    def _summarise(self) -> dict[str, Any]:
         if self._program is None:
             self._build()
-        for tower, (stats, histogram) in self._program(self._probe).items():
-            self.collector.log_gradient_stats(tower, stats, histogram, step=epoch)
+        return self._program(self._probe)

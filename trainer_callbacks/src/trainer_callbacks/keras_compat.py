@@ -132,8 +132,10 @@ def _after_train_end(hook: Callable[..., Any]) -> Callable[..., Any]:
 def guarded(hook: F) -> F:
     """Run a callback hook so that a failure in it cannot end the training run.
 
-    The first failure is logged with its traceback and the callback turns itself
-    off (``self.disabled``): a broken statistic should cost a warning, not a job.
+    The first failure is logged with its traceback, recorded in the document's
+    ``callback_errors`` (which callback, at which epoch, why) and the callback
+    turns itself off (``self.disabled``): a broken statistic should cost a
+    warning and a visible note in the run's file, not a job.
     """
 
     @functools.wraps(hook)
@@ -142,12 +144,27 @@ def guarded(hook: F) -> F:
             return None
         try:
             return hook(self, *args, **kwargs)
-        except Exception:
+        except Exception as error:
             self.disabled = True
             logger.warning(
                 "%s.%s failed; this callback is disabled for the rest of the run (training continues)",
                 type(self).__name__, hook.__name__, exc_info=True,
             )
+            record_failure(self, hook.__name__, _epoch_argument(hook.__name__, args, kwargs), error)
             return None
 
     return wrapper  # type: ignore[return-value]
+
+
+def _epoch_argument(hook_name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> int | None:
+    epoch = kwargs.get("epoch", args[0] if args and "epoch" in hook_name else None)
+    return epoch if type(epoch) is int and epoch >= 0 else None
+
+
+def record_failure(callback: Any, where: str, epoch: int | None, error: BaseException) -> None:
+    """Note in the collector's document that ``callback`` failed (in hook ``where``) and why."""
+    reason = f"{where}: {type(error).__name__}: {error}"
+    try:
+        callback.collector.record_callback_error(type(callback).__name__, epoch, reason)
+    except (ValueError, TypeError, RuntimeError) as problem:  # the note is best effort: training goes on
+        logger.warning("could not record %s's failure in the document: %s", type(callback).__name__, problem)

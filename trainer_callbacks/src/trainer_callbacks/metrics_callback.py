@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Mapping
 from typing import Any
 
 from trainer_callbacks.collector import MetricsCollector
 from trainer_callbacks.document import NotAScalar, to_number
 from trainer_callbacks.keras_compat import CollectorCallback, guarded
+from trainer_callbacks.limits import clipped_repr
+from trainer_callbacks._timing import EpochClock
 
 logger = logging.getLogger("trainer_callbacks")
 
@@ -33,7 +36,13 @@ class MetricsCallback(CollectorCallback):
     at train end it records ``final_<name>`` for each series (its last non-null
     value). Passed to ``model.evaluate``, it records the results as ``test_<name>``.
     At each epoch begin it lets the collector flush (see ``flush_every``), so a
-    flushed file holds complete epochs.
+    flushed file holds complete epochs. At each epoch end it records what the
+    epoch cost in ``timing``: ``epoch_seconds`` (this callback's epoch begin to
+    its epoch end), ``steps_per_second``, ``examples_per_second`` (when
+    ``batch_size`` is in Keras's or these ``params``), ``host_peak_bytes`` (the
+    process's peak resident memory so far) and ``device_peak_bytes`` (the first
+    GPU's peak during the epoch; null without one). No thread samples anything:
+    a clock, the optimizer's step counter and two memory queries per epoch.
 
     Args:
         collector: the MetricsCollector to write into.
@@ -51,7 +60,13 @@ class MetricsCallback(CollectorCallback):
 
     def __init__(self, collector: MetricsCollector, params: Mapping[str, Any] | None = None) -> None:
         super().__init__(collector)
+        if params is not None and not isinstance(params, Mapping):
+            raise ValueError(
+                f"Invalid value for argument `params`. Received: params={clipped_repr(params)}. "
+                'Expected a mapping of parameter names to values, e.g. {"batch_size": 64}, or None.'
+            )
         self.extra_params = dict(params or {})
+        self._clock = EpochClock()
         self._names: set[str] = set()
         self._in_fit = False
         self._warned: set[str] = set()
@@ -77,6 +92,9 @@ class MetricsCallback(CollectorCallback):
 
     @guarded
     def on_epoch_end(self, epoch: int, logs: Mapping[str, Any] | None = None) -> None:
+        timing = self._clock.stop(self.model, dict(getattr(self, "params", None) or {}), self.extra_params)
+        if timing is not None:
+            self.collector.log_timing(timing, step=epoch)
         logs = dict(logs or {})
         if "learning_rate" not in logs and "lr" not in logs and getattr(self.model, "optimizer", None) is not None:
             try:
@@ -91,6 +109,8 @@ class MetricsCallback(CollectorCallback):
         # guarded, see CollectorCallback), then the flush.
         super().on_epoch_begin(epoch, logs)
         self._flush(epoch)
+        if not getattr(self, "disabled", False):
+            self._clock.start(self.model)  # last, so the flush is not counted in the epoch
 
     @guarded
     def _flush(self, epoch: int) -> None:

@@ -8,22 +8,31 @@ updated sparsely, as an embedding is, puts its variable in TensorFlow's
 copy-on-read mode, where every ReadVariableOp outside XLA copies it; any
 TensorFlow op reading it, ``tf.reduce_sum`` included, pays that copy.)
 
-Cost on CPU (bench/bench_callbacks.py prints the breakdown): four Eigen reductions
-(sum, l2_loss, min, max) of about half a ``tf.reduce_sum`` pass each, plus the
-histogram, which is most of it: ``histogram_fixed_width`` checks for NaNs and
-bins on one thread, so larger tensors are split into pieces that run in parallel.
-Alternatives measured on TensorFlow 2.21's CPU and not taken: XLA
-(``jit_compile=True``) reads variables without the copy, but XLA:CPU does not fuse
-an elementwise producer into a reduction (``x * x`` is materialized, so the sum of
-squares costs about four sums), runs reductions of one tensor as separate passes
-(fusing the four took 8-11x a sum), and its scatter-add histogram costs about as
-much as these pieces; an XLA index computation followed by ``bincount``, or
-``bincount``/``DenseBincount`` on an index computed with TensorFlow ops, was no
-faster either.
+Two formulations, the same numbers (tests/test_trainer_stats_exact.py):
+
+* TensorFlow ops (this module's :func:`tower_partials`; used on GPUs, and for
+  gradients, whose shapes vary): four reductions (sum, l2_loss, min, max) plus
+  ``histogram_fixed_width``, which on the CPU checks for NaNs and bins on one
+  thread, so larger tensors are split into pieces that run in parallel.
+* One XLA program (``_xla_stats``; used for weights on the CPU): reads the
+  variables in place (no copy-on-read copy) and bins in one fused loop with
+  TensorFlow's own bin formula. bench/bench_callbacks.py measures both on the
+  same weights; on the CPU the XLA program costs about 0.8x the other.
+
+Why neither reaches one ``reduce_sum`` pass x 3 on a CPU (measured with the
+bench's breakdown, two 1,000,000 x 32 tables, TensorFlow 2.21, 2 shared cores):
+an exact histogram is a data-dependent scatter, and no TensorFlow or XLA CPU
+kernel does one faster than about 1.7x a ``reduce_sum`` pass (XLA's fused
+scatter; ``histogram_fixed_width`` 4-5x, ``bucketize`` + ``bincount`` 12x); the
+four reductions cost 1.2-1.8x more (Eigen: a copy of the table, then half a pass
+each; XLA: one pass each, on one thread). Fusing statistics into fewer passes
+(stacking ``[x, x*x]`` or ``[x, -x]``, a float64 segment sum of ``(1, x, x*x)``)
+was slower, 4-20x.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -31,12 +40,44 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
+from trainer_callbacks import _xla_stats
+
+logger = logging.getLogger("trainer_callbacks")
+
 # count, sum, sum of squares, min, max, then the histogram counts.
 _COUNT, _SUM, _SUMSQ, _MIN, _MAX, _HEAD = 0, 1, 2, 3, 4, 5
 # Histograms of larger tensors are split (a zero-copy split along the first axis)
 # so TensorFlow can run the pieces on several cores at once.
 _CHUNK_ELEMENTS = 1 << 21
 _MAX_CHUNKS = 16
+
+
+# Strategies whose variables the statistics cannot read where they live from a callback.
+_UNSUPPORTED_STRATEGIES = {
+    "ParameterServerStrategy": "its variables are sharded over parameter servers and callbacks run on the coordinator",
+    "ParameterServerStrategyV2": "its variables are sharded over parameter servers and callbacks run on the coordinator",
+    "CentralStorageStrategy": "its variables live on the parameter device and callbacks run on the coordinator",
+    "TPUStrategy": "its variables live on TPU cores the statistics functions do not run on",
+    "TPUStrategyV2": "its variables live on TPU cores the statistics functions do not run on",
+}
+
+
+def check_strategy(model: Any, callback: str) -> None:
+    """ValueError when ``model`` trains under a strategy the statistics callbacks do not support.
+
+    Supported: no strategy, ``MirroredStrategy`` and ``MultiWorkerMirroredStrategy``
+    (each logical variable is summarised once, from its local copy).
+    """
+    strategy = getattr(model, "distribute_strategy", None)
+    if strategy is None and tf.distribute.has_strategy():
+        strategy = tf.distribute.get_strategy()
+    name = type(strategy).__name__ if strategy is not None else ""
+    if name in _UNSUPPORTED_STRATEGIES:
+        raise ValueError(
+            f"{callback} does not support {name}: {_UNSUPPORTED_STRATEGIES[name]}. Supported: no strategy, "
+            "MirroredStrategy and MultiWorkerMirroredStrategy. Leave the statistics callbacks out of this run "
+            "(MetricsCallback works under any strategy)."
+        )
 
 
 def dense_gradient(gradient: Any) -> tf.Tensor | None:
@@ -173,6 +214,9 @@ class TowerStatsProgram:
             histogram range reaches (default 2.0).
         ranges: a fixed ``(low, high)`` per tower (e.g. from a resumed file); the
             others are fixed at the first call.
+        jit: compute the partials with the XLA formulation (``_xla_stats``; for
+            tensors of static shape, on the CPU, where it is about twice as fast);
+            if XLA cannot compile it, the TensorFlow ops are used instead.
 
     Example::
 
@@ -189,6 +233,7 @@ class TowerStatsProgram:
         margin: float = 2.0,
         with_norm: bool = False,
         ranges: dict[str, tuple[float, float]] | None = None,
+        jit: bool = False,
     ) -> None:
         self.towers = list(towers)
         self.bins = bins
@@ -203,12 +248,17 @@ class TowerStatsProgram:
             groups = produce(*inputs)
             return tf.stack([tower_partials(g, value_ranges[i], bins) for i, g in enumerate(groups)])
 
+        def _fused_partials(value_ranges: tf.Tensor, *inputs: Any) -> tf.Tensor:
+            groups = produce(*inputs)
+            return tf.stack([_xla_stats.tower_partials(g, value_ranges[i], bins) for i, g in enumerate(groups)])
+
         def _extremes(*inputs: Any) -> tf.Tensor:
             return tf.stack([tower_extremes(g) for g in produce(*inputs)])
 
         # reduce_retracing: the probe batch is the same structure every epoch.
-        self._partials = tf.function(_partials, reduce_retracing=True)
-        self._extremes = tf.function(_extremes, reduce_retracing=True)
+        self._partials = traced_once(_partials)
+        self._extremes = traced_once(_extremes)
+        self._fused = traced_once(_fused_partials, jit_compile=True) if jit else None
 
     def __call__(self, *inputs: Any) -> dict[str, tuple[dict[str, float], dict[str, Any]]]:
         if any(t not in self.ranges for t in self.towers):
@@ -218,7 +268,7 @@ class TowerStatsProgram:
                     self.ranges[tower] = symmetric_range(float(low), float(high), self.margin)
                     self.edges[tower] = bin_edges(self.ranges[tower], self.bins)
         value_ranges = tf.constant([self.ranges[t] for t in self.towers], tf.float32)
-        partials = self._partials(value_ranges, *inputs).numpy()  # the one device -> host copy
+        partials = self._run_partials(value_ranges, *inputs).numpy()  # the one device -> host copy
         results = {}
         self.sum_of_squares = {tower: float(row[_SUMSQ]) for tower, row in zip(self.towers, partials)}
         self.calls += 1
@@ -226,3 +276,26 @@ class TowerStatsProgram:
             stats, counts = summarise(row, self.with_norm)
             results[tower] = (stats, {"bin_edges": self.edges[tower], "counts": counts})
         return results
+
+    def _run_partials(self, value_ranges: tf.Tensor, *inputs: Any) -> tf.Tensor:
+        if self._fused is not None:
+            try:
+                return self._fused(value_ranges, *inputs)
+            except (tf.errors.InvalidArgumentError, tf.errors.UnimplementedError, tf.errors.NotFoundError) as error:
+                logger.info("the XLA statistics could not be compiled here; using TensorFlow ops: %s", error)
+                self._fused = None
+        return self._partials(value_ranges, *inputs)
+
+
+def traced_once(fn: Callable[..., Any], jit_compile: bool | None = None) -> Any:
+    """``tf.function`` traced once per input shape, without TensorFlow's retracing warning.
+
+    TensorFlow counts traces per source function, not per ``tf.function``: every
+    new program (a new model, a second ``fit``, the weight and the gradient
+    callbacks side by side) traces its own function once, and after five of them
+    TensorFlow would warn about "retracing" although none of them ever retraces.
+    """
+    function = tf.function(fn, reduce_retracing=True, jit_compile=jit_compile)
+    if hasattr(function, "_omit_frequent_tracing_warning"):
+        function._omit_frequent_tracing_warning = True
+    return function

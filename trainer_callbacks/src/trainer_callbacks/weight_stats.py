@@ -7,6 +7,7 @@ from typing import Any
 
 from trainer_callbacks.collector import MetricsCollector
 from trainer_callbacks.keras_compat import CollectorCallback, guarded
+from trainer_callbacks.stats import check_strategy
 from trainer_callbacks.towers import TowerSpec
 from trainer_callbacks.weight_summary import WeightSummary, shared_key
 
@@ -60,11 +61,15 @@ class WeightStatsCallback(CollectorCallback):
         self.margin = margin
         self._summary: WeightSummary | None = None
 
-    @guarded
     def on_train_begin(self, logs: Mapping[str, Any] | None = None) -> None:
+        # Not guarded: an unsupported strategy stops the run here, with the reason.
         # Published on the collector so a WeightNormCallback with the same towers
         # takes its norms from this summary instead of reading every weight again.
-        self._summary = WeightSummary(self.model, self.towers, self.bins, self.margin, self.collector)
+        check_strategy(self.model, type(self).__name__)
+        if self._summary is not None and self._summary.reusable(self.model):
+            self._summary.new_fit()  # the same model in another fit: no new trace
+        else:
+            self._summary = WeightSummary(self.model, self.towers, self.bins, self.margin, self.collector)
         self.collector.shared[shared_key(self.model)] = self._summary
 
     @guarded

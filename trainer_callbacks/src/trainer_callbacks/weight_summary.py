@@ -16,12 +16,22 @@ from typing import Any
 import tensorflow as tf
 
 from trainer_callbacks.collector import MetricsCollector
+from trainer_callbacks._xla_stats import on_cpu
 from trainer_callbacks.stats import TowerStatsProgram
 from trainer_callbacks.towers import TowerSpec, resolve_towers
 
 
 def shared_key(model: Any) -> tuple[str, int]:
     return ("weight_summary", id(model))
+
+
+def variables_key(model: Any, towers: Mapping[str, TowerSpec] | None) -> tuple[tuple[str, tuple[int, ...]], ...] | None:
+    """Which variables each tower has now (None if it cannot be told yet): a compiled program
+    is reused for another ``fit`` only while this stays the same (unfreezing a layer changes it)."""
+    try:
+        return tuple((name, tuple(id(v) for v in group)) for name, group in resolve_towers(model, towers).items())
+    except ValueError:
+        return None
 
 
 def fixed_ranges(collector: MetricsCollector, section: str, towers: list[str], bins: int) -> tuple[dict[str, tuple[float, float]], int]:
@@ -77,7 +87,19 @@ class WeightSummary:
         def produce() -> list[list[tf.Tensor]]:
             return [[tf.convert_to_tensor(v) for v in group] for group in groups]
 
-        self.program = TowerStatsProgram(produce, names, bins=bins, margin=self.margin, ranges=ranges)
+        variables = [v for group in groups for v in group]
+        self.program = TowerStatsProgram(produce, names, bins=bins, margin=self.margin, ranges=ranges, jit=on_cpu(variables))
+
+    def reusable(self, model: Any) -> bool:
+        """Whether another ``fit`` of ``model`` can keep this summary's compiled program."""
+        return model is self.model and self.program is not None and self.towers is not None and (
+            variables_key(model, self.towers_spec) == tuple((n, tuple(id(v) for v in g)) for n, g in self.towers.items())
+        )
+
+    def new_fit(self) -> None:
+        """Forget the last epoch's results (a second ``fit`` may number its epochs anew); keep the compiled program."""
+        self._epoch = None
+        self._results = None
 
     def for_epoch(self, epoch: int) -> dict[str, Any]:
         """``{tower: (stats, histogram)}`` for ``epoch``; the second call in an epoch is free."""
