@@ -42,9 +42,11 @@ def test_non_finite_values_become_null() -> None:
         b'{"epochs": [0, 1, 2], "loss": {"loss": [NaN, Infinity, -Infinity]},'
         b' "metrics": {"lr": [1e999, 0.5, null]},'
         b' "weight_stats": {"query": {"mean": [NaN, 1, 2], "histogram": {"bin_edges": [0, 1], "counts": [[1], null, [2]]}}},'
-        b' "final_metrics": {"test_loss": NaN}, "params": {"clip": Infinity}}'
+        b' "final_metrics": {"test_loss": NaN}, "params": {"clip": Infinity},'
+        b' "timing": {"epoch_seconds": [0.5, NaN, 1e999]}}'
     )
     out = document.load_document(raw)
+    assert out["timing"]["epoch_seconds"] == [0.5, None, None]
     assert out["loss"]["loss"] == [None, None, None]
     assert out["metrics"]["lr"] == [None, 0.5, None]
     assert out["weight_stats"]["query"]["mean"] == [None, 1, 2]
@@ -71,6 +73,7 @@ BROKEN: list[tuple[str, bytes, str]] = [
     ("bad-status", _bad({**v1_document(2), "status": "done"}), "at $.status"),
     ("bad-version", _bad({**v1_document(2), "schema_version": 2}), "at $.schema_version"),
     ("short-series", _bad({**v1_document(3), "loss": {"val_loss": [0.1, 0.2]}}), "loss.val_loss has 2 values for 3 epochs"),
+    ("short-timing", _bad({**v1_document(3), "timing": {"epoch_seconds": [1.5]}}), "timing.epoch_seconds has 1 values for 3 epochs"),
     (
         "short-tower-stat",
         _bad({**v1_document(3), "weight_stats": {"query": {"mean": [1.0]}}}),

@@ -54,6 +54,8 @@ _DEFAULTS: tuple[tuple[str, Callable[[], Any]], ...] = (
     ("params", dict),
 )
 _SERIES_MAPS = ("loss", "metrics", "gradient")
+# Per-epoch series maps a file may leave out (older writers have none).
+_OPTIONAL_SERIES_MAPS = ("timing",)
 _STATS_MAPS = ("weight_stats", "gradient_stats")
 _STAT_SERIES = ("mean", "std", "min", "max", "norm")
 
@@ -297,8 +299,8 @@ def _normalize(doc: dict[str, Any], parsed: bool = False) -> tuple[dict[str, Any
             return [None if type(v) is float and not math.isfinite(v) else v for v in values]
         return values
 
-    for key in _SERIES_MAPS:
-        series_map = out[key]
+    for key in _SERIES_MAPS + _OPTIONAL_SERIES_MAPS:
+        series_map = out.get(key) or {}
         for name in series_map:
             series_map[name] = finite(series_map[name])
     for key in _STATS_MAPS:
@@ -408,7 +410,7 @@ def _check_alignment(doc: dict[str, Any]) -> None:
             raise Rejected(f"at $.epochs[{i}]: expected an integer written without a fraction, got {epoch!r}")
         if i and epoch <= epochs[i - 1]:
             raise Rejected(f"epochs must strictly increase: epochs[{i}] = {epoch} follows {epochs[i - 1]}")
-    for key in _SERIES_MAPS:
+    for key in _SERIES_MAPS + _OPTIONAL_SERIES_MAPS:
         for name, series in doc.get(key, {}).items():
             _check_length(f"{key}.{name}", series, n)
     for key in _STATS_MAPS:
