@@ -291,7 +291,7 @@ class MetricsCollector(Saving):
 
         Raises:
             ValueError: naming the argument: a name the format refuses, a string longer
-                than the schema's bound (6,000 characters) or holding NUL or a lone
+                than the schema's bound (8,000 characters) or holding NUL or a lone
                 surrogate, an integer too large for a JSON number.
         """
         self._apply("put_param", name, _values.param(name, value))
