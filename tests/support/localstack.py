@@ -20,6 +20,7 @@ from typing import Any
 
 import psycopg2
 import psycopg2.extras
+from ingest.config import LIBRARY_ENV, Settings
 import pytest
 from google.cloud import storage
 from psycopg2 import sql
@@ -62,18 +63,8 @@ def cli_env(**extra: str) -> dict[str, str]:
     return env
 
 
-_PRODUCT_ENV = {
-    "DATABASE_URL",
-    "QUICKTEST_TABLE",
-    "METRICS_FILENAME",
-    "MAX_METRICS_BYTES",
-    "STORAGE_EMULATOR_HOST",
-    "PGHOST",
-    "PGPORT",
-    "PGUSER",
-    "PGPASSWORD",
-    "PGDATABASE",
-}
+# Settings' own list and the clients' variables: the same set tests/conftest.py clears.
+_PRODUCT_ENV = {*Settings.ENV, *LIBRARY_ENV}
 
 
 def cli_command(*args: str) -> list[str]:
