@@ -151,7 +151,7 @@ def test_an_emptied_row_is_filled_from_its_file(
     query(env.url, "UPDATE ml_platform_quicktest SET training_history_json = NULL WHERE id = %s", (row_id,))
     code, report = export(capsys, "--mlflow-database-url", url)
     row = by_id(report)[row_id]
-    assert code == 0, report
+    assert code == 0, json.dumps(report['rows'])
     assert row["outcome"] == "exists" and "forced" in row["reason"] and row["row_history"].startswith("generation")
     assert env.history(row_id)["mlflow"]["run_id"] == seeded["ids"]["full"]
 

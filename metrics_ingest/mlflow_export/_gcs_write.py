@@ -28,11 +28,13 @@ from metrics_ingest.mlflow_export.report import RowOutcome
 from metrics_ingest.mlflow_export.rows import QuickTestRow
 from metrics_ingest.mlflow_export.verify import verify_document
 
-GOOD_INGEST = ("ingested", "duplicate", "superseded")
+GOOD_INGEST = ("ingested", "duplicate", "superseded", "unchanged")
 
 
 def _ingest(ref: ObjectRef, context: Context, filename: str, force: bool = False) -> IngestResult:
-    event_id = f"export-mlflow:{context.run_id}:{ref.name}"
+    # A forced ingestion is a delivery of its own: under the same event id it would be settled
+    # by the first attempt's record (one record per event).
+    event_id = f"export-mlflow:{context.run_id}:{ref.name}" + (":forced" if force else "")
     settings = context.settings
     if filename != settings.metrics_filename:
         # An over-cap document under its own name: ingested here with the cap raised for it alone.
@@ -84,7 +86,9 @@ def upload_and_ingest(outcome: RowOutcome, data: bytes, run: MlflowRun, plan: Pl
             if result is None:
                 return outcome
         else:
-            result = _ingest(ref, context, filename)
+            # --repair rewrites a row found wrong: the new generation may hold the very bytes the
+            # ingestion log has (MLflow did not change, the row did), which unforced is `unchanged`.
+            result = _ingest(ref, context, filename, force=repair)
             outcome.ingest_outcome = result.outcome
             if result.outcome not in GOOD_INGEST:
                 # Our own file, refused: remove exactly that generation so the folder is as it was.

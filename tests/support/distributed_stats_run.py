@@ -139,6 +139,7 @@ def main(kind: str, out: Path) -> None:
     ours, theirs = last(run), last(ref)
     relative = {k: abs(ours[k] - theirs[k]) / max(abs(theirs[k]), 1e-12) for k in theirs}
     count_diff = {k: sum(abs(a - b) for a, b in zip(c, counts(ref)[k])) for k, c in counts(run).items()}
+    out.mkdir(parents=True, exist_ok=True)  # a non-chief worker's collector creates nothing
     (out / "check.json").write_text(json.dumps({
         "replicas": strategy.num_replicas_in_sync,
         "names": sorted(theirs),
