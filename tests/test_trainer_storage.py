@@ -243,7 +243,7 @@ def test_a_checksum_mismatch_leaves_a_local_copy_and_the_next_save_lands(
     c = collector(folder, tmp_path)
     c.log_metric("loss", 0.5, step=0)
     # Over 8 MiB: the client uploads it resumably, and checks the server's checksum at the end.
-    c.log_params({f"vocabulary_{i}": "x" * 6000 for i in range((9 << 20) // 6000)})  # params are bounded at 6,000 characters
+    c.log_params({f"vocabulary_{i}": "x" * 6000 for i in range((9 << 20) // 6000)})  # each within the 8,000-character bound on params
     with reported_checksums_corrupted(gcs, monkeypatch), pytest.raises(MetricsUploadError, match="DataCorruption") as caught:
         c.save(status="running")
     assert isinstance(caught.value.__cause__, DataCorruption)
