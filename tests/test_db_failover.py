@@ -4,8 +4,6 @@ against a real server of their own, restarted between two bursts of events."""
 from __future__ import annotations
 
 import json
-import shutil
-import tempfile
 import threading
 import uuid
 from collections.abc import Iterator
@@ -24,29 +22,9 @@ from metrics_ingest.replay import ReplayOptions, parse_gs_uri, run_replay
 from tests.support.documents import dumps, v1_document
 from tests.support.function_server import ROOT, finalize_event
 from tests.support.platform_db import Artifacts, PlatformDb
+from tests.support.restartable_postgres import RestartablePostgres
 
 POOL = 8
-
-
-class RestartablePostgres:
-    """A PostgreSQL server of this module's own (pgserver), so restarting it disturbs no other test."""
-
-    def __init__(self) -> None:
-        import pgserver
-
-        self.pgdata = Path(tempfile.mkdtemp(prefix="metrics-ingest-pg-restart-"))
-        self.server = pgserver.get_server(self.pgdata, cleanup_mode="stop")
-        self.admin_url = self.server.get_uri()
-
-    def restart(self) -> None:
-        """``pg_ctl restart -m fast``: every session is terminated, the server comes back on the same socket."""
-        from pgserver._commands import pg_ctl
-
-        pg_ctl(["-w", "-m", "fast", "restart"], pgdata=self.pgdata, user=self.server.system_user, timeout=60)
-
-    def stop(self) -> None:
-        self.server.cleanup()
-        shutil.rmtree(self.pgdata, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")

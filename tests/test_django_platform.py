@@ -28,7 +28,7 @@ from tests.support.documents import dumps, v1_document
 from tests.support.function_server import FunctionServer, finalize_event
 from tests.support.platform_db import Artifacts, PlatformDb
 from tests.support.postgres import query
-from tests.test_db_failover import RestartablePostgres
+from tests.support.restartable_postgres import RestartablePostgres
 
 PROJECT = Path(__file__).parent / "django_platform"
 
