@@ -38,18 +38,8 @@ ROOT = Path(__file__).resolve().parents[1]
 MIB = 2**20
 INSTANCE_MEMORY = 1024 * MIB  # deploy.sh: --memory 1GiB
 
-NESTED = '{"":{"":{"":{"":{"":{}}}}}},'
-# Each dense shape as (head, unit, tail): the file is head + unit * n + tail.
-UNITS = {
-    "ints": ("[", "1,", "]"),
-    "floats": ("[", "0.5,", "]"),
-    "objects": ("[", "{},", "]"),
-    "nested": ("[", NESTED, "]"),
-    # Schema-invalid, the failing value large: the hostile report's file, and the worst shape in a series.
-    "report": ('{"epochs":[0],"loss":{"l":[1]},"zz":[', '{"":0},', "]}"),
-    "invalid-series": ('{"epochs":[0],"loss":{"l":[', NESTED, "]}}"),
-    "invalid-params": ('{"epochs":[0],"params":{"a":[', NESTED, "]}}"),
-}
+sys.path.insert(0, str(ROOT))
+from tests.support.documents import DENSE_SHAPES as UNITS  # noqa: E402 - each dense shape as (head, unit, tail)
 
 CHILD = r'''
 import json, os, sys, threading

@@ -19,6 +19,7 @@ from cloudevents.conversion import to_binary
 from ingest.config import MEMORY_BUDGET_BYTES, Settings
 from ingest.memory import PARSE_COST_PER_BYTE, memory_budget, memory_weight
 from ingest.objects import ObjectRef
+from tests.support.documents import DENSE_SHAPES, NESTED
 from tests.support.function_server import ROOT, finalize_event, serve_function
 from tests.support.platform_db import Artifacts, PlatformDb
 
@@ -61,16 +62,15 @@ def _parse_cost(shape: tuple[str, str, str], size: int) -> tuple[int, int]:
     return found["size"], found["cost"]
 
 
-# (head, unit repeated, tail): the densest shapes found (bench/bench_memory.py measures
-# them all), a valid array and files that fail the schema where the value is large.
-NESTED = '{"":{"":{"":{"":{"":{}}}}}},'
+# (head, unit repeated, tail): the densest shapes (bench/bench_memory.py measures them all),
+# a valid array and files that fail the schema where the value is large.
 SHAPES = {
-    "floats": ("[", "0.5,", "]"),
-    "objects": ("[", "{},", "]"),
-    "nested objects": ("[", NESTED, "]"),
-    "schema-invalid unknown key": ('{"epochs":[0],"loss":{"l":[1]},"zz":[', '{"":0},', "]}"),
-    "schema-invalid series": ('{"epochs":[0],"loss":{"l":[', NESTED, "]}}"),
-    "schema-invalid params": ('{"epochs":[0],"params":{"a":[', NESTED, "]}}"),
+    "floats": DENSE_SHAPES["floats"],
+    "objects": DENSE_SHAPES["objects"],
+    "nested objects": DENSE_SHAPES["nested"],
+    "schema-invalid unknown key": DENSE_SHAPES["report"],
+    "schema-invalid series": DENSE_SHAPES["invalid-series"],
+    "schema-invalid params": DENSE_SHAPES["invalid-params"],
 }
 
 

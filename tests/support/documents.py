@@ -69,3 +69,19 @@ def megabyte_document(metrics: int = 140) -> dict[str, Any]:
 
 def dumps(doc: Any, indent: int | None = None) -> bytes:
     return json.dumps(doc, indent=indent).encode()
+
+
+# The densest file shapes found, as (head, unit, tail): a file is head + unit * n + tail.
+# Parsing cost per byte depends on the shape, not the size; the last three fail the schema
+# where the value is large (the hostile report's file, and the worst shape in a series or a
+# param). bench/bench_memory.py measures them all; tests/test_memory.py checks them under a worker.
+NESTED = '{"":{"":{"":{"":{"":{}}}}}},'
+DENSE_SHAPES = {
+    "ints": ("[", "1,", "]"),
+    "floats": ("[", "0.5,", "]"),
+    "objects": ("[", "{},", "]"),
+    "nested": ("[", NESTED, "]"),
+    "report": ('{"epochs":[0],"loss":{"l":[1]},"zz":[', '{"":0},', "]}"),
+    "invalid-series": ('{"epochs":[0],"loss":{"l":[', NESTED, "]}}"),
+    "invalid-params": ('{"epochs":[0],"params":{"a":[', NESTED, "]}}"),
+}
