@@ -78,9 +78,9 @@ _SUSPECT_ESCAPE = re.compile(r"\\u(?:0000|[dD][89a-fA-F])")
 # is then one literal search each (see _scan).
 _ZEROED = bytes.maketrans(b"123456789E", b"000000000e")
 _LONG_DIGITS = b"0" * 1000
-_LOW_EXPONENT = re.compile(rb"e-0000")
+_LOW_EXPONENT = re.compile(rb"e-0000")  # sre's literal search: "in" crawls on a needle ending in '0'
 # Piecewise (not one-shot) encoding, to measure a value's JSON size with an early stop.
-_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=True)  # sre's literal search: "in" crawls on a needle ending in '0'
+_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=True)
 
 
 def load_document(data: bytes, *, max_depth: int = MAX_DEPTH) -> dict[str, Any]:
